@@ -1,0 +1,19 @@
+# The README's two commands are `make run` and `make test`; both set up ./.venv first.
+VENV := .venv/bin
+
+.PHONY: setup run test lint clean
+
+setup:
+	bash scripts/setup-venv.sh
+
+## The main job on the embedded default model.
+run: setup
+	$(VENV)/edgereason eval --model smollm2-135m --benchmark gsm8k --limit 20
+
+## The test suite (pytest's exit code 5, "no tests collected", is a failure too).
+test: setup
+	@$(VENV)/python -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treat as failure"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf .venv results test-output .pytest_cache

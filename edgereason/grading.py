@@ -1,0 +1,261 @@
+"""Answer extraction and grading, shared by train rewards, serve voting and eval.
+
+Equivalence is decided by math-verify (LaTeX, sets, intervals, symbolic forms) behind a fast exact
+path for plain numbers, which covers almost every GSM8K answer without touching sympy. Every
+comparison is time-bounded: math-verify's own SIGALRM timeout in the main thread, and a separate
+worker process (killed on overrun) in any other thread, where SIGALRM is unavailable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import multiprocessing
+import re
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+from edgereason.formats import ReasoningFormat, get_format
+
+AnswerRule = Literal["answer_tag", "boxed", "gsm8k", "last_number", "none"]
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ExtractedAnswer:
+    """The answer found in a completion and the rule that found it."""
+
+    text: str | None
+    rule: AnswerRule
+
+
+_NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+"
+_NUMBER_RE = re.compile(_NUMBER)
+_GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
+
+
+def extract_answer(completion: str, fmt: ReasoningFormat | str | None = None) -> ExtractedAnswer:
+    """Find the final answer: the format's answer tag, then `\\boxed{}`, then GSM8K's `#### N`,
+    then the last number in the text."""
+    if not completion:
+        return ExtractedAnswer(None, "none")
+    f = get_format(fmt)
+    if f.kind == "tags":
+        parsed = f.parse(completion)
+        if parsed.tags_present.get("answer_open") and parsed.answer:
+            return ExtractedAnswer(parsed.answer, "answer_tag")
+    boxed = last_boxed(completion)
+    if boxed:
+        return ExtractedAnswer(boxed, "boxed")
+    m = None
+    for m in _GSM8K_RE.finditer(completion):
+        pass
+    if m is not None and m.group(1).strip():
+        return ExtractedAnswer(m.group(1).strip(), "gsm8k")
+    numbers = _NUMBER_RE.findall(completion)
+    if numbers:
+        return ExtractedAnswer(numbers[-1], "last_number")
+    return ExtractedAnswer(None, "none")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if absent."""
+    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    for start in reversed(starts):
+        depth = 1
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    content = text[start:i].strip()
+                    if content:
+                        return content
+                    break
+    return None
+
+
+# ---- normalisation ---------------------------------------------------------------------------
+
+_UNIT_WORDS = (
+    r"dollars?|cents?|usd|euros?|pounds?|percent|per\s*cent|%|degrees?|°|"
+    r"hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|"
+    r"miles?|km|kilometers?|meters?|metres?|m|cm|mm|feet|foot|ft|inches?|in|yards?|"
+    r"kg|g|grams?|kilograms?|lbs?|ounces?|oz|liters?|litres?|l|ml|gallons?|cups?|"
+    r"units?|items?|people|students?|apples?|eggs?|pages?|points?|times?"
+)
+_LEADING_CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|usd\s*)\s*", re.IGNORECASE)
+_TRAILING_UNITS = re.compile(rf"(?:\s*(?:\\text\{{\s*)?(?:{_UNIT_WORDS})\}}?\.?)+$", re.IGNORECASE)
+_FRAC = re.compile(r"^(-?)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$")
+_SIMPLE_FRAC = re.compile(r"^(-?\d+)\s*/\s*(-?\d+)$")
+
+
+def normalize_answer(answer: str | None) -> str:
+    """A canonical string for an answer: wrappers, `$`, currency, units and thousands separators
+    removed. Used for the 'equal after normalisation' tier and for grouping votes."""
+    if answer is None:
+        return ""
+    s = str(answer).strip()
+    inner = last_boxed(s)
+    if inner is not None and re.match(r"^(?:\$|\\\[|\\\(|\s)*\\(?:boxed|fbox)", s):
+        s = inner
+    s = s.strip().strip("$").strip()
+    s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
+    s = re.sub(r"\\(?:left|right|,|;|!|displaystyle)", "", s)
+    s = re.sub(r"^\\text\{(.*)\}$", r"\1", s)
+    s = re.sub(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)\s*", "", s, flags=re.IGNORECASE)
+    s = re.sub(r"^[a-z]\s*=\s*(?=[-\d.\\])", "", s, flags=re.IGNORECASE)  # "x = 5" -> "5"
+    s = _LEADING_CURRENCY.sub("", s)
+    s = _TRAILING_UNITS.sub("", s).strip()
+    s = s.rstrip(".").strip()
+    s = re.sub(r"\^\{?\\circ\}?$", "", s).strip()
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
+        s = s.replace(",", "")
+    s = re.sub(r"\s+", " ", s)
+    return s
+
+
+def to_number(answer: str | None) -> Fraction | None:
+    """The exact value of a plain numeric answer (integer, decimal, a/b, \\frac{a}{b}), else None."""
+    s = normalize_answer(answer)
+    if not s:
+        return None
+    try:
+        if re.fullmatch(r"-?\d+(?:\.\d+)?|-?\.\d+", s):
+            return Fraction(s)
+        m = _SIMPLE_FRAC.fullmatch(s)
+        if m:
+            return Fraction(int(m.group(1)), int(m.group(2)))
+        m = _FRAC.fullmatch(s)
+        if m:
+            value = Fraction(int(m.group(2)), int(m.group(3)))
+            return -value if m.group(1) else value
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+# ---- equivalence -----------------------------------------------------------------------------
+
+# Two decimals closer than this (relative to the gold, at least 1) are the same answer:
+# math-verify's default float_rounding=6 makes the same call.
+_NUMERIC_TOLERANCE = Fraction(1, 10**6)
+
+
+def answers_equal(pred: str | None, gold: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether a predicted answer equals the gold one (math-verify semantics, time-bounded).
+
+    Never raises and never takes much longer than `timeout_s`; a comparison that times out is
+    judged not equal.
+    """
+    if pred is None or gold is None:
+        return False
+    np_, ng = normalize_answer(pred), normalize_answer(gold)
+    if not np_ or not ng:
+        return False
+    if np_ == ng:
+        return True
+    fp, fg = to_number(np_), to_number(ng)
+    if fp is not None and fg is not None:
+        return abs(fp - fg) <= _NUMERIC_TOLERANCE * max(1, abs(fg))
+    return _bounded_verify(np_, ng, timeout_s)
+
+
+def _wrap_latex(s: str) -> str:
+    return s if s.startswith("$") else f"${s}$"
+
+
+def _verify_in_process(pred: str, gold: str, timeout_s: float | None) -> bool:
+    """math-verify proper; with a timeout only where SIGALRM works (the main thread)."""
+    from math_verify import parse, verify
+
+    t = None if timeout_s is None else max(1, int(round(timeout_s)))
+    try:
+        g = parse(_wrap_latex(gold), parsing_timeout=t)  # type: ignore[arg-type]
+        p = parse(_wrap_latex(pred), parsing_timeout=t)  # type: ignore[arg-type]
+        if not g or not p:
+            return False
+        return bool(verify(g, p, timeout_seconds=t))
+    except Exception:  # math-verify raises on timeouts and exotic inputs: both mean "not shown equal"
+        return False
+
+
+def _worker_verify(pred: str, gold: str, timeout_s: float) -> bool:
+    # Runs in the worker process's main thread, where math-verify's SIGALRM timeout works.
+    return _verify_in_process(pred, gold, timeout_s)
+
+
+_pool: cf.ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _get_pool() -> cf.ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _pool
+
+
+def _reset_pool() -> None:
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+atexit.register(_reset_pool)
+
+
+def _bounded_verify(pred: str, gold: str, timeout_s: float) -> bool:
+    if threading.current_thread() is threading.main_thread():
+        return _verify_in_process(pred, gold, timeout_s)
+    try:
+        future = _get_pool().submit(_worker_verify, pred, gold, timeout_s)
+        # The worker bounds itself; the extra margin covers a stuck worker and a cold start.
+        return bool(future.result(timeout=timeout_s + 10))
+    except cf.TimeoutError:
+        _reset_pool()
+        return False
+    except Exception:
+        _reset_pool()
+        return False
+
+
+# ---- partial credit --------------------------------------------------------------------------
+
+#: Reward tiers for `partial_credit`, from the GRPO study's answer reward.
+EXACT_CREDIT = 3.0  #: the predicted string equals the gold string (after trimming whitespace)
+EQUIVALENT_CREDIT = 1.5  #: equal after normalisation / math-verify equivalence
+WITHIN_10_PERCENT_CREDIT = 0.5  #: numeric, |pred - gold| <= 10% of |gold|
+WITHIN_20_PERCENT_CREDIT = 0.25  #: numeric, |pred - gold| <= 20% of |gold|
+NUMERIC_MISS_CREDIT = -0.5  #: numeric but further than 20% away
+WRONG_CREDIT = -1.0  #: no answer, or a non-numeric answer that is not equivalent
+
+
+def partial_credit(pred: str | None, gold: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
+    """Graded answer reward: exact 3.0, equivalent 1.5, numeric within 10% 0.5, within 20% 0.25,
+    numeric further away -0.5, missing or otherwise wrong -1.0. When the gold is 0 the ratio is
+    taken against 1 so the tiers stay defined."""
+    if pred is None or not str(pred).strip() or gold is None:
+        return WRONG_CREDIT
+    if str(pred).strip() == str(gold).strip():
+        return EXACT_CREDIT
+    if answers_equal(pred, gold, timeout_s):
+        return EQUIVALENT_CREDIT
+    fp, fg = to_number(pred), to_number(gold)
+    if fp is None or fg is None:
+        return WRONG_CREDIT
+    ratio = abs(fp - fg) / max(abs(fg), 1)
+    if ratio <= Fraction(1, 10):
+        return WITHIN_10_PERCENT_CREDIT
+    if ratio <= Fraction(1, 5):
+        return WITHIN_20_PERCENT_CREDIT
+    return NUMERIC_MISS_CREDIT

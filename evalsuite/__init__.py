@@ -1,0 +1,1 @@
+"""evalsuite: accuracy, format compliance, latency, memory and throughput, with reports."""

@@ -1,0 +1,1 @@
+"""export stage (see its issue); nothing is built here yet."""

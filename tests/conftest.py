@@ -1,0 +1,13 @@
+"""Shared fixtures: real models and data, no mocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgereason.models import ResolvedModel, resolve_model
+
+
+@pytest.fixture(scope="session")
+def default_model() -> ResolvedModel:
+    """The embedded SmolLM2-135M with its cached Hugging Face copy (made once per cache)."""
+    return resolve_model("smollm2-135m", need_hf=True)

@@ -1,0 +1,110 @@
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgereason.formats import FORMATS, FormatError, get_format
+
+RA = get_format("reasoning-answer")
+
+
+def test_valid_completion_splits_reasoning_and_answer():
+    p = RA.parse("<reasoning>\n2 + 3 = 5\n</reasoning>\n<answer>\n5\n</answer>\n")
+    assert p.valid
+    assert p.reasoning == "2 + 3 = 5"
+    assert p.answer == "5"
+    assert p.ordered and all(p.tags_present.values())
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("2+3=5 <answer>5</answer>", FormatError.MISSING_REASONING_OPEN),
+        ("<reasoning>2+3=5 <answer>5</answer>", FormatError.MISSING_REASONING_CLOSE),
+        ("<reasoning>2+3=5</reasoning> 5</answer>", FormatError.MISSING_ANSWER_OPEN),
+        ("<reasoning>2+3=5</reasoning><answer>5", FormatError.MISSING_ANSWER_CLOSE),
+        ("<answer>5</answer><reasoning>2+3=5</reasoning>", FormatError.WRONG_ORDER),
+        ("<reasoning>a</reasoning><answer></answer>", FormatError.EMPTY_ANSWER),
+        ("<reasoning> </reasoning><answer>5</answer>", FormatError.EMPTY_REASONING),
+        ("<reasoning>a</reasoning><answer>5</answer> and more", FormatError.TEXT_AFTER_ANSWER),
+        ("Sure! <reasoning>a</reasoning><answer>5</answer>", FormatError.TEXT_BEFORE_REASONING),
+        ("<reasoning>a</reasoning> so <answer>5</answer>", FormatError.TEXT_BETWEEN_BLOCKS),
+        ("<reasoning>a</reasoning><answer>5</answer><answer>6</answer>", FormatError.DUPLICATE_TAG),
+    ],
+)
+def test_broken_completions_name_their_fault(text, error):
+    p = RA.parse(text)
+    assert not p.valid
+    assert error in p.errors
+    assert re.match(RA.regex, text) is None
+
+
+def test_best_effort_extraction_from_invalid_text():
+    p = RA.parse("thinking... <answer>42")
+    assert not p.valid and p.answer == "42" and p.reasoning is None
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_render_is_valid_and_matches_regex(name):
+    fmt = FORMATS[name]
+    text = fmt.render("We add 2 and 3 to get 5.", "5")
+    parsed = fmt.parse(text)
+    assert parsed.valid, parsed.errors
+    assert parsed.answer == "5"
+    assert re.match(fmt.regex, text)
+
+
+def test_presets_use_their_own_tags():
+    assert get_format("reasoning-solution").tags["answer_open"] == "<solution>"
+    assert get_format("think-answer").tags["reasoning_open"] == "<think>"
+    assert "<reasoning>" in RA.system_prompt and "</answer>" in RA.system_prompt
+    with pytest.raises(ValueError, match="unknown reasoning format"):
+        get_format("nope")
+
+
+def test_boxed_format():
+    fmt = get_format("boxed")
+    ok = fmt.parse("We compute 1/2 + 1/2 = 1, so $\\boxed{\\frac{2}{2}}$.")
+    assert ok.valid and ok.answer == "\\frac{2}{2}"
+    assert FormatError.MISSING_BOXED in fmt.parse("the answer is 3").errors
+    assert FormatError.TEXT_AFTER_ANSWER in fmt.parse("so \\boxed{3} but wait, maybe 4").errors
+    assert FormatError.UNBALANCED_BOXED in fmt.parse("so \\boxed{\\frac{1}{2}").errors
+
+
+tag_soup = st.lists(
+    st.sampled_from(["<reasoning>", "</reasoning>", "<answer>", "</answer>", "<", ">", "/", " ", "\n", "x", "5", "é"]),
+    max_size=14,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(max_size=300), tag_soup))
+def test_parser_never_raises_and_agrees_with_regex(text):
+    for fmt in FORMATS.values():
+        parsed = fmt.parse(text)  # must not raise
+        assert isinstance(parsed.valid, bool)
+        if fmt.kind == "tags" and fmt.name == "reasoning-answer":
+            assert parsed.valid == bool(re.match(fmt.regex, text)), (text, parsed.errors)
+
+
+def test_gbnf_compiles_and_constrains_real_decoding(default_model):
+    """The grammar is valid GBNF and forces the default model into the format."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    llm = Llama(str(default_model.gguf_path), n_ctx=512, n_threads=2, verbose=False)
+    grammar = LlamaGrammar.from_string(RA.gbnf, verbose=False)
+    out = llm.create_chat_completion(
+        [{"role": "system", "content": RA.system_prompt}, {"role": "user", "content": "What is 2 + 3?"}],
+        grammar=grammar,
+        max_tokens=96,
+        temperature=0,
+    )
+    text = out["choices"][0]["message"]["content"]
+    parsed = RA.parse(text)
+    if out["choices"][0]["finish_reason"] == "stop":
+        assert parsed.valid, (text, parsed.errors)
+    else:  # ran out of tokens inside the reasoning: still on the grammar's path
+        assert text.startswith("<reasoning>\n") and "<answer>" not in text[:-1] or parsed.valid
+    for fmt in FORMATS.values():
+        LlamaGrammar.from_string(fmt.gbnf, verbose=False)

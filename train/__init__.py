@@ -1,0 +1,1 @@
+"""train stage (see its issue); nothing is built here yet."""
