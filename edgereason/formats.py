@@ -103,6 +103,13 @@ class ReasoningFormat:
             f"{t['answer_open']}\n{answer.strip()}\n{t['answer_close']}"
         )
 
+    @property
+    def prefill(self) -> str:
+        """Text to start the assistant turn with (R1-style "<think>\n" prefill): the reasoning open
+        tag. Small models rarely emit an unfamiliar open tag on their own; once inside the block they
+        learn to close it. Consumers that prefill parse `prefill + generated text`."""
+        return f"{self.tags['reasoning_open']}\n" if self.kind == "tags" else ""
+
     def stop_sequences(self) -> list[str]:
         """Strings after which generation can stop: nothing valid follows them."""
         return [self.tags["answer_close"]] if self.kind == "tags" else []

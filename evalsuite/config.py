@@ -25,6 +25,9 @@ class EvalConfig(StageConfig):
     limit: int | None = Field(20, ge=1, description="Evaluate at most this many problems.")
     seed: int | None = Field(None, description="Sample `limit` problems at random with this seed (default: the first ones).")
     format: str = Field(DEFAULT_FORMAT, description="Reasoning format preset the model is prompted for.")
+    prefill: bool = Field(
+        True, description="Start the answer with the format's open tag (as training does); see ReasoningFormat.prefill."
+    )
     max_tokens: int = Field(256, ge=1, le=32768, description="Maximum new tokens per completion.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")

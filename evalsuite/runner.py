@@ -54,7 +54,11 @@ def run_eval(cfg: EvalConfig, backend: Backend | None = None, show_progress: boo
     out.mkdir(parents=True, exist_ok=True)
     backend = backend or create_backend(cfg.backend, cfg.model, adapter=cfg.adapter, batch_size=cfg.batch_size)
     params = SamplingParams(
-        max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed, stop=fmt.stop_sequences()
+        max_tokens=cfg.max_tokens,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+        stop=fmt.stop_sequences(),
+        prefix=fmt.prefill if cfg.prefill else "",
     )
     correct = valid = tokens = 0
     t0 = time.perf_counter()

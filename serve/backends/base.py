@@ -20,6 +20,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF, for backends that constrain decoding
+    prefix: str = ""  # starts the assistant turn (e.g. a format's prefill); included in Completion.text
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "grammar"} | {"constrained": self.grammar is not None}

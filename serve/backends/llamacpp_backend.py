@@ -19,9 +19,9 @@ class LlamaCppBackend(Backend):
         n_ctx: int = 2048,
         threads: int | None = None,
         lora_path: str | Path | None = None,
-        chat_format: str | None = None,
     ) -> None:
         from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         resolved = resolve_model(model)
         gguf = resolved.require_gguf()
@@ -31,9 +31,23 @@ class LlamaCppBackend(Backend):
             n_ctx=n_ctx,
             n_threads=threads or os.cpu_count() or 1,
             lora_path=str(lora_path) if lora_path else None,
-            chat_format=chat_format or ("gemma" if resolved.chat_template and "start_of_turn" in resolved.chat_template else None),
             verbose=False,
         )
+        template = self.llm.metadata.get("tokenizer.chat_template") or resolved.chat_template
+        if not template:
+            raise ValueError(f"{gguf} carries no chat template and edgereason knows none for it")
+        # The prompt is rendered here (not by create_chat_completion) so an assistant prefix can follow it.
+        self.formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(self.llm.token_eos()),
+            bos_token=self._token_text(self.llm.token_bos()),
+        )
+
+    def _token_text(self, token: int) -> str:
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="ignore") if token >= 0 else ""
+
+    def render(self, messages: Messages, prefix: str = "") -> str:
+        return self.formatter(messages=messages).prompt + prefix
 
     def chat(self, batch: list[Messages], params: SamplingParams) -> list[list[Completion]]:
         from llama_cpp import LlamaGrammar
@@ -41,12 +55,13 @@ class LlamaCppBackend(Backend):
         grammar = LlamaGrammar.from_string(params.grammar, verbose=False) if params.grammar else None
         results: list[list[Completion]] = []
         for i, messages in enumerate(batch):
+            prompt = self.render(messages, params.prefix)
             row = []
             for j in range(params.n):
                 t0 = time.perf_counter()
                 seed = None if params.seed is None else params.seed + i * params.n + j
-                r = self.llm.create_chat_completion(
-                    messages=messages,
+                r = self.llm.create_completion(
+                    prompt,
                     max_tokens=params.max_tokens,
                     temperature=params.temperature,
                     top_p=params.top_p,
@@ -55,8 +70,8 @@ class LlamaCppBackend(Backend):
                     grammar=grammar,
                 )
                 choice = r["choices"][0]
-                text = choice["message"]["content"] or ""
                 finish = choice.get("finish_reason") or "stop"
+                text = params.prefix + choice["text"]
                 if finish == "stop":
                     text = _restore_closing_tag(text, params.stop)
                 row.append(

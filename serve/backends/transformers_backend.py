@@ -54,7 +54,8 @@ class TransformersBackend(Backend):
         import torch
 
         prompts = [
-            self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch
+            self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) + params.prefix
+            for m in batch
         ]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         if params.seed is not None:
@@ -86,7 +87,7 @@ class TransformersBackend(Backend):
                 ids = gen[i * params.n + j][prompt_len:].tolist()
                 while ids and ids[-1] in eos:
                     ids.pop()
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text = params.prefix + self.tokenizer.decode(ids, skip_special_tokens=True)
                 text, stopped = _cut_at_stop(text, params.stop)
                 finish = "stop" if stopped or len(ids) < params.max_tokens else "length"
                 row.append(Completion(text, n_prompt, len(ids), finish, elapsed / len(batch)))

@@ -1,0 +1,135 @@
+"""`TrainConfig`: every setting of a GRPO run, documented field by field.
+
+Defaults reproduce the reference studies' recipe scaled to the embedded 135M model on a 2-core
+CPU: LoRA on all attention and MLP projections, 4 generations per prompt at temperatures
+0.6/0.8/1.0/1.2, reward 0.2·format + 0.3·process + 0.5·accuracy, adaptive ε and β, AdamW β2=0.99,
+cosine LR with 10% warm-up, gradient clipping 1.0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgereason.config import StageConfig
+from edgereason.formats import DEFAULT_FORMAT
+from edgereason.models import DEFAULT_MODEL
+
+LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
+
+
+class TrainConfig(StageConfig):
+    # ---- run ----
+    name: str = Field("grpo-smollm2", description="Run name: outputs go to <output_root>/<name>/.")
+    output_root: Path = Field(Path("runs"), description="Folder holding all runs.")
+    overwrite: bool = Field(False, description="Replace a finished run of the same name (never implicit).")
+    seed: int = Field(42, description="Seed for data order, sampling and LoRA init.")
+
+    # ---- model ----
+    model: str = Field(DEFAULT_MODEL, description="Base model: embedded name, HF directory, GGUF file or hub id.")
+    full_finetune: bool = Field(False, description="Train all parameters instead of a LoRA adapter.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules that get LoRA weights (default: all attention and MLP projections).",
+    )
+
+    # ---- data ----
+    dataset: str = Field("gsm8k-train", description="Training data: gsm8k-train, a MATH-style file, or any data file.")
+    data_dir: Path | None = Field(None, description="Data folder (default ../shared/data).")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many problems (after filtering).")
+    levels: list[int] | None = Field(None, description="Keep only these MATH levels (e.g. [4, 5]).")
+    curriculum: Literal["none", "hard-only", "mixed"] = Field(
+        "none",
+        description="hard-only: MATH level 4-5, or problems the base model solves in < hard_max_pass_rate of "
+        "difficulty_samples samples (measured by a pre-pass); mixed: hard and easy problems alternated.",
+    )
+    difficulty_samples: int = Field(4, ge=1, description="Samples per problem in the difficulty pre-pass.")
+    hard_max_pass_rate: float = Field(0.25, ge=0, le=1, description="A problem is hard when solved at most this often.")
+    difficulty_pool: int = Field(64, ge=1, description="Problems measured by the difficulty pre-pass.")
+    format: str = Field(DEFAULT_FORMAT, description="Reasoning format preset the model is trained for.")
+    prefill: bool = Field(True, description="End prompts with the format's open tag (R1-style prefill).")
+
+    # ---- rewards ----
+    reward_weights: dict[str, float] = Field(
+        {"format": 0.2, "process": 0.3, "accuracy": 0.5, "correctness": 0.0, "cosine_length": 0.0},
+        description="Weight of each reward component; all are computed and logged, weights make the total.",
+    )
+    cosine_min_correct: float = Field(0.5, description="Cosine length reward: correct answer at max length.")
+    cosine_max_correct: float = Field(1.0, description="Cosine length reward: correct answer at length 0.")
+    cosine_min_wrong: float = Field(-1.0, description="Cosine length reward: wrong answer at length 0.")
+    cosine_max_wrong: float = Field(-0.5, description="Cosine length reward: wrong answer at max length.")
+    cosine_max_length: int | None = Field(None, description="Cosine length horizon in tokens (default max_completion_length).")
+
+    # ---- GRPO ----
+    max_steps: int = Field(40, ge=1, description="Optimizer steps.")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group).")
+    per_device_train_batch_size: int = Field(8, ge=1, description="Completions per device per step; divisible by num_generations.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    temperature_schedule: list[float] | None = Field(
+        [0.6, 0.8, 1.0, 1.2],
+        description="Per-generation temperatures within a group (cycled); None samples all at `temperature`.",
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature when no schedule is set.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    max_prompt_length: int = Field(320, ge=16, description="Prompts are left-truncated to this many tokens.")
+    max_completion_length: int = Field(160, ge=8, description="Maximum generated tokens per completion.")
+    loss_type: LossType = Field("dr_grpo", description="TRL loss aggregation (grpo, dr_grpo, dapo, bnpo, cispo, sapo).")
+    epsilon: float = Field(0.2, gt=0, description="Clipping ε0 (initial).")
+    epsilon_high: float | None = Field(None, description="Upper clip (DAPO clip-higher); default = epsilon.")
+    adaptive_epsilon: bool = Field(True, description="ε(t) = ε0·exp(−t/τ) + ε_min.")
+    epsilon_tau: float = Field(100.0, description="τ of the adaptive clip schedule, in steps.")
+    epsilon_min: float = Field(0.05, ge=0, description="ε_min of the adaptive clip schedule.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient β (0 disables the reference model entirely).")
+    adaptive_kl: bool = Field(True, description="×1.5 β above 2× target KL, ÷1.5 below 0.5× target.")
+    kl_target: float = Field(0.01, gt=0, description="Target KL for the adaptive controller.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Advantage normalisation.")
+
+    # ---- optimisation ----
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA-scale).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share of steps.")
+    lr_scheduler: str = Field("cosine", description="LR schedule after warm-up.")
+    adam_beta1: float = Field(0.9, description="AdamW β1.")
+    adam_beta2: float = Field(0.99, description="AdamW β2.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (bigger models).")
+    bf16: bool | None = Field(None, description="bf16 training (default: on with a GPU, off on CPU).")
+
+    # ---- run management ----
+    save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resume picks the last complete one).")
+    save_total_limit: int = Field(3, ge=1, description="Checkpoints kept.")
+    logging_steps: int = Field(1, ge=1, description="Log metrics every N steps.")
+    sample_every: int = Field(5, ge=1, description="Log a sample of completions every N steps.")
+    early_stop: bool = Field(True, description="Stop when reward saturates or the gradient norm collapses.")
+    early_stop_patience: int = Field(5, ge=1, description="Consecutive steps needed to trigger early stop.")
+    early_stop_fraction: float = Field(0.95, gt=0, le=1, description="Saturation = mean reward >= this share of its ceiling.")
+
+    # ---- scale-out ----
+    use_vllm: bool = Field(False, description="Generate with vLLM (GPU): TRL's colocate or server mode.")
+    vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM generation mode.")
+    vllm_server_base_url: str | None = Field(None, description="URL of a `trl vllm-serve` server (server mode).")
+    vllm_structured_outputs: bool = Field(False, description="Constrain vLLM sampling to the format's regex.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if per_step % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size × gradient_accumulation_steps ({per_step}) must be divisible by "
+                f"num_generations ({self.num_generations})"
+            )
+        unknown = set(self.reward_weights) - {"format", "process", "accuracy", "correctness", "cosine_length"}
+        if unknown:
+            raise ValueError(f"unknown reward components {sorted(unknown)}")
+        if not any(self.reward_weights.values()):
+            raise ValueError("all reward weights are 0: nothing to learn from")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_root / self.name

@@ -1,0 +1,214 @@
+"""GRPO reward functions: each a pure, documented function of one completion, plus the adapter that
+turns them into TRL reward functions (batched, named, logged per component).
+
+Every function reads the output shape through the shared `ReasoningFormat` and grades answers
+with the shared grader, so the tags and the equivalence rules are declared once, in `edgereason`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+from edgereason.formats import ReasoningFormat, get_format
+from edgereason.grading import answers_equal, extract_answer, partial_credit
+
+# ---- format adherence ------------------------------------------------------------------------
+
+FORMAT_EXACT = 3.0  #: a completion the format validator accepts
+FORMAT_TAG = 0.5  #: each of the four tags present (reasoning open/close, answer open/close)
+FORMAT_ORDER = 1.0  #: all four present and in the right order
+FORMAT_INVALID_CAP = 2.5  #: partial credit never reaches an exact match (e.g. text after the answer)
+
+
+def format_reward(text: str, fmt: ReasoningFormat | str | None = None) -> float:
+    """3.0 for a valid completion; otherwise 0.5 per tag present + 1.0 for correct order, capped at
+    2.5. For the boxed preset: 3.0 valid, 1.0 for a `\\boxed{}` that breaks some other rule, else 0."""
+    f = get_format(fmt)
+    parsed = f.parse(text)
+    if parsed.valid:
+        return FORMAT_EXACT
+    if f.kind == "boxed":
+        return 1.0 if parsed.answer else 0.0
+    score = FORMAT_TAG * sum(parsed.tags_present.values()) + (FORMAT_ORDER if parsed.ordered else 0.0)
+    return min(score, FORMAT_INVALID_CAP)
+
+
+# ---- answer accuracy -------------------------------------------------------------------------
+
+
+def accuracy_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = None) -> float:
+    """Graded correctness of the extracted answer: exact 3.0 / equivalent 1.5 / within 10% 0.5 /
+    within 20% 0.25 / numeric miss -0.5 / wrong or missing -1.0 (see edgereason.grading)."""
+    return partial_credit(extract_answer(text, fmt).text, gold)
+
+
+def correctness_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = None) -> float:
+    """Plain binary correctness: 1.0 if the extracted answer is equivalent to the gold, else 0.0."""
+    return 1.0 if answers_equal(extract_answer(text, fmt).text, gold) else 0.0
+
+
+# ---- reasoning process -----------------------------------------------------------------------
+
+PROCESS_ARITHMETIC_WEIGHT = 2.0  #: times the share of re-executed `a op b = c` claims that hold
+PROCESS_STEPS_WEIGHT = 1.0  #: times min(distinct steps, PROCESS_STEP_TARGET) / PROCESS_STEP_TARGET
+PROCESS_STEP_TARGET = 4  #: this many distinct reasoning steps earn the full step score
+PROCESS_REPEAT_PENALTY = 0.5  #: subtracted per repeated step beyond the first repeat (degenerate loops)
+
+_NUM = r"-?\$?\d[\d,]*(?:\.\d+)?%?"
+_ARITH = re.compile(
+    rf"(?P<a>{_NUM})\s*(?P<op>[-+*/x×÷])\s*(?P<b>{_NUM})\s*=\s*(?P<c>{_NUM})(?![\d.]*\s*[-+*/x×÷]\s*\d)"
+)
+
+
+def _num(s: str) -> Fraction | None:
+    s = s.replace("$", "").replace(",", "").rstrip("%")
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+@dataclass(frozen=True)
+class ArithmeticCheck:
+    claim: str
+    holds: bool
+
+
+def check_arithmetic(reasoning: str) -> list[ArithmeticCheck]:
+    """Re-execute every binary `a op b = c` claim in the reasoning (ops + - * / x × ÷).
+
+    A claim holds when c equals a op b within 1% (reasoning rounds, e.g. 10 / 3 = 3.33)."""
+    checks = []
+    for m in _ARITH.finditer(reasoning):
+        a, b, c = _num(m["a"]), _num(m["b"]), _num(m["c"])
+        if a is None or b is None or c is None:
+            continue
+        op = m["op"]
+        if op in "/÷":
+            if b == 0:
+                checks.append(ArithmeticCheck(m.group(0), False))
+                continue
+            value = a / b
+        elif op in "*x×":
+            value = a * b
+        elif op == "+":
+            value = a + b
+        else:
+            value = a - b
+        holds = abs(value - c) <= abs(value) / 100 if value != 0 else c == 0
+        checks.append(ArithmeticCheck(m.group(0), holds))
+    return checks
+
+
+def reasoning_steps(reasoning: str) -> tuple[int, int]:
+    """(distinct steps, repeated steps): steps are non-empty lines, or sentences on a single line."""
+    parts = [p.strip() for p in re.split(r"\n+|(?<=[.!?])\s+", reasoning) if len(p.strip()) > 3]
+    distinct = len(set(parts))
+    return distinct, len(parts) - distinct
+
+
+def process_reward(text: str, fmt: ReasoningFormat | str | None = None) -> float:
+    """Reasoning-process quality from the text alone (no model calls), in [-inf, 3]:
+    2.0 x share of arithmetic claims that re-execute correctly (0 when there are none)
+    + 1.0 x min(distinct steps, 4) / 4
+    - 0.5 x (repeated steps - 1) when steps repeat (a loop is not progress)."""
+    parsed = get_format(fmt).parse(text)
+    reasoning = parsed.reasoning if parsed.reasoning is not None else text
+    if not reasoning.strip():
+        return 0.0
+    checks = check_arithmetic(reasoning)
+    arithmetic = sum(c.holds for c in checks) / len(checks) if checks else 0.0
+    distinct, repeated = reasoning_steps(reasoning)
+    score = PROCESS_ARITHMETIC_WEIGHT * arithmetic + PROCESS_STEPS_WEIGHT * min(distinct, PROCESS_STEP_TARGET) / PROCESS_STEP_TARGET
+    if repeated > 1:
+        score -= PROCESS_REPEAT_PENALTY * (repeated - 1)
+    return score
+
+
+# ---- length control --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CosineLengthParams:
+    """Cosine-scaled length reward (Open-RS, after Yeo et al. 2025): correct answers earn more when
+    shorter (max_correct at length 0 down to min_correct at max_length); wrong answers are penalised
+    less when longer (min_wrong at length 0 up to max_wrong at max_length)."""
+
+    min_correct: float = 0.5
+    max_correct: float = 1.0
+    min_wrong: float = -1.0
+    max_wrong: float = -0.5
+    max_length: int = 1000  # tokens (or characters / 4 when no token count is known)
+
+
+def cosine_length_reward(correct: bool, length: int, p: CosineLengthParams = CosineLengthParams()) -> float:
+    progress = min(max(length, 0) / max(p.max_length, 1), 1.0)
+    cosine = math.cos(progress * math.pi)
+    lo, hi = (p.min_correct, p.max_correct) if correct else (p.max_wrong, p.min_wrong)
+    return lo + 0.5 * (hi - lo) * (1.0 + cosine)
+
+
+# ---- TRL adapters ----------------------------------------------------------------------------
+
+#: The components, in the order they are passed to TRL (its logs name them rewards/<name>/mean).
+REWARD_NAMES = ("format", "process", "accuracy", "correctness", "cosine_length")
+
+
+def _texts(completions: list) -> list[str]:
+    """TRL passes strings for text prompts and message lists for conversational ones."""
+    out = []
+    for c in completions:
+        if isinstance(c, list):
+            out.append("".join(m.get("content", "") for m in c if isinstance(m, dict)))
+        else:
+            out.append(str(c))
+    return out
+
+
+def make_trl_rewards(
+    fmt: ReasoningFormat | str | None,
+    prefix: str = "",
+    cosine: CosineLengthParams = CosineLengthParams(),
+    on_batch: Callable[[list[str], list[str], dict[str, list[float]]], None] | None = None,
+) -> list[Callable[..., list[float]]]:
+    """Reward functions in REWARD_NAMES order, in TRL's calling convention.
+
+    `prefix` is the format prefill the prompt ended with; it is put back in front of each completion
+    before grading. `on_batch(prompts, texts, scores)` sees every scored batch (sample logging).
+    """
+    f = get_format(fmt)
+
+    def full(completions: list) -> list[str]:
+        return [prefix + t for t in _texts(completions)]
+
+    def format(completions, **kw):  # noqa: A001 - TRL logs the function name
+        return [format_reward(t, f) for t in full(completions)]
+
+    def process(completions, **kw):
+        return [process_reward(t, f) for t in full(completions)]
+
+    def accuracy(completions, answer, prompts=None, **kw):
+        texts = full(completions)
+        scores = [accuracy_reward(t, g, f) for t, g in zip(texts, answer)]
+        if on_batch is not None:
+            on_batch(list(prompts or []), texts, {"accuracy": scores})
+        return scores
+
+    def correctness(completions, answer, **kw):
+        return [correctness_reward(t, g, f) for t, g in zip(full(completions), answer)]
+
+    def cosine_length(completions, answer, completion_ids=None, **kw):
+        texts = full(completions)
+        lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [len(t) // 4 for t in texts]
+        return [
+            cosine_length_reward(answers_equal(extract_answer(t, f).text, g), n, cosine)
+            for t, g, n in zip(texts, answer, lengths)
+        ]
+
+    funcs = [format, process, accuracy, correctness, cosine_length]
+    assert tuple(fn.__name__ for fn in funcs) == REWARD_NAMES
+    return funcs
