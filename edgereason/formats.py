@@ -265,14 +265,15 @@ def _balanced(text: str, start: int) -> tuple[str | None, int]:
     return None, len(text)
 
 
+# Short instructions plus one worked example: measured on SmolLM2-135M (12 GSM8K train problems,
+# T=0.8, with the prefill), the long instruction-only prompt gave 0/12 valid completions and this
+# one 3/12, enough reward signal for GRPO to build on.
 _TAG_PROMPT = (
-    "You are a careful math tutor. Think step by step. Respond in exactly this format and nothing else:\n"
-    "{ro}\n"
-    "your step-by-step reasoning\n"
-    "{rc}\n"
-    "{ao}\n"
-    "the final answer only (a number or expression, no units)\n"
-    "{ac}"
+    "Solve the math problem. Put your step-by-step reasoning between {ro} and {rc}, "
+    "then the final answer between {ao} and {ac}.\n\n"
+    "Example:\n"
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have now?\n"
+    "{ro}\nTom starts with 3 apples and buys 4 more: 3 + 4 = 7.\n{rc}\n{ao}\n7\n{ac}"
 )
 
 

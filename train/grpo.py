@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from edgereason.data import (
+    BENCHMARKS,
     Problem,
+    benchmark_path,
     dataset_hash,
     filter_by_level,
     filter_by_pass_rate,
@@ -28,8 +30,6 @@ from edgereason.data import (
     load_benchmark,
     measure_pass_rates,
     sample_problems,
-    benchmark_path,
-    BENCHMARKS,
 )
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.models import ResolvedModel, resolve_model
@@ -197,9 +197,10 @@ def to_dataset(problems: list[Problem], tokenizer, fmt: ReasoningFormat, prefill
 
 
 def _make_trainer_class():
-    """GRPOTrainer plus per-generation temperatures (TRL samples a whole batch at one temperature)."""
+    """GRPOTrainer plus per-generation temperatures (TRL samples a whole batch at one temperature)
+    and the format's stop strings (generation ends at the closing answer tag, as at inference)."""
     import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria
     from trl import GRPOTrainer
 
     from train.schedules import row_temperatures
@@ -215,34 +216,43 @@ def _make_trainer_class():
 
     class EdgeGRPOTrainer(GRPOTrainer):
         temperature_schedule: list[float] | None = None
+        stop_strings: list[str] | None = None
 
         def _generate_single_turn(self, prompt_ids, *args, **kwargs):
-            if not self.temperature_schedule or self.use_vllm:
+            if self.use_vllm:
                 return super()._generate_single_turn(prompt_ids, *args, **kwargs)
-            rows = len(prompt_ids)
-            temps = torch.tensor(
-                row_temperatures(
+            extra: dict = {}
+            if self.temperature_schedule:
+                rows = len(prompt_ids)
+                temps = row_temperatures(
                     self.temperature_schedule, self.num_generations, rows, self.accelerator.process_index * rows
                 )
-            )
+                extra["logits_processor"] = LogitsProcessorList([RowTemperature(torch.tensor(temps))])
+            if self.stop_strings:
+                extra["stopping_criteria"] = StoppingCriteriaList(
+                    [StopStringCriteria(self.processing_class, self.stop_strings)]
+                )
             base = self.accelerator.unwrap_model(self.model)
             base = base.get_base_model() if hasattr(base, "get_base_model") else base
-            with _extra_logits_processor(base, RowTemperature(temps), LogitsProcessorList):
+            with extra_generate_kwargs(base, **extra):
                 return super()._generate_single_turn(prompt_ids, *args, **kwargs)
 
     return EdgeGRPOTrainer
 
 
 @contextlib.contextmanager
-def _extra_logits_processor(model, processor, list_cls):
-    """Route `processor` into every `model.generate` call inside the block.
-
-    TRL calls generate with only a GenerationConfig, which cannot carry a custom processor; an
-    instance attribute shadows the method for the duration and is removed afterwards."""
+def extra_generate_kwargs(model, **extra):
+    """Route extra logits processors / stopping criteria into every `model.generate` call inside
+    the block. TRL calls generate with only a GenerationConfig, which cannot carry them; an instance
+    attribute shadows the method for the duration and is removed afterwards."""
+    if not extra:
+        yield
+        return
     original = model.generate
 
     def generate(*args, **kwargs):
-        kwargs["logits_processor"] = list_cls([*(kwargs.get("logits_processor") or []), processor])
+        for key, items in extra.items():  # append to whatever the caller passed
+            kwargs[key] = type(items)([*(kwargs.get(key) or []), *items])
         return original(*args, **kwargs)
 
     model.generate = generate
@@ -252,52 +262,40 @@ def _extra_logits_processor(model, processor, list_cls):
         del model.generate
 
 
+# TrainConfig fields that GRPOConfig takes under the same name and meaning.
+_SAME_NAME_ARGS = (
+    "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
+    "max_completion_length", "top_p", "loss_type", "epsilon", "epsilon_high", "beta", "scale_rewards",
+    "learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "max_grad_norm", "gradient_checkpointing",
+    "logging_steps", "save_steps", "save_total_limit", "seed", "use_vllm", "vllm_mode", "vllm_server_base_url",
+)
+
+
 def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool):
     from trl import GRPOConfig
+
+    from train.rewards import REWARD_NAMES
 
     # With a per-row schedule, sampling runs at 1.0 and RowTemperature rescales each row; the loss
     # then scores tokens under the untempered policy, as the reference study does.
     temperature = 1.0 if cfg.temperature_schedule else cfg.temperature
     bf16 = cfg.bf16 if cfg.bf16 is not None else use_gpu
     return GRPOConfig(
+        **{name: getattr(cfg, name) for name in _SAME_NAME_ARGS},
         output_dir=str(run_dir / "checkpoints"),
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
         temperature=temperature,
-        top_p=cfg.top_p,
-        loss_type=cfg.loss_type,
-        epsilon=cfg.epsilon,
-        epsilon_high=cfg.epsilon_high,
-        beta=cfg.beta,
-        scale_rewards=cfg.scale_rewards,
-        learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         lr_scheduler_type=cfg.lr_scheduler,
-        adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         bf16=bf16,
         use_cpu=not use_gpu,
-        logging_steps=cfg.logging_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=[],
         log_completions=False,
         disable_tqdm=True,
-        use_vllm=cfg.use_vllm,
-        vllm_mode=cfg.vllm_mode,
-        vllm_server_base_url=cfg.vllm_server_base_url,
         vllm_structured_outputs_regex=get_format(cfg.format).regex if cfg.vllm_structured_outputs else None,
         model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
-        reward_weights=None,  # set below from cfg.reward_weights, in REWARD_NAMES order
+        reward_weights=[cfg.reward_weights.get(n, 0.0) for n in REWARD_NAMES],
     )
 
 
@@ -337,7 +335,7 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
 
     from train.callbacks import BatchStats, GRPOControlCallback, RunRecordCallback, read_metrics, summarise_metrics
     from train.report import write_report
-    from train.rewards import REWARD_NAMES, CosineLengthParams, make_trl_rewards
+    from train.rewards import CosineLengthParams, make_trl_rewards
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -359,7 +357,6 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
 
     use_gpu = torch.cuda.is_available()
     args = _grpo_args(cfg, run_dir, use_gpu)
-    args.reward_weights = [cfg.reward_weights.get(n, 0.0) for n in REWARD_NAMES]
     stats = BatchStats(fmt)
     rewards = make_trl_rewards(
         fmt,
@@ -396,6 +393,7 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
         callbacks=[control, record],
     )
     trainer.temperature_schedule = cfg.temperature_schedule
+    trainer.stop_strings = fmt.stop_sequences() or None
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     control.trainer = trainer

@@ -59,9 +59,8 @@ PROCESS_STEP_TARGET = 4  #: this many distinct reasoning steps earn the full ste
 PROCESS_REPEAT_PENALTY = 0.5  #: subtracted per repeated step beyond the first repeat (degenerate loops)
 
 _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?%?"
-_ARITH = re.compile(
-    rf"(?P<a>{_NUM})\s*(?P<op>[-+*/x×÷])\s*(?P<b>{_NUM})\s*=\s*(?P<c>{_NUM})(?![\d.]*\s*[-+*/x×÷]\s*\d)"
-)
+_OP = r"[-+*/x×÷]"
+_ARITH = re.compile(rf"(?P<expr>{_NUM}(?:\s*{_OP}\s*{_NUM})+)\s*=\s*(?P<c>{_NUM})")
 
 
 def _num(s: str) -> Fraction | None:
@@ -72,6 +71,41 @@ def _num(s: str) -> Fraction | None:
         return None
 
 
+def _evaluate(expr: str) -> Fraction | None:
+    """Exact value of a chain like `16 - 3 - 4` or `$1,200 x 2` (usual precedence), or None."""
+    tokens = re.findall(rf"{_NUM}|{_OP}", expr.strip())
+    values: list[Fraction] = []
+    ops: list[str] = []
+    expect_number = True
+    for tok in tokens:
+        if expect_number:
+            v = _num(tok)
+            if v is None:
+                return None
+            values.append(v)
+        else:
+            ops.append({"x": "*", "×": "*", "÷": "/"}.get(tok, tok))
+        expect_number = not expect_number
+    if not values or len(ops) != len(values) - 1:
+        return None
+    # multiplication and division first, then addition and subtraction, left to right
+    terms, signs = [values[0]], []
+    for op, v in zip(ops, values[1:]):
+        if op == "*":
+            terms[-1] *= v
+        elif op == "/":
+            if v == 0:
+                return None
+            terms[-1] /= v
+        else:
+            signs.append(op)
+            terms.append(v)
+    total = terms[0]
+    for op, v in zip(signs, terms[1:]):
+        total = total + v if op == "+" else total - v
+    return total
+
+
 @dataclass(frozen=True)
 class ArithmeticCheck:
     claim: str
@@ -79,27 +113,16 @@ class ArithmeticCheck:
 
 
 def check_arithmetic(reasoning: str) -> list[ArithmeticCheck]:
-    """Re-execute every binary `a op b = c` claim in the reasoning (ops + - * / x × ÷).
+    """Re-execute every `a op b [op c ...] = d` claim in the reasoning (ops + - * / x × ÷).
 
-    A claim holds when c equals a op b within 1% (reasoning rounds, e.g. 10 / 3 = 3.33)."""
+    A claim holds when d equals the left side within 1% (reasoning rounds: 10 / 3 = 3.33);
+    a division by zero never holds."""
     checks = []
     for m in _ARITH.finditer(reasoning):
-        a, b, c = _num(m["a"]), _num(m["b"]), _num(m["c"])
-        if a is None or b is None or c is None:
+        value, claimed = _evaluate(m["expr"]), _num(m["c"])
+        if claimed is None:
             continue
-        op = m["op"]
-        if op in "/÷":
-            if b == 0:
-                checks.append(ArithmeticCheck(m.group(0), False))
-                continue
-            value = a / b
-        elif op in "*x×":
-            value = a * b
-        elif op == "+":
-            value = a + b
-        else:
-            value = a - b
-        holds = abs(value - c) <= abs(value) / 100 if value != 0 else c == 0
+        holds = value is not None and (abs(value - claimed) <= abs(value) / 100 if value != 0 else claimed == 0)
         checks.append(ArithmeticCheck(m.group(0), holds))
     return checks
 

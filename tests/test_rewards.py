@@ -1,0 +1,111 @@
+import math
+
+import pytest
+
+from edgereason.formats import get_format
+from train.rewards import (
+    FORMAT_EXACT,
+    FORMAT_INVALID_CAP,
+    REWARD_NAMES,
+    CosineLengthParams,
+    accuracy_reward,
+    check_arithmetic,
+    correctness_reward,
+    cosine_length_reward,
+    format_reward,
+    make_trl_rewards,
+    process_reward,
+)
+
+GOOD = "<reasoning>\nShe has 16 - 3 - 4 = 9 eggs.\nShe sells them: 9 * 2 = 18.\n</reasoning>\n<answer>\n18\n</answer>"
+
+
+def test_format_reward_exact_and_partial():
+    assert format_reward(GOOD) == FORMAT_EXACT
+    assert format_reward("") == 0.0
+    assert format_reward("<reasoning>x") == 0.5
+    assert format_reward("<reasoning>x</reasoning>") == 1.0
+    # all four tags, in order, but text after the answer: partial credit, capped below exact
+    assert format_reward(GOOD + " Hope that helps!") == FORMAT_INVALID_CAP
+    # all tags, wrong order: 4 x 0.5, no order bonus
+    assert format_reward("<answer>1</answer><reasoning>x</reasoning>") == 2.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD + GOOD,  # tags repeated
+        "<reasoning>x</reasoning> 18",  # answer outside tags
+        "<answer><reasoning>x</reasoning>18</answer>",  # nested
+        "<reasoning></reasoning><answer></answer>",  # empty blocks
+        "<" * 1000,
+    ],
+)
+def test_format_reward_adversarial_never_exact(text):
+    r = format_reward(text)
+    assert 0.0 <= r < FORMAT_EXACT
+
+
+def test_format_reward_other_presets():
+    think = get_format("think-answer")
+    assert format_reward(think.render("2+2=4", "4"), think) == FORMAT_EXACT
+    assert format_reward(GOOD, think) < FORMAT_EXACT
+    assert format_reward("so \\boxed{4}", "boxed") == FORMAT_EXACT
+    assert format_reward("so 4", "boxed") == 0.0
+
+
+def test_accuracy_and_correctness():
+    assert accuracy_reward(GOOD, "18") == 3.0
+    assert accuracy_reward(GOOD.replace("\n18\n", "\n$18.00\n"), "18") == 1.5
+    assert accuracy_reward(GOOD.replace("\n18\n", "\n19\n"), "18") == 0.5
+    assert accuracy_reward(GOOD.replace("\n18\n", "\n90\n"), "18") == -0.5
+    assert accuracy_reward("", "18") == -1.0
+    assert accuracy_reward(GOOD.replace("\n18\n", "\n" + "9" * 400 + "\n"), "18") == -0.5  # huge number
+    assert correctness_reward(GOOD, "18") == 1.0
+    assert correctness_reward(GOOD, "19") == 0.0
+    # an answer outside the tags still counts through the extraction fallbacks
+    assert correctness_reward("so it is 18", "18") == 1.0
+
+
+def test_arithmetic_is_re_executed():
+    checks = check_arithmetic("16 - 3 - 4 = 9 eggs; 9 * 2 = 18; 7 + 5 = 13; 10 / 3 = 3.33; 5 / 0 = 1; $1,200 x 2 = $2,400")
+    assert [c.holds for c in checks] == [True, True, False, True, False, True]
+    assert process_reward(GOOD) > process_reward(GOOD.replace("= 18", "= 20"))
+
+
+def test_process_reward_penalises_loops_and_handles_empty():
+    loop = "<reasoning>\n" + "We add 2 and 2.\n" * 6 + "</reasoning><answer>4</answer>"
+    assert process_reward(loop) < process_reward(GOOD)
+    assert process_reward("") == 0.0
+    assert process_reward("<reasoning></reasoning><answer>1</answer>") == 0.0
+
+
+def test_cosine_length_reward_shape():
+    p = CosineLengthParams(max_length=100)
+    assert cosine_length_reward(True, 0, p) == pytest.approx(1.0)
+    assert cosine_length_reward(True, 100, p) == pytest.approx(0.5)
+    assert cosine_length_reward(False, 0, p) == pytest.approx(-1.0)
+    assert cosine_length_reward(False, 100, p) == pytest.approx(-0.5)
+    assert cosine_length_reward(True, 500, p) == pytest.approx(0.5)  # clamped past max_length
+    correct = [cosine_length_reward(True, n, p) for n in range(0, 101, 10)]
+    wrong = [cosine_length_reward(False, n, p) for n in range(0, 101, 10)]
+    assert correct == sorted(correct, reverse=True) and wrong == sorted(wrong)
+    assert min(correct) > max(wrong)
+
+
+def test_trl_adapters_apply_prefix_and_names():
+    seen = []
+    fmt = get_format()
+    funcs = make_trl_rewards(fmt, prefix=fmt.prefill, on_batch=lambda p, t, s: seen.append((t, s)))
+    assert tuple(f.__name__ for f in funcs) == REWARD_NAMES
+    completion = GOOD[len(fmt.prefill):]  # what the model generated after the prefill
+    kw = {"answer": ["18", "5"], "prompts": ["p1", "p2"], "completion_ids": [[1] * 10, [1] * 50]}
+    out = {f.__name__: f([completion, completion], **kw) for f in funcs}
+    assert out["format"] == [3.0, 3.0]
+    assert out["accuracy"] == [3.0, -0.5]
+    assert out["correctness"] == [1.0, 0.0]
+    assert out["cosine_length"][0] > 0 > out["cosine_length"][1]
+    assert seen and seen[0][0][0].startswith("<reasoning>")
+    # conversational completions are read too
+    assert funcs[0]([[{"role": "assistant", "content": completion}]]) == [3.0]
+    assert all(math.isfinite(x) for v in out.values() for x in v)
