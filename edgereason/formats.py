@@ -213,7 +213,12 @@ class ReasoningFormat:
 
     @property
     def gbnf(self) -> str:
-        """A llama.cpp GBNF grammar forcing the shape during decoding.
+        """The llama.cpp GBNF grammar of a whole completion (see `grammar`)."""
+        return self.grammar()
+
+    def grammar(self, after_prefill: bool = False) -> str:
+        """A llama.cpp GBNF grammar forcing the shape during decoding; with `after_prefill`, for
+        the text that follows `self.prefill`.
 
         Inside a block a '<' may not start a tag: it must be followed by a character that is not
         '/' and not the first letter of a tag name. The answer is kept to one short line so a
@@ -229,11 +234,12 @@ class ReasoningFormat:
             )
         t = self.tags
         firsts = "".join(sorted({self.reasoning_tag[0], self.answer_tag[0], "/"}))  # type: ignore[index]
+        opening = "" if after_prefill else f'"{t["reasoning_open"]}" "\\n" '
         return "\n".join(
             [
-                f'root ::= "{t["reasoning_open"]}" "\\n" reasoning "{t["reasoning_close"]}" "\\n" '
+                f'root ::= {opening}reasoning "{t["reasoning_close"]}" "\\n" '
                 f'"{t["answer_open"]}" answer "{t["answer_close"]}"',
-                f'reasoning ::= rchar+ ("\\n" | " ")*',
+                'reasoning ::= rchar+ ("\\n" | " ")*',
                 f'rchar ::= [^<] | "<" [^<{firsts}]',
                 'answer ::= [ ]* [^<\\n ] [^<\\n]{0,120}',
             ]

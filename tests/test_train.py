@@ -165,3 +165,18 @@ def test_cli_reports_setup_errors(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2 and "unknown model" in out.stdout
+
+
+def test_runs_under_accelerate_launch(tmp_path, default_model):
+    """The documented scale-out entry point, here with one CPU process."""
+    cfg = tiny(tmp_path, name="accel", max_steps=1)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    out = subprocess.run(
+        [accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "edgereason.cli", "train", "--config", str(cfg_file)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert json.loads((tmp_path / "accel" / "run.json").read_text())["steps"] == 1

@@ -1,8 +1,13 @@
-"""The engine interface every backend implements; engine-specific code stays in its own module."""
+"""The engine interface every backend implements; engine-specific code stays in its own module.
+
+A backend renders chat messages with the model's own template (`render`) and generates from raw
+prompts (`complete`); `chat` combines the two and puts a format prefill back in front of the text.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +25,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF, for backends that constrain decoding
-    prefix: str = ""  # starts the assistant turn (e.g. a format's prefill); included in Completion.text
+    prefix: str = ""  # starts the assistant turn (e.g. a format's prefill); included in chat text
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "grammar"} | {"constrained": self.grammar is not None}
@@ -39,14 +44,46 @@ class Completion:
 
 
 class Backend(ABC):
-    """Chat generation over one loaded model."""
+    """Generation over one loaded model."""
 
     name: str = "backend"
     model_name: str = ""
+    context_length: int | None = None
 
     @abstractmethod
+    def render(self, messages: Messages, prefix: str = "") -> str:
+        """The prompt text for `messages` with the assistant turn opened (and `prefix` after it)."""
+
+    @abstractmethod
+    def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """For each raw prompt, `params.n` completions of the text that follows it."""
+
+    def count_tokens(self, text: str) -> int:
+        raise NotImplementedError
+
     def chat(self, batch: list[Messages], params: SamplingParams) -> list[list[Completion]]:
-        """For each conversation in `batch`, `params.n` completions of the assistant turn."""
+        """For each conversation, `params.n` assistant completions, `params.prefix` included."""
+        results = self.complete([self.render(m, params.prefix) for m in batch], params)
+        for row in results:
+            for c in row:
+                c.text = _restore_closing_tag(params.prefix + c.text, params.stop, c.finish_reason)
+        return results
+
+    def stream(self, messages: Messages, params: SamplingParams) -> Iterator[str]:
+        """Text deltas of one chat completion (the prefix first). Engines that can stream override it."""
+        (completion,) = self.chat([messages], params)[0][:1]
+        yield completion.text
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model."""
+
+
+def _restore_closing_tag(text: str, stops: list[str], finish_reason: str) -> str:
+    """Engines drop (llama.cpp) or keep (transformers) the stop string they matched. A closing tag
+    belongs to the format, so put it back when the text opened that block but never closed it."""
+    if finish_reason != "stop":
+        return text
+    for close_tag in stops:
+        if close_tag.startswith("</") and close_tag.replace("</", "<", 1) in text and close_tag not in text:
+            return text.rstrip() + "\n" + close_tag
+    return text

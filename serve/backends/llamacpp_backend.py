@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgereason.models import resolve_model
-from serve.backends.base import Backend, Completion, Messages, SamplingParams
+from serve.backends.base import Backend, Completion, Messages, SamplingParams, _restore_closing_tag
 
 
 class LlamaCppBackend(Backend):
@@ -33,6 +34,7 @@ class LlamaCppBackend(Backend):
             lora_path=str(lora_path) if lora_path else None,
             verbose=False,
         )
+        self.context_length = self.llm.n_ctx()
         template = self.llm.metadata.get("tokenizer.chat_template") or resolved.chat_template
         if not template:
             raise ValueError(f"{gguf} carries no chat template and edgereason knows none for it")
@@ -49,51 +51,58 @@ class LlamaCppBackend(Backend):
     def render(self, messages: Messages, prefix: str = "") -> str:
         return self.formatter(messages=messages).prompt + prefix
 
-    def chat(self, batch: list[Messages], params: SamplingParams) -> list[list[Completion]]:
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def _kwargs(self, params: SamplingParams, seed: int | None) -> dict:
         from llama_cpp import LlamaGrammar
 
-        grammar = LlamaGrammar.from_string(params.grammar, verbose=False) if params.grammar else None
+        return dict(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=seed,
+            stop=params.stop or None,
+            grammar=LlamaGrammar.from_string(params.grammar, verbose=False) if params.grammar else None,
+        )
+
+    def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         results: list[list[Completion]] = []
-        for i, messages in enumerate(batch):
-            prompt = self.render(messages, params.prefix)
+        for i, prompt in enumerate(prompts):
             row = []
             for j in range(params.n):
                 t0 = time.perf_counter()
                 seed = None if params.seed is None else params.seed + i * params.n + j
-                r = self.llm.create_completion(
-                    prompt,
-                    max_tokens=params.max_tokens,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    seed=seed,
-                    stop=params.stop or None,
-                    grammar=grammar,
-                )
+                r = self.llm.create_completion(prompt, **self._kwargs(params, seed))
                 choice = r["choices"][0]
-                finish = choice.get("finish_reason") or "stop"
-                text = params.prefix + choice["text"]
-                if finish == "stop":
-                    text = _restore_closing_tag(text, params.stop)
                 row.append(
                     Completion(
-                        text,
+                        choice["text"],
                         r["usage"]["prompt_tokens"],
                         r["usage"]["completion_tokens"],
-                        finish,
+                        choice.get("finish_reason") or "stop",
                         time.perf_counter() - t0,
                     )
                 )
             results.append(row)
         return results
 
+    def stream(self, messages: Messages, params: SamplingParams) -> Iterator[str]:
+        if params.prefix:
+            yield params.prefix
+        text, finish = params.prefix, None
+        for chunk in self.llm.create_completion(
+            self.render(messages, params.prefix), stream=True, **self._kwargs(params, params.seed)
+        ):
+            choice = chunk["choices"][0]
+            delta = choice.get("text") or ""
+            finish = choice.get("finish_reason") or finish
+            if delta:
+                text += delta
+                yield delta
+        restored = _restore_closing_tag(text, params.stop, finish or "stop")
+        if restored != text:
+            yield restored[len(text):]
+
     def close(self) -> None:
         self.llm.close()
-
-
-def _restore_closing_tag(text: str, stops: list[str]) -> str:
-    """llama.cpp drops the stop string it matched; a closing tag belongs to the format, so put it
-    back when the text opened that block (has <answer> but no </answer>)."""
-    for close_tag in stops:
-        if close_tag.startswith("</") and close_tag.replace("</", "<", 1) in text and close_tag not in text:
-            return text.rstrip() + "\n" + close_tag
-    return text

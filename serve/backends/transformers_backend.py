@@ -43,20 +43,23 @@ class TransformersBackend(Backend):
             self.model = PeftModel.from_pretrained(self.model, str(adapter)).to(self.device)
         self.model.eval()
         self.batch_size = batch_size
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
 
-    def chat(self, batch: list[Messages], params: SamplingParams) -> list[list[Completion]]:
+    def render(self, messages: Messages, prefix: str = "") -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         out: list[list[Completion]] = []
-        for start in range(0, len(batch), self.batch_size):
-            out.extend(self._chat_batch(batch[start : start + self.batch_size], params))
+        for start in range(0, len(prompts), self.batch_size):
+            out.extend(self._complete_batch(prompts[start : start + self.batch_size], params))
         return out
 
-    def _chat_batch(self, batch: list[Messages], params: SamplingParams) -> list[list[Completion]]:
+    def _complete_batch(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         import torch
 
-        prompts = [
-            self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) + params.prefix
-            for m in batch
-        ]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -80,17 +83,16 @@ class TransformersBackend(Backend):
         prompt_len = enc["input_ids"].shape[1]
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         results: list[list[Completion]] = []
-        for i in range(len(batch)):
+        for i in range(len(prompts)):
             n_prompt = int(enc["attention_mask"][i].sum())
             row: list[Completion] = []
             for j in range(params.n):
                 ids = gen[i * params.n + j][prompt_len:].tolist()
                 while ids and ids[-1] in eos:
                     ids.pop()
-                text = params.prefix + self.tokenizer.decode(ids, skip_special_tokens=True)
-                text, stopped = _cut_at_stop(text, params.stop)
+                text, stopped = _cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), params.stop)
                 finish = "stop" if stopped or len(ids) < params.max_tokens else "length"
-                row.append(Completion(text, n_prompt, len(ids), finish, elapsed / len(batch)))
+                row.append(Completion(text, n_prompt, len(ids), finish, elapsed / len(prompts)))
             results.append(row)
         return results
 

@@ -1,0 +1,153 @@
+"""A real server on 127.0.0.1 with the default GGUF, driven by the official openai client."""
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from serve.cli import build_app
+from serve.config import ServeConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, **cfg):
+        self.port = _free_port()
+        app = build_app(ServeConfig(port=self.port, **cfg))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(n_ctx=1024, max_tokens=256, max_k=8)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0)
+
+
+QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}]
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+    assert httpx.get(server.base + "/health").json()["status"] == "ok"
+
+
+def test_reasoning_split_under_the_grammar(client):
+    r = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=200, temperature=0)
+    choice = r.choices[0]
+    extra = choice.model_extra
+    assert "format_valid" in extra and r.usage.completion_tokens > 0
+    if choice.finish_reason == "stop":  # the grammar leaves no other way to stop
+        assert extra["format_valid"] is True
+        reasoning = choice.message.model_extra["reasoning_content"]
+        assert reasoning and "<reasoning>" not in reasoning
+        assert choice.message.content and "<answer>" not in choice.message.content
+    else:
+        assert choice.message.model_extra["reasoning_content"]
+
+
+def test_streaming_matches_the_non_streamed_answer(client):
+    kw = dict(model="smollm2-135m", messages=QUESTION, max_tokens=120, temperature=0)
+    full = client.chat.completions.create(**kw)
+    reasoning, content = "", ""
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        delta = chunk.choices[0].delta
+        reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+        content += delta.content or ""
+    assert reasoning.strip() == (full.choices[0].message.model_extra["reasoning_content"] or "").strip()
+    if full.choices[0].model_extra["format_valid"]:
+        assert content.strip() == full.choices[0].message.content.strip()
+
+
+def test_majority_voting(client):
+    r = client.chat.completions.create(
+        model="smollm2-135m", messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=96,
+        extra_body={"voting": {"k": 4, "temperature": 0.7}}, seed=1,
+    )
+    vote = r.model_extra["voting"]
+    assert vote["k"] == 4 and 1 <= vote["samples"] <= 4
+    assert sum(v["count"] for v in vote["votes"]) + vote["invalid"] == vote["samples"]
+    if vote["votes"]:
+        top = vote["votes"][0]
+        assert vote["answer"] == top["answer"] == r.choices[0].message.content
+        assert vote["share"] == pytest.approx(top["count"] / (vote["samples"] - vote["invalid"]), abs=1e-3)
+    if vote["early_stopped"]:
+        assert vote["samples"] < 4
+
+
+def test_completions_endpoint(client):
+    r = client.completions.create(model="smollm2-135m", prompt="1, 2, 3, 4,", max_tokens=6, temperature=0)
+    assert r.choices[0].text and r.usage.completion_tokens <= 6
+
+
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ('{"model": "smollm2-135m", "messages": []}', 400, "messages"),
+        ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "max_tokens"),
+        ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "n": 99}', 400, "n "),
+        ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "voting": {"k": 99}}', 400, "voting.k"),
+        ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400, "temperature"),
+        ('{"model": "smollm2-135m", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "role"),
+        ('{"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}', 404, "gpt-9"),
+        ('{not json', 400, ""),
+        ('[]', 400, ""),
+    ],
+)
+def test_bad_requests_get_openai_errors(server, body, status, fragment):
+    r = httpx.post(server.base + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert fragment in err["message"] and err["type"]
+
+
+def test_prompt_longer_than_context(server):
+    r = httpx.post(server.base + "/v1/chat/completions",
+                   json={"model": "smollm2-135m", "messages": [{"role": "user", "content": "word " * 3000}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_metrics_exposed(server, client):
+    text = httpx.get(server.base + "/metrics").text
+    assert "edgereason_requests_total" in text and "edgereason_generated_tokens_total" in text
+
+
+def test_api_key_and_full_queue():
+    s = Server(n_ctx=512, api_key="sekret", max_queue=0)
+    try:
+        base = s.base + "/v1/chat/completions"
+        body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        r = httpx.post(base, json=body)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        r = httpx.post(base, json=body, headers={"authorization": "Bearer wrong"})
+        assert r.status_code == 401
+        r = httpx.post(base, json=body, headers={"authorization": "Bearer sekret"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+        assert httpx.get(s.base + "/health").status_code == 200  # health needs no key
+    finally:
+        s.stop()
