@@ -163,7 +163,7 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
         else:
             params = engine.params(reasoning, req.token_limit, req.temperature, req.top_p, req.seed, req.stops)
             if req.response_format is not None and req.response_format.type != "text":
-                params.grammar = _json_grammar()
+                params.grammar = _json_grammar(req.response_format.json_schema)
             if req.stream:
                 return _stream_chat(req, messages, params, reasoning)
             answers = await guarded(engine.complete(messages, params, req.n, validate=reasoning))
@@ -238,8 +238,14 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
     return app
 
 
-def _json_grammar() -> str:
-    """llama.cpp's JSON grammar, for response_format json_object/json_schema."""
-    from llama_cpp.llama_grammar import JSON_GBNF
+def _json_grammar(json_schema: dict[str, Any] | None) -> str:
+    """A GBNF grammar for response_format: the given JSON schema, or any JSON object."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-    return JSON_GBNF
+    schema = (json_schema or {}).get("schema")
+    if not schema:
+        return JSON_GBNF
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # an unsupported schema is the client's problem, not a 500
+        raise APIError(400, f"response_format.json_schema cannot be compiled: {e}", param="response_format") from None

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from edgereason.formats import get_format
 from train.config import TrainConfig
 from train.grpo import TrainSetupError, check_setup, run_training
 
