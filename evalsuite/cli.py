@@ -20,6 +20,7 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, help="Number of problems (default 20)."),
     seed: Optional[int] = typer.Option(None, help="Random sample with this seed."),
     format: Optional[str] = typer.Option(None, "--format", help="Reasoning format preset."),
+    prefill: Optional[bool] = typer.Option(None, "--prefill/--no-prefill", help="Start answers with the format's open tag."),
     max_tokens: Optional[int] = typer.Option(None, help="Max new tokens per answer."),
     temperature: Optional[float] = typer.Option(None, help="0 = greedy."),
     batch_size: Optional[int] = typer.Option(None, help="Prompts per generate() call."),
@@ -29,27 +30,13 @@ def eval_command(
     set_: list[str] = typer.Option([], "--set", help="Override a config field: key=value (repeatable)."),
 ) -> None:
     """Evaluate a model: accuracy (with 95% CI) and format compliance on a benchmark."""
+    flags = {k: v for k, v in locals().items() if k not in ("config", "set_")}  # explicit flags win
     from edgereason.config import ConfigError
     from evalsuite.config import EvalConfig
     from evalsuite.runner import run_eval
 
     try:
-        cfg = EvalConfig.load(
-            config,
-            set_,
-            model=model,
-            adapter=adapter,
-            backend=backend,
-            benchmark=benchmark,
-            limit=limit,
-            seed=seed,
-            format=format,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            batch_size=batch_size,
-            data_dir=data_dir,
-            out=out,
-        )
+        cfg = EvalConfig.load(config, set_, **flags)
         summary = run_eval(cfg)
     except (ConfigError, ValueError, LookupError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
