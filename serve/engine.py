@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgereason.formats import ParsedCompletion, ReasoningFormat
 from edgereason.grading import extract_answer
@@ -143,7 +143,7 @@ class ReasoningEngine:
         self.check_prompt(request, params)
         answers = []
         for i in range(n):
-            p = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + i})
+            p = _nth_sample(params, i)
             answers.append(await self._run(self._generate_valid, request, p, validate))
         return answers
 
@@ -154,7 +154,7 @@ class ReasoningEngine:
         answers: list[str | None] = []
         early = False
         for i in range(k):
-            p = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + i})
+            p = _nth_sample(params, i)
             a = await self._run(self._generate_valid, messages, p, False)
             samples.append(a)
             answers.append(extract_answer(a.text, self.fmt).text if a.parsed.valid else None)
@@ -173,6 +173,12 @@ class ReasoningEngine:
         self.check_prompt(messages, params)
         with self._lock:
             yield from self.backend.stream(messages, params)
+
+
+def _nth_sample(params: SamplingParams, i: int) -> SamplingParams:
+    """A copy of `params` for the i-th sample of a request: its own seed, so samples differ but
+    the request stays reproducible."""
+    return replace(params, seed=None if params.seed is None else params.seed + i)
 
 
 class ReasoningSplitter:
