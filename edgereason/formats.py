@@ -110,6 +110,10 @@ class ReasoningFormat:
         learn to close it. Consumers that prefill parse `prefill + generated text`."""
         return f"{self.tags['reasoning_open']}\n" if self.kind == "tags" else ""
 
+    def messages(self, question: str) -> list[dict[str, str]]:
+        """The chat messages that ask `question` in this format (system prompt first)."""
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question}]
+
     def stop_sequences(self) -> list[str]:
         """Strings after which generation can stop: nothing valid follows them."""
         return [self.tags["answer_close"]] if self.kind == "tags" else []

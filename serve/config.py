@@ -16,7 +16,9 @@ class ServeConfig(StageConfig):
     adapter: str | None = Field(None, description="LoRA: a PEFT dir (transformers) or a GGUF LoRA (llama.cpp).")
     backend: Literal["llama.cpp", "transformers"] = Field("llama.cpp", description="Engine.")
     served_name: str | None = Field(None, description="Model id clients use (default: the model's name).")
-    format: str = Field(DEFAULT_FORMAT, description="Reasoning format the model was trained for.")
+    format: str | None = Field(
+        None, description=f"Reasoning format the model was trained for (default: the export's manifest, else {DEFAULT_FORMAT})."
+    )
     host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     api_key: str | None = Field(None, description="Require `Authorization: Bearer <key>` (env EDGEREASON_API_KEY).")

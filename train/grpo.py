@@ -168,8 +168,7 @@ def check_setup(cfg: TrainConfig) -> tuple[ResolvedModel, list[Problem], Path | 
 
 
 def build_prompt(tokenizer, fmt: ReasoningFormat, question: str, prefill: bool) -> str:
-    messages = [{"role": "system", "content": fmt.system_prompt}, {"role": "user", "content": question}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(fmt.messages(question), add_generation_prompt=True, tokenize=False)
     return text + (fmt.prefill if prefill else "")
 
 
@@ -478,8 +477,7 @@ def measure_difficulty(cfg: TrainConfig, problems: list[Problem]) -> tuple[list[
     )
 
     def sample(p: Problem, k: int) -> list[str]:
-        messages = [{"role": "system", "content": fmt.system_prompt}, {"role": "user", "content": p.question}]
-        return [c.text for c in backend.chat([messages], params)[0]]
+        return [c.text for c in backend.chat([fmt.messages(p.question)], params)[0]]
 
     rates = measure_pass_rates(pool, sample, cfg.difficulty_samples, fmt.name)
     backend.close()

@@ -48,6 +48,7 @@ class Backend(ABC):
 
     name: str = "backend"
     model_name: str = ""
+    format: str | None = None  # the reasoning format an export manifest recorded, if any
     context_length: int | None = None
 
     @abstractmethod

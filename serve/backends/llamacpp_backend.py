@@ -27,6 +27,7 @@ class LlamaCppBackend(Backend):
         resolved = resolve_model(model)
         gguf = resolved.require_gguf()
         self.model_name = resolved.name
+        self.format = resolved.format
         self.llm = Llama(
             model_path=str(gguf),
             n_ctx=n_ctx,

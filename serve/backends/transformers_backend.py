@@ -27,6 +27,7 @@ class TransformersBackend(Backend):
             torch.set_num_threads(threads)
         resolved = resolve_model(model, need_hf=True)
         hf_dir = resolved.require_hf()
+        self.format = resolved.format
         self.model_name = resolved.name if adapter is None else f"{resolved.name}+{Path(adapter).name}"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)

@@ -1,0 +1,235 @@
+"""Real exports of the default model: merge, llama.cpp convert/quantize, LoRA GGUF, manifest, safety."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgereason.formats import get_format
+from export.files import ExportError, atomic_output, require_free_space, sha256_file
+from export.gguf_export import export_gguf
+from export.llama_tools import convert_hf_to_gguf, quantize_gguf
+from export.merge import load_hf
+
+
+def _make_adapter(base_hf: Path, out: Path, seed: int = 0) -> Path:
+    """A real PEFT LoRA on the base with non-zero B matrices, so merging changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base_hf), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(base_hf)).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter(default_model, tmp_path_factory) -> Path:
+    return _make_adapter(default_model.hf_dir, tmp_path_factory.mktemp("adapter") / "adapter")
+
+
+@pytest.fixture(scope="module")
+def exported(adapter, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "x"
+    result = export_gguf(out, base="smollm2-135m", adapter=adapter, quants="q8_0,q4_k_m", format_name="reasoning-answer")
+    return out, result
+
+
+def test_merge_gives_the_same_greedy_tokens_as_base_plus_adapter(default_model, adapter):
+    import torch
+
+    merged, tok = load_hf(default_model, adapter, merge=True)
+    unmerged, _ = load_hf(default_model, adapter, merge=False)
+    base, _ = load_hf(default_model)
+    ids = tok("Question: 12 apples minus 5 apples. Answer:", return_tensors="pt")
+    with torch.no_grad():
+        a = merged.generate(**ids, max_new_tokens=24, do_sample=False)
+        b = unmerged.generate(**ids, max_new_tokens=24, do_sample=False)
+        base_logits = base(**ids).logits
+        merged_logits = merged(**ids).logits
+    assert a.tolist() == b.tolist()
+    # The adapter really changed the model (otherwise equivalence would prove nothing).
+    assert (merged_logits - base_logits).abs().max() > 1e-3
+
+
+def test_gguf_round_trip_answers_in_the_reasoning_format(exported):
+    from llama_cpp import Llama, LlamaGrammar
+
+    out, result = exported
+    assert not result.failed
+    fmt = get_format("reasoning-answer")
+    for q in ("q8_0", "q4_k_m"):
+        llm = Llama(model_path=str(out / f"model-{q}.gguf"), n_ctx=1024, verbose=False)
+        # The chat template survived conversion: render with the GGUF's own template.
+        template = llm.metadata["tokenizer.chat_template"]
+        assert "<|im_start|>" in template
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        prompt = Jinja2ChatFormatter(template=template, eos_token="<|im_end|>", bos_token="").__call__(
+            messages=fmt.messages("What is 6 + 5?")
+        ).prompt + fmt.prefill
+        text = llm.create_completion(
+            prompt, max_tokens=96, temperature=0.0, grammar=LlamaGrammar.from_string(fmt.grammar(after_prefill=True), verbose=False)
+        )["choices"][0]["text"]
+        parsed = fmt.parse(fmt.prefill + text)
+        assert parsed.valid, (q, text, parsed.errors)
+        assert parsed.answer.strip()
+        llm.close()
+
+
+def test_manifest_records_every_file_with_hashes_and_verification(exported, adapter):
+    out, _ = exported
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "reasoning-answer"
+    assert m["parameters"] > 100_000_000
+    assert "<|im_start|>" in m["chat_template"]
+    assert m["source"]["adapter"] == str(adapter) and len(m["source"]["base_sha256"]) == 64
+    assert m["tools"]["llama-cpp-python"] and m["tools"]["transformers"]
+    arts = m["artifacts"]
+    assert set(arts) == {"merged-hf", "f16", "q8_0", "q4_k_m", "lora"}
+    for name in ("f16", "q8_0", "q4_k_m", "lora"):
+        a = arts[name]
+        f = out / a["file"]
+        assert a["status"] == "ok"
+        assert a["size_bytes"] == f.stat().st_size and a["sha256"] == sha256_file(f)
+        v = a["verification"]
+        assert v["passed"] and 0 <= v["mean_kl"] and v["perplexity"] > 1
+    assert arts["q8_0"]["verification"]["top1_agreement"] >= 0.9
+    assert arts["f16"]["verification"]["tokenizer_match"] is True
+    assert arts["f16"]["verification"]["chat_template_match"] is True
+    # Quantization shrinks files in the expected order.
+    sizes = [arts[q]["size_bytes"] for q in ("f16", "q8_0", "q4_k_m")]
+    assert sizes == sorted(sizes, reverse=True)
+    assert arts["q4_k_m"]["bits_per_weight"] < 7
+    assert not (out / ".staging").exists()
+
+
+def test_lora_gguf_loads_with_lora_path_and_changes_the_output(exported, default_model):
+    from llama_cpp import Llama
+
+    out, _ = exported
+    prompt = "Question: 12 apples minus 5 apples. Answer:"
+    plain = Llama(model_path=str(default_model.gguf_path), n_ctx=256, verbose=False, logits_all=True)
+    with_lora = Llama(model_path=str(default_model.gguf_path), n_ctx=256, verbose=False, logits_all=True,
+                      lora_path=str(out / "adapter-lora-f16.gguf"))
+    toks = plain.tokenize(prompt.encode())
+    plain.eval(toks)
+    with_lora.eval(toks)
+    import numpy as np
+
+    diff = np.abs(np.asarray(plain.scores[: len(toks)]) - np.asarray(with_lora.scores[: len(toks)])).max()
+    assert diff > 1e-3
+
+
+def test_rerun_skips_verified_artifacts(exported, adapter):
+    out, _ = exported
+    before = (out / "model-q4_k_m.gguf").stat().st_mtime_ns
+    result = export_gguf(out, base="smollm2-135m", adapter=adapter, quants="q4_k_m", format_name="reasoning-answer")
+    assert {"merged-hf", "f16", "q4_k_m", "lora"} <= set(result.skipped)
+    assert (out / "model-q4_k_m.gguf").stat().st_mtime_ns == before
+
+
+def test_failed_quantization_never_touches_a_good_artifact(exported, tmp_path):
+    out, _ = exported
+    good = tmp_path / "model-q4_0.gguf"
+    shutil.copy(out / "model-q4_k_m.gguf", good)
+    digest = sha256_file(good)
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 1000)  # a truncated file: llama.cpp refuses it
+    with pytest.raises(ExportError, match="quantization"):
+        quantize_gguf(broken, good, "q4_0", tmp_path / "q.log")
+    assert sha256_file(good) == digest
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_atomic_output_removes_partial_files_on_error(tmp_path):
+    final = tmp_path / "a.bin"
+    final.write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_output(final) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert final.read_text() == "good"
+    assert list(tmp_path.iterdir()) == [final]
+
+
+def test_clear_errors_before_any_damage(tmp_path, default_model):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with pytest.raises(ExportError, match="does not exist"):
+        export_gguf(tmp_path / "o", base="smollm2-135m", adapter=tmp_path / "missing")
+    not_adapter = tmp_path / "not-adapter"
+    not_adapter.mkdir()
+    with pytest.raises(ExportError, match="no adapter_config.json"):
+        export_gguf(tmp_path / "o", base="smollm2-135m", adapter=not_adapter)
+    with pytest.raises(ExportError, match="unknown quant"):
+        export_gguf(tmp_path / "o", base="smollm2-135m", quants="q4_k_m,q9_9")
+    with pytest.raises(ExportError, match="not enough disk space"):
+        require_free_space(tmp_path, shutil.disk_usage(tmp_path).free + 2**40, "a test")
+
+    # An adapter trained on another (smaller) base model: a shape mismatch, reported as such.
+    tiny_dir = tmp_path / "tiny"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(tiny_dir)
+    shutil.copy(default_model.hf_dir / "tokenizer.json", tiny_dir)
+    shutil.copy(default_model.hf_dir / "tokenizer_config.json", tiny_dir)
+    wrong = _make_adapter(tiny_dir, tmp_path / "wrong-adapter")
+    with pytest.raises(ExportError, match="does not fit base model"):
+        export_gguf(tmp_path / "o2", base="smollm2-135m", adapter=wrong)
+    assert not (tmp_path / "o2" / "model-f16.gguf").exists()
+
+    # An architecture llama.cpp's converter does not know: its message comes through, no output file.
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_dir, odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    cfg["architectures"] = ["NoSuchModelForCausalLM"]
+    (odd / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match="convert_hf_to_gguf.py"):
+        convert_hf_to_gguf(odd, tmp_path / "odd.gguf", tmp_path / "odd.log")
+    assert not (tmp_path / "odd.gguf").exists()
+    assert "NoSuchModelForCausalLM" in (tmp_path / "odd.log").read_text()
+
+
+def test_int4_checkpoint_reloads_with_transformers_and_is_recorded(exported, adapter):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from export.int4 import export_int4
+
+    out, _ = exported
+    entry = export_int4(out, base="smollm2-135m", adapter=adapter, format_name="reasoning-answer")
+    assert entry["status"] == "ok" and entry["quant"] == "bnb-nf4"
+    assert entry["verification"]["top1_agreement"] >= 0.75
+    folder = out / entry["file"]
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    model = AutoModelForCausalLM.from_pretrained(str(folder), device_map="cpu")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    ids = tok("2 + 2 =", return_tensors="pt")
+    with torch.no_grad():
+        assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4
+    # INT4 weights are smaller than the float32 merged checkpoint.
+    m = json.loads((out / "manifest.json").read_text())
+    assert entry["size_bytes"] < m["artifacts"]["merged-hf"]["size_bytes"] / 2
+
+
+def test_int4_loads_in_vllm(exported):
+    pytest.importorskip("vllm", reason="vLLM is not installed (needs a GPU build; checked on the device machine)")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM serves bitsandbytes checkpoints on CUDA GPUs only; no GPU on this machine")
+    from vllm import LLM, SamplingParams
+
+    out, _ = exported
+    llm = LLM(model=str(out / "int4-nf4"), quantization="bitsandbytes", max_model_len=512, gpu_memory_utilization=0.3)
+    text = llm.generate(["2 + 2 ="], SamplingParams(max_tokens=8, temperature=0))[0].outputs[0].text
+    assert text
