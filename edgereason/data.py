@@ -19,6 +19,9 @@ from typing import Any
 from edgereason.paths import cache_dir, data_dir
 
 
+LETTERS = "ABCDEFGHIJ"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One question with a checkable gold answer."""
@@ -35,6 +38,14 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def prompt(self) -> str:
+        """The question as asked: multiple-choice options are listed with letters A, B, C, ..."""
+        if not self.choices:
+            return self.question
+        options = "\n".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(self.choices))
+        return f"{self.question}\n\n{options}\n\nAnswer with the letter of the correct choice."
 
 
 class DataError(ValueError):
@@ -59,9 +70,24 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
+# Benchmarks made by a seeded generator, not read from files: name -> (split, seed, size).
+GENERATED: dict[str, tuple[str, int, int]] = {
+    "logic": ("test", 0, 500),
+    "logic-train": ("train", 1, 2000),
+}
+
+
 def is_test_split(path: str | Path) -> bool:
     """True for evaluation files (never to be trained on)."""
     return Path(path).name.startswith("test")
+
+
+def is_eval_only(name_or_path: str | Path, root: str | Path | None = None) -> bool:
+    """True for a benchmark or file that is for evaluation only (training refuses it)."""
+    name = str(name_or_path)
+    if name in GENERATED:
+        return GENERATED[name][0] == "test"
+    return is_test_split(benchmark_path(name, root) if name in BENCHMARKS else Path(name))
 
 
 def benchmark_path(name: str, root: str | Path | None = None) -> Path:
@@ -77,6 +103,11 @@ def benchmark_path(name: str, root: str | Path | None = None) -> Path:
 def load_benchmark(name_or_path: str | Path, root: str | Path | None = None, **mapping: str) -> list[Problem]:
     """Load a named benchmark (see BENCHMARKS) or any supported file (reader picked from content)."""
     name = str(name_or_path)
+    if name in GENERATED:
+        from edgereason.logic import generate_logic
+
+        _, seed, size = GENERATED[name]
+        return generate_logic(size, seed)
     if name in BENCHMARKS:
         path = benchmark_path(name, root)
         reader = BENCHMARKS[name][1]
@@ -87,7 +118,7 @@ def load_benchmark(name_or_path: str | Path, root: str | Path | None = None, **m
         return load_hf_dataset(name[3:], **mapping)
     else:
         raise ValueError(
-            f"unknown benchmark or file {name!r}; known: {', '.join(BENCHMARKS)}, a .jsonl/.csv/.parquet path, "
+            f"unknown benchmark or file {name!r}; known: {', '.join([*BENCHMARKS, *GENERATED])}, a .jsonl/.csv/.parquet path, "
             "or hf:<dataset name>"
         )
     if reader == "gsm8k":
@@ -233,6 +264,7 @@ def load_table(
     source = source or path.stem
     problems: list[Problem] = []
     for lineno, row in _rows_of(path):
+        row = _multiple_choice_shape(row)
         q_key = question or next((k for k in _QUESTION_KEYS if k in row), _QUESTION_KEYS[0])
         a_key = answer or next((k for k in _ANSWER_KEYS if k in row), _ANSWER_KEYS[0])
         q = _require(row, q_key, path, lineno)
@@ -243,6 +275,8 @@ def load_table(
         opts = row.get(choices or "choices")
         if isinstance(opts, str):
             opts = json.loads(opts) if opts.strip().startswith("[") else [o.strip() for o in opts.split("|")]
+        if opts:
+            gold = _choice_gold(a, [str(o) for o in opts], path, lineno, a_key)
         lvl = row.get(level or "level")
         problems.append(
             Problem(
@@ -259,6 +293,37 @@ def load_table(
     if not problems:
         raise DataError(path, "no problems in file")
     return problems
+
+
+def _multiple_choice_shape(row: dict[str, Any]) -> dict[str, Any]:
+    """ARC rows (choices={text, label}, answerKey) and HellaSwag rows (ctx, endings, label) in the
+    plain shape: question, choices list, answer."""
+    ch = row.get("choices")
+    if isinstance(ch, dict) and "text" in ch:
+        labels = [str(x) for x in ch.get("label", [])]
+        key = str(row.get("answerKey", row.get("answer", "")))
+        answer = labels.index(key) if key in labels else key
+        return {**row, "choices": list(ch["text"]), "answer": answer}
+    if "endings" in row and "ctx" in row:
+        return {**row, "question": f"Choose the most plausible continuation: {row['ctx']}",
+                "choices": list(row["endings"]), "answer": int(row["label"]) if str(row.get("label", "")).strip() else None}
+    return row
+
+
+def _choice_gold(answer: Any, options: list[str], path: Path, lineno: int, key: str) -> str:
+    """The gold answer of a multiple-choice row as a letter (given as a letter, an index or the text)."""
+    text = str(answer).strip()
+    if isinstance(answer, int) or text.isdigit():
+        index = int(text)
+    elif len(text) == 1 and text.upper() in LETTERS[: len(options)]:
+        index = LETTERS.index(text.upper())
+    elif text in options:
+        index = options.index(text)
+    else:
+        raise DataError(path, f"answer {text!r} is not a choice letter, index or choice text", lineno, key)
+    if not 0 <= index < len(options):
+        raise DataError(path, f"answer index {index} outside the {len(options)} choices", lineno, key)
+    return LETTERS[index]
 
 
 def load_hf_dataset(name: str, split: str = "test", config: str | None = None, **mapping: str) -> list[Problem]:

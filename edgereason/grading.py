@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import multiprocessing
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -116,6 +117,8 @@ def normalize_answer(answer: str | None) -> str:
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
         s = s.replace(",", "")
     s = re.sub(r"\s+", " ", s)
+    if re.fullmatch(r"[A-Za-z][A-Za-z ]*", s):  # word answers (true/false, yes/no, choice letters)
+        s = s.lower()
     return s
 
 
@@ -259,3 +262,27 @@ def partial_credit(pred: str | None, gold: str | None, timeout_s: float = DEFAUL
     if ratio <= Fraction(1, 5):
         return WITHIN_20_PERCENT_CREDIT
     return NUMERIC_MISS_CREDIT
+
+
+def choice_letter(answer: str | None, choices: Sequence[str]) -> str | None:
+    """The option a multiple-choice answer picks: a lone letter ("B", "(b)", "B) ..."), else the
+    option whose text it equals. None when it picks nothing recognisable."""
+    if not answer:
+        return None
+    letters = "ABCDEFGHIJ"[: len(choices)]
+    s = answer.strip()
+    m = re.match(rf"^\(?([{letters}{letters.lower()}])\)?(?:[).:\s]|$)", s)
+    if m:
+        return m.group(1).upper()
+    norm = normalize_answer(s)
+    for i, c in enumerate(choices):
+        if normalize_answer(c) == norm:
+            return letters[i]
+    return None
+
+
+def is_correct(answer: str | None, gold: str, choices: Sequence[str] | None = None) -> bool:
+    """The one verdict for a graded answer: the chosen letter for multiple choice, else equivalence."""
+    if choices:
+        return choice_letter(answer, choices) == gold
+    return answers_equal(answer, gold)

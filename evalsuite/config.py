@@ -15,12 +15,21 @@ from edgereason.models import DEFAULT_MODEL
 class EvalConfig(StageConfig):
     """What to evaluate, on what, and how to generate."""
 
-    model: str = Field(DEFAULT_MODEL, description="Model name, HF directory or GGUF file (see `edgereason models`).")
-    adapter: Path | None = Field(None, description="Optional PEFT LoRA adapter directory applied on top of `model`.")
-    backend: Literal["transformers", "llama.cpp"] = Field(
-        "transformers", description="Engine to generate with; llama.cpp needs a GGUF."
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Target: a model name, HF dir, GGUF file, `model+adapter_dir`, or a server URL "
+        "`http://host:port/v1#model` (see evalsuite/targets.py).",
     )
-    benchmark: str = Field("gsm8k", description="gsm8k, math500, aime24, amc23, gsm8k-train, or a data file path.")
+    adapter: Path | None = Field(None, description="Optional PEFT LoRA adapter directory applied on top of `model`.")
+    backend: Literal["transformers", "llama.cpp", "server"] | None = Field(
+        None, description="Engine: transformers (default for HF models), llama.cpp (default for .gguf), server (a URL)."
+    )
+    compare: list[str] = Field(
+        default_factory=list, description="Further targets evaluated on the same problems, compared side by side."
+    )
+    benchmark: str = Field(
+        "gsm8k", description="gsm8k, math500, aime24, amc23, logic, gsm8k-train, logic-train, a data file, or hf:<name>."
+    )
     data_dir: Path | None = Field(None, description="Folder with the benchmark JSONL files (default: ../shared/data).")
     limit: int | None = Field(20, ge=1, description="Evaluate at most this many problems.")
     seed: int | None = Field(None, description="Sample `limit` problems at random with this seed (default: the first ones).")
@@ -28,7 +37,14 @@ class EvalConfig(StageConfig):
     prefill: bool = Field(
         True, description="Start the answer with the format's open tag (as training does); see ReasoningFormat.prefill."
     )
+    constrained: bool = Field(False, description="Constrain decoding to the format's grammar (llama.cpp and servers).")
     max_tokens: int = Field(256, ge=1, le=32768, description="Maximum new tokens per completion.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding (the `accuracy` figure).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    samples: int = Field(0, ge=0, le=256, description="Sampled completions per problem for maj@k and pass@k (0 = greedy only).")
+    sample_temperature: float = Field(0.7, gt=0.0, le=2.0, description="Temperature of those samples.")
+    keep_sample_text: bool = Field(False, description="Also store every sampled completion's text in samples.jsonl.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")
-    out: Path | None = Field(None, description="Output folder (default: results/<model>-<benchmark>-<n>).")
+    concurrency: int = Field(4, ge=1, le=1024, description="Requests in flight at once against a server target.")
+    fresh: bool = Field(False, description="Discard earlier results in the output folder instead of resuming.")
+    out: Path | None = Field(None, description="Output folder (default: results/<target>-<benchmark>-<n>).")

@@ -31,3 +31,34 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         prod *= 1.0 - k / i
     return 1.0 - prod
+
+
+def majority_correct(answers: list[str | None], valid: list[bool], correct: list[bool], k: int) -> float:
+    """maj@k of one problem from its first k samples: 1 if the majority answer is correct, 0 if it is
+    wrong, and for a tie at the top the expected value of breaking it uniformly (the share of tied
+    groups that are correct), so ties neither help nor hurt on average."""
+    from edgereason.voting import majority_vote
+
+    if k > len(answers):
+        raise ValueError(f"maj@{k} needs at least {k} samples, got {len(answers)}")
+    vote = majority_vote(answers[:k], valid[:k])
+    if not vote.groups:
+        return 0.0
+    top = vote.groups[0].count
+    tied = [g for g in vote.groups if g.count == top]
+    return sum(correct[g.members[0]] for g in tied) / len(tied)
+
+
+def mcnemar_exact(a_correct: list[bool], b_correct: list[bool]) -> tuple[int, int, float]:
+    """Paired comparison of two systems on the same problems: (b01, b10, two-sided exact p-value),
+    where b01 counts problems only B solved and b10 those only A solved (binomial test on the
+    discordant pairs)."""
+    if len(a_correct) != len(b_correct):
+        raise ValueError("paired test needs the same problems for both systems")
+    b01 = sum(1 for a, b in zip(a_correct, b_correct) if b and not a)
+    b10 = sum(1 for a, b in zip(a_correct, b_correct) if a and not b)
+    n = b01 + b10
+    if n == 0:
+        return b01, b10, 1.0
+    tail = sum(math.comb(n, i) for i in range(0, min(b01, b10) + 1)) / 2**n
+    return b01, b10, min(1.0, 2 * tail)

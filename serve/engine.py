@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from edgereason.formats import ParsedCompletion, ReasoningFormat
 from edgereason.grading import extract_answer
 from serve.backends.base import Backend, Completion, Messages, SamplingParams
-from serve.voting import VoteResult, decided, group_answers, majority_vote
+from edgereason.voting import VoteResult, decided, group_answers, majority_vote
 
 
 class QueueFullError(RuntimeError):

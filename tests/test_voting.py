@@ -1,4 +1,4 @@
-from serve.voting import decided, group_answers, majority_vote
+from edgereason.voting import decided, group_answers, majority_vote
 
 
 def test_equivalent_answers_group_together():

@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from edgereason.data import (
-    BENCHMARKS,
     Problem,
-    benchmark_path,
     dataset_hash,
     filter_by_level,
     filter_by_pass_rate,
-    is_test_split,
+    is_eval_only,
     load_benchmark,
     measure_pass_rates,
     sample_problems,
@@ -122,9 +120,8 @@ def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
 def load_training_problems(cfg: TrainConfig) -> list[Problem]:
     """The training problems after filters; refuses evaluation splits and empty results."""
     name = cfg.dataset
-    path = benchmark_path(name, cfg.data_dir) if name in BENCHMARKS else Path(name)
-    if is_test_split(path):
-        raise TrainSetupError(f"{path} is an evaluation split; train on gsm8k-train or your own data")
+    if is_eval_only(name, cfg.data_dir):
+        raise TrainSetupError(f"{name} is an evaluation split; train on gsm8k-train, logic-train or your own data")
     try:
         problems = load_benchmark(name, cfg.data_dir)
     except (ValueError, FileNotFoundError) as e:

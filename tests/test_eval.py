@@ -1,0 +1,157 @@
+"""Eval: metric math by hand, the logic generator, multiple choice, real evals (transformers,
+llama.cpp, a live server), resume, comparison report and plots."""
+
+import json
+
+import pytest
+
+from edgereason.data import DataError, load_benchmark
+from edgereason.grading import choice_letter, is_correct
+from edgereason.logic import CATEGORIES, equivalent, evaluate, generate_logic
+from evalsuite.config import EvalConfig
+from evalsuite.metrics import majority_correct, mcnemar_exact
+from evalsuite.report import write_report
+from evalsuite.runner import EvalError, run_eval
+from evalsuite.targets import parse_target
+
+
+# ---- metric math -------------------------------------------------------------------------------
+
+def test_majority_correct_with_ties_by_hand():
+    answers = ["5", "7", "5", "7"]
+    valid = [True] * 4
+    correct = [True, False, True, False]
+    assert majority_correct(answers, valid, correct, 1) == 1.0  # first sample alone
+    assert majority_correct(answers, valid, correct, 2) == 0.5  # 5 vs 7 tie: half credit
+    assert majority_correct(answers, valid, correct, 3) == 1.0  # 5 leads 2:1
+    assert majority_correct(answers, valid, correct, 4) == 0.5
+    # Invalid samples do not vote; equivalent answers group ("5.0" joins "5").
+    assert majority_correct(["7", "5", "5.0"], [True, True, True], [False, True, True], 3) == 1.0
+    assert majority_correct(["7", "5", "5"], [True, False, False], [False, True, True], 3) == 0.0
+    assert majority_correct([None, None], [False, False], [False, False], 2) == 0.0
+    with pytest.raises(ValueError):
+        majority_correct(["1"], [True], [True], 2)
+
+
+def test_mcnemar_exact_by_hand():
+    # 5 discordant pairs, all in B's favour: p = 2 * (1/2)^5 = 0.0625
+    a = [False] * 5 + [True] * 3
+    b = [True] * 5 + [True] * 3
+    assert mcnemar_exact(a, b) == (5, 0, pytest.approx(0.0625))
+    # 6 vs 1 discordant: p = 2 * (C(7,0) + C(7,1)) / 2^7 = 16/128
+    a = [False] * 6 + [True] + [True] * 4
+    b = [True] * 6 + [False] + [True] * 4
+    assert mcnemar_exact(a, b)[2] == pytest.approx(0.125)
+    assert mcnemar_exact([True, False], [True, False]) == (0, 0, 1.0)
+
+
+# ---- logic benchmark and multiple choice ------------------------------------------------------
+
+def test_logic_generator_is_seeded_balanced_and_checkable():
+    a, b = generate_logic(50, seed=3), generate_logic(50, seed=3)
+    assert [p.question for p in a] == [p.question for p in b]
+    assert [p.question for p in generate_logic(50, seed=4)] != [p.question for p in a]
+    assert {p.subject for p in a} == set(CATEGORIES)
+    assert all(sum(p.subject == c for p in a) == 10 for c in CATEGORIES)
+    assert len({p.id for p in load_benchmark("logic")} & {p.id for p in load_benchmark("logic-train")}) == 0
+    for p in a:
+        assert is_correct(p.gold_answer, p.gold_answer)
+        if p.subject == "inference" and "Premise 2: The street is wet" in p.question:
+            assert p.gold_answer == "no"  # affirming the consequent is invalid
+    # Case and set order do not matter to the grader.
+    assert is_correct("True", "true") and is_correct("{5, 1, 3}", "{1, 3, 5}") and not is_correct("{1, 3}", "{1, 3, 5}")
+    # The evaluator itself, by hand: (p → q) is equivalent to (¬q → ¬p), not to (q → p).
+    pq = ("implies", ("var", "p"), ("var", "q"))
+    assert equivalent(pq, ("implies", ("not", ("var", "q")), ("not", ("var", "p"))))
+    assert not equivalent(pq, ("implies", ("var", "q"), ("var", "p")))
+    assert evaluate(pq, {"p": True, "q": False, "r": True}) is False
+
+
+def test_multiple_choice_loader_and_scorer(tmp_path):
+    f = tmp_path / "mc.jsonl"
+    rows = [
+        {"question": "Which is a mammal?", "choices": ["trout", "whale", "eagle"], "answer": "B"},
+        {"question": "ARC style", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "A"},
+        {"ctx": "She opens the umbrella", "endings": ["because it rains", "and eats it"], "label": "0"},
+        {"question": "by index", "choices": ["a", "b", "c"], "answer": 2},
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    problems = load_benchmark(str(f))
+    assert [p.gold_answer for p in problems] == ["B", "A", "A", "C"]
+    assert "B) whale" in problems[0].prompt and "letter" in problems[0].prompt
+    assert choice_letter("B", problems[0].choices) == "B"
+    assert choice_letter("(b) whale", problems[0].choices) == "B"
+    assert choice_letter("whale", problems[0].choices) == "B"
+    assert choice_letter("D", problems[0].choices) is None
+    assert is_correct("b", "B", problems[0].choices) and not is_correct("A", "B", problems[0].choices)
+    f.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": "Z"}) + "\n")
+    with pytest.raises(DataError, match="not a choice"):
+        load_benchmark(str(f))
+
+
+def test_targets_parse():
+    assert parse_target("smollm2-135m").backend == "transformers"
+    t = parse_target("smollm2-135m+runs/x/adapter")
+    assert t.backend == "transformers" and str(t.adapter) == "runs/x/adapter"
+    assert parse_target("exports/x/model-q4_k_m.gguf").backend == "llama.cpp"
+    t = parse_target("http://127.0.0.1:8000/v1#smol")
+    assert (t.backend, t.url, t.model) == ("server", "http://127.0.0.1:8000/v1", "smol")
+
+
+# ---- real evals --------------------------------------------------------------------------------
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(benchmark="gsm8k", limit=5, max_tokens=48, out=tmp_path / name)
+    return EvalConfig(**{**base, **kw})
+
+
+def test_real_eval_through_transformers_and_llamacpp_writes_everything(tmp_path, default_model):
+    hf = run_eval(_cfg(tmp_path, "hf"), show_progress=False)
+    cpp = run_eval(_cfg(tmp_path, "cpp", model=str(default_model.gguf_path), samples=3), show_progress=False)
+    for s in (hf, cpp):
+        assert s.n == 5 and not s.partial and 0 <= s.accuracy <= 1
+        rows = [json.loads(line) for line in (tmp_path / ("hf" if s is hf else "cpp") / "samples.jsonl").read_text().splitlines()]
+        assert len(rows) == 5
+        assert {"question", "completion", "answer", "correct", "format_valid", "completion_tokens", "latency_s"} <= set(rows[0])
+        assert json.loads((tmp_path / ("hf" if s is hf else "cpp") / "summary.json").read_text())["n"] == 5
+    assert hf.backend == "transformers" and cpp.backend == "llama.cpp"
+    assert cpp.samples_per_problem == 3 and set(cpp.maj_at_k) == {"1", "2", "3"}
+    assert all(0 <= cpp.pass_at_k[k] <= 1 for k in cpp.pass_at_k)
+    assert cpp.pass_at_k["3"] >= cpp.pass_at_k["1"]  # pass@k never falls with k
+    assert cpp.generation["sampled"]["temperature"] == 0.7 and cpp.generation["greedy"]["temperature"] == 0.0
+    report = write_report([hf, cpp], tmp_path / "report")
+    text = report.read_text()
+    assert "paired p (McNemar)" in text and "maj@3" in text
+    for png in ("models.png", "accuracy_by_k.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 5000
+
+
+def test_eval_resumes_and_refuses_other_settings(tmp_path, default_model):
+    cfg = _cfg(tmp_path, "r", model=str(default_model.gguf_path), limit=3, max_tokens=24)
+    first = run_eval(cfg, show_progress=False)
+    samples = tmp_path / "r" / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    samples.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed mid-write of problem 2
+    again = run_eval(cfg, show_progress=False)
+    assert again.resumed == 1 and again.n == 3 and not again.partial
+    assert [json.loads(x)["id"] for x in samples.read_text().splitlines()] == [json.loads(x)["id"] for x in lines]
+    assert again.accuracy == first.accuracy  # greedy decoding: the redone problems give the same verdicts
+    with pytest.raises(EvalError, match="other settings"):
+        run_eval(cfg.model_copy(update={"max_tokens": 30}), show_progress=False)
+    assert run_eval(cfg.model_copy(update={"max_tokens": 30, "fresh": True}), show_progress=False).resumed == 0
+
+
+def test_eval_against_a_live_server_and_a_dead_one(tmp_path):
+    from live_server import Server, free_port
+
+    server = Server(n_ctx=1024, max_tokens=128)
+    try:
+        s = run_eval(_cfg(tmp_path, "srv", model=f"{server.base}/v1", limit=3, concurrency=2, samples=2),
+                     show_progress=False)
+    finally:
+        server.stop()
+    assert s.backend == "server" and s.n == 3 and s.samples_per_problem == 2 and not s.partial
+    rows = [json.loads(line) for line in (tmp_path / "srv" / "samples.jsonl").read_text().splitlines()]
+    assert all(r["completion"] for r in rows)
+    with pytest.raises(EvalError, match="cannot open"):
+        run_eval(_cfg(tmp_path, "dead", model=f"http://127.0.0.1:{free_port()}/v1", limit=2), show_progress=False)
