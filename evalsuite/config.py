@@ -45,6 +45,7 @@ class EvalConfig(StageConfig):
     sample_temperature: float = Field(0.7, gt=0.0, le=2.0, description="Temperature of those samples.")
     keep_sample_text: bool = Field(False, description="Also store every sampled completion's text in samples.jsonl.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for in-process backends (default: all cores).")
     concurrency: int = Field(4, ge=1, le=1024, description="Requests in flight at once against a server target.")
     fresh: bool = Field(False, description="Discard earlier results in the output folder instead of resuming.")
     out: Path | None = Field(None, description="Output folder (default: results/<target>-<benchmark>-<n>).")

@@ -78,7 +78,8 @@ def open_target(target: Target, cfg: EvalConfig, fmt: ReasoningFormat):
         return ServerClient(target.url, fmt, target.model, cfg.concurrency)
     from serve.backends.factory import create_backend
 
-    return create_backend(target.backend, target.model, adapter=target.adapter, batch_size=cfg.batch_size)
+    return create_backend(target.backend, target.model, adapter=target.adapter, batch_size=cfg.batch_size,
+                          threads=cfg.threads)
 
 
 def _grade(c: Completion, p: Problem, fmt: ReasoningFormat, keep_text: bool) -> dict[str, Any]:

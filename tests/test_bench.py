@@ -1,0 +1,45 @@
+"""A real bench run with tiny sizes; device-profile arithmetic from GGUF metadata; memory limits."""
+
+import json
+
+from evalsuite.bench import PROFILES, BenchConfig, _run_worker, fit, gguf_shape, run_bench, write_bench
+
+
+def test_kv_cache_size_from_gguf_metadata(default_model):
+    shape = gguf_shape(default_model.gguf_path)
+    # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims; K and V in f16 -> 30 * 3 * (64 + 64) * 2 bytes.
+    assert (shape["layers"], shape["kv_heads"], shape["key_length"]) == (30, 3, 64)
+    assert shape["kv_bytes_per_token"] == 30 * 3 * 128 * 2
+    f = fit(default_model.gguf_path, PROFILES["edge-4gb"], 2048)
+    assert f["fits"] and f["kv_mb"] == round(23040 * 2048 / 2**20, 1)
+    assert f["max_context"] == shape["context_length"]  # the budget is not the limit for 135M
+    tiny = fit(default_model.gguf_path, PROFILES["edge-4gb"].__class__("tiny", 0.5, 0.45), 2048)
+    assert tiny["max_context"] < shape["context_length"] and tiny["max_parallel_sequences_at_n_ctx"] < f["max_parallel_sequences_at_n_ctx"]
+
+
+def test_a_memory_limit_really_stops_a_model_that_does_not_fit(default_model):
+    spec = {"model": str(default_model.gguf_path), "n_ctx": 512, "threads": 1, "pp": 16, "tg": 2, "warmup": 0, "repeats": 1}
+    assert "error" in _run_worker(spec, memory_limit_bytes=64 * 2**20)
+    ok = _run_worker(spec, memory_limit_bytes=3 * 2**30)
+    assert "error" not in ok and ok["peak_rss_mb"] > 50
+
+
+def test_tiny_real_bench_writes_json_markdown_and_plots(tmp_path, default_model):
+    cfg = BenchConfig(models=["smollm2-135m"], threads=[1, 2], pp=32, tg=8, repeats=2, warmup=0, n_ctx=512,
+                      contexts=[64, 256], problems=1, answer_tokens=16, device_profile="edge-4gb")
+    results = run_bench(cfg)
+    report = write_bench(results, tmp_path)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    art = data["artifacts"][0]
+    assert [r["threads"] for r in art["runs"]] == [1, 2]
+    for r in art["runs"]:
+        assert r["load_s"] > 0 and r["pp_tok_s"]["min"] <= r["pp_tok_s"]["median"] <= r["pp_tok_s"]["max"]
+        assert r["tg_tok_s"]["median"] > 1 and r["peak_rss_mb"] > 50
+    assert "ttft_s" in art["runs"][1] and art["runs"][1]["problems_per_min"] > 0
+    assert [c["prompt_tokens"] for c in art["context"]] == [64, 256]
+    assert art["device_profile"]["confirmed_under_limit"] is True
+    assert data["machine"]["cores"] >= 1 and data["machine"]["libraries"]["llama-cpp-python"]
+    text = report.read_text()
+    assert "pp tok/s" in text and "edge-4gb" in text
+    for png in ("speed.png", "context.png"):
+        assert (tmp_path / png).stat().st_size > 5000
