@@ -1,8 +1,76 @@
-# Placeholder: the real multi-stage edge (llama.cpp) and GPU (vLLM) images come with the
-# pipeline/demo work. This image runs the CLI on CPU.
-FROM python:3.11-slim
-WORKDIR /app
-COPY . /app
-RUN bash scripts/setup-venv.sh
-ENTRYPOINT ["/app/.venv/bin/edgereason"]
-CMD ["doctor"]
+# syntax=docker/dockerfile:1
+# edgereason images.
+#   Edge (CPU, llama.cpp):  docker build --target edge -t edgereason:edge .
+#                           docker run -p 8000:8000 -v "$PWD/exports/x:/models:ro" edgereason:edge
+#   Edge, model baked in:   docker build --target edge-baked --build-arg EXPORT_DIR=exports/x -t edgereason:edge-x .
+#   GPU (vLLM):             docker build --target gpu -t edgereason:gpu .
+#                           docker run --gpus all -p 8000:8000 -v "$PWD/exports/x:/models:ro" edgereason:gpu
+# The server reads /models/model.gguf (edge) or the HF/INT4 folder /models/int4-nf4 (gpu) by default;
+# pass other `edgereason serve` options after the image name.
+
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# ---- build: compile llama-cpp-python and install edgereason into /opt/venv ------------------------
+FROM ${PYTHON_IMAGE} AS edge-build
+SHELL ["/bin/sh", "-eu", "-c"]
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential=12.9 cmake=3.25.1-1 git=1:2.39.5-0+deb12u2 \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY edgereason ./edgereason
+COPY serve ./serve
+COPY train ./train
+COPY export ./export
+COPY evalsuite ./evalsuite
+COPY docker/install-edge.sh ./docker/install-edge.sh
+# CMAKE_ARGS picks the CPU target of the llama.cpp build (default: portable AVX2).
+ARG CMAKE_ARGS=""
+RUN CMAKE_ARGS="${CMAKE_ARGS}" sh docker/install-edge.sh /opt/venv /src \
+ && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
+
+# ---- edge: the small runtime image ----------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS edge
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --create-home --uid 10001 edge
+COPY --from=edge-build /opt/venv /opt/venv
+COPY --from=edge-build /src /src
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    EDGEREASON_CACHE_DIR=/home/edge/.cache/edgereason
+USER 10001
+WORKDIR /home/edge
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
+ENTRYPOINT ["edgereason", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["--model", "/models/model.gguf"]
+
+# ---- edge-baked: the same with an export's Q4_K_M GGUF and manifest inside -------------------------
+FROM edge AS edge-baked
+ARG EXPORT_DIR=exports/pipeline-smollm2
+COPY --chown=edge:edge ${EXPORT_DIR}/model-q4_k_m.gguf ${EXPORT_DIR}/manifest.json /models/
+
+# ---- gpu: vLLM (CUDA) behind the same OpenAI-compatible API ----------------------------------------
+FROM vllm/vllm-openai:v0.32.0 AS gpu
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY edgereason ./edgereason
+COPY serve ./serve
+COPY train ./train
+COPY export ./export
+COPY evalsuite ./evalsuite
+# The local project itself, whose dependencies are pinned by the base image's vLLM environment.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[serve]" \
+ && useradd --create-home --uid 10001 edge
+ENV PYTHONUNBUFFERED=1
+USER 10001
+WORKDIR /home/edge
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
+  CMD ["python3", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
+ENTRYPOINT ["edgereason", "serve", "--host", "0.0.0.0", "--port", "8000", "--backend", "vllm"]
+CMD ["--model", "/models/int4-nf4"]

@@ -8,7 +8,7 @@ setup:
 
 ## The main job on the embedded default model.
 run: setup
-	$(VENV)/edgereason eval --model smollm2-135m --benchmark gsm8k --limit 20
+	$(VENV)/edgereason pipeline
 
 ## The test suite (pytest's exit code 5, "no tests collected", is a failure too).
 test: setup

@@ -110,6 +110,9 @@ def normalize_answer(answer: str | None) -> str:
     s = re.sub(r"^\\text\{(.*)\}$", r"\1", s)
     s = re.sub(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)\s*", "", s, flags=re.IGNORECASE)
     s = re.sub(r"^[a-z]\s*=\s*(?=[-\d.\\])", "", s, flags=re.IGNORECASE)  # "x = 5" -> "5"
+    m = re.fullmatch(r"[-+*/×÷\d.,\s()]+=\s*(-?[\d.,]+)\.?", s)  # "2 + 2 = 4." -> "4": the worked result
+    if m:
+        s = m.group(1)
     s = _LEADING_CURRENCY.sub("", s)
     s = _TRAILING_UNITS.sub("", s).strip()
     s = s.rstrip(".").strip()

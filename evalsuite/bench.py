@@ -61,6 +61,8 @@ class BenchConfig(StageConfig):
     contexts: list[int] = Field(default_factory=lambda: [128, 512, 1024], description="Prompt lengths for the context-effect table.")
     problems: int = Field(3, ge=0, description="GSM8K problems answered end to end (TTFT, latency, problems/min).")
     answer_tokens: int = Field(192, ge=1, description="Max tokens of those answers.")
+    vote_ks: list[int] = Field(default_factory=lambda: [1, 4, 8, 16],
+                               description="maj@k costs measured (k samples decoded together); [] to skip.")
     device_profile: str | None = Field(None, description="edge-4gb, edge-8gb or cloud-gpu: check the fit.")
     out: Path | None = Field(None, description="Output folder (default: results/bench-<time>).")
 
@@ -169,7 +171,9 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
                 progress(f"{path.name} · {threads} thread(s)")
             spec = {"model": str(path), "n_ctx": cfg.n_ctx, "threads": threads, "pp": cfg.pp, "tg": cfg.tg,
                     "warmup": cfg.warmup, "repeats": cfg.repeats, "chat": chat if threads == max(cfg.threads) else [],
-                    "answer_tokens": cfg.answer_tokens, "stop": fmt.stop_sequences()}
+                    "answer_tokens": cfg.answer_tokens, "stop": fmt.stop_sequences(),
+                    "vote_ks": cfg.vote_ks if threads == max(cfg.threads) else [],
+                    "grammar": fmt.grammar(after_prefill=True)}
             art["runs"].append({"threads": threads, **_run_worker(spec)})
         art["context"] = []
         for c in cfg.contexts:
@@ -217,6 +221,13 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
                 f"{tg['median']:.1f} ({tg['min']:.1f}–{tg['max']:.1f}) | {r['ms_per_token']:.1f} | "
                 + (f"{r['ttft_s']['median']:.2f} | {r['answer_s']['median']:.1f} | {r['problems_per_min']:.1f}" if "ttft_s" in r else " | | ")
                 + f" | {r['peak_rss_mb']:.0f} |")
+    vote_rows = [(a, r) for a in results["artifacts"] for r in a["runs"] if r.get("voting")]
+    if vote_rows:
+        lines += ["", "maj@k cost on llama.cpp: k samples of one reasoning answer decoded together "
+                  "(grammar-constrained, T=0.7), relative to one sample.", "",
+                  "| artifact | k | wall s | tokens | × one sample |", "|---|---|---|---|---|"]
+        lines += [f"| {Path(a['file']).name} | {k} | {v['seconds']:.1f} | {v['tokens']} | {v['x_single']:.2f} |"
+                  for a, r in vote_rows for k, v in r["voting"].items()]
     ctx_rows = [(a, c) for a in results["artifacts"] for c in a.get("context", []) if "error" not in c]
     if ctx_rows:
         lines += ["", "Context effect (all threads): prompt processing at each length, then 32 tokens generated at that depth.", "",

@@ -59,6 +59,24 @@ def measure(spec: dict) -> dict:
             toks.append(n)
         out |= {"ttft_s": _stats(ttft), "answer_s": _stats(e2e), "answer_tokens": statistics.mean(toks),
                 "problems_per_min": 60 / statistics.mean(e2e)}
+    if spec.get("vote_ks") and spec.get("chat"):
+        # maj@k cost: k samples of one reasoning answer decoded together (serve's llama.cpp path)
+        # against one sample; sequential sampling would cost k times one.
+        from serve.backends.llamacpp_parallel import ParallelDecoder
+
+        ks = spec["vote_ks"]
+        decoder = ParallelDecoder(llm, max(ks), spec["n_ctx"] + max(ks) * spec["answer_tokens"], spec["threads"])
+        prompt = llm.tokenize(spec["chat"][0].encode(), add_bos=False, special=True)
+        votes = {}
+        for k in ks:
+            samples, seconds = decoder.generate(prompt, k, spec["answer_tokens"], 0.7, 1.0, list(range(k)),
+                                                spec.get("stop") or [], spec.get("grammar"))
+            votes[str(k)] = {"seconds": seconds, "tokens": sum(s.tokens for s in samples)}
+        base = votes[str(ks[0])]["seconds"]
+        for v in votes.values():
+            v["x_single"] = v["seconds"] / base
+        out["voting"] = votes
+        decoder.close()
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     llm.close()
     return out

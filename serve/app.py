@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import iterate_in_threadpool
 
+from serve.backends.base import restore_closing_tag
+from serve.backends.upstream_backend import UpstreamError
 from serve.engine import Answer, PromptTooLongError, QueueFullError, ReasoningEngine, ReasoningSplitter
 from serve.protocol import (
     ChatCompletionRequest,
@@ -109,6 +111,8 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
             raise APIError(400, str(e), code="context_length_exceeded", param="messages") from None
         except TimeoutError:
             raise APIError(504, f"generation exceeded {limits.timeout_s:.0f} s", "timeout_error") from None
+        except UpstreamError as e:
+            raise APIError(502, str(e), "upstream_error", "upstream_unavailable") from None
 
     def message_of(a: Answer, reasoning: bool) -> dict[str, Any]:
         if reasoning:
@@ -130,7 +134,13 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "backend": engine.backend.name, "queue_depth": engine.queue_depth}
+        body = {"status": "ok", "model": model_id, "backend": engine.backend.name, "queue_depth": engine.queue_depth}
+        replicas = getattr(engine.backend, "status", None)
+        if replicas is not None:  # a gateway: healthy while one upstream replica is
+            body["replicas"] = replicas()
+            if not any(r["healthy"] for r in body["replicas"]):
+                return JSONResponse({**body, "status": "no healthy upstream"}, status_code=503)
+        return body
 
     @app.get("/metrics")
     async def prometheus():
@@ -194,9 +204,9 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
         except PromptTooLongError as e:
             raise APIError(400, str(e), code="context_length_exceeded", param="messages") from None
 
-        def chunk(delta: dict, finish: str | None = None) -> str:
+        def chunk(delta: dict, finish: str | None = None, **extra) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}]}
             return f"data: {json.dumps(body)}\n\n"
 
         def events():
@@ -204,7 +214,9 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
             first = True
             splitter = ReasoningSplitter(engine.fmt) if reasoning and engine.fmt.kind == "tags" else None
             yield chunk({"role": "assistant", "content": ""})
+            full = ""
             for delta in engine.stream(messages, params):
+                full += delta
                 if first:
                     metrics.ttft.observe(time.perf_counter() - t0)
                     first = False
@@ -213,7 +225,9 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
                     continue
                 for kind, text in splitter.feed(delta):
                     yield chunk({"reasoning_content": text} if kind == "reasoning" else {"content": text})
-            yield chunk({}, "stop")
+            # The last chunk says whether the whole completion passed format validation.
+            valid = engine.fmt.parse(restore_closing_tag(full, params.stop, "stop")).valid if reasoning else None
+            yield chunk({}, "stop", **({"format_valid": valid} if valid is not None else {}))
             yield "data: [DONE]\n\n"
             metrics.requests.labels("/v1/chat/completions", "200").inc()
 
@@ -223,6 +237,7 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
     async def completions(req: CompletionRequest):
         check(req)
         params = engine.params(False, req.token_limit, req.temperature, req.top_p, req.seed, req.stops)
+        params.grammar = _checked_grammar(req.grammar or (req.structured_outputs or {}).get("grammar"))
         answers = await guarded(engine.complete(req.prompt, params, req.n, validate=False))
         record(answers)
         metrics.requests.labels("/v1/completions", "200").inc()
@@ -236,6 +251,19 @@ def create_app(engine: ReasoningEngine, model_id: str, api_key: str | None = Non
         }
 
     return app
+
+
+def _checked_grammar(gbnf: str | None) -> str | None:
+    """A client-supplied GBNF grammar, compiled once here so a bad one is a 400, not a failed generation."""
+    if not gbnf:
+        return None
+    from llama_cpp import LlamaGrammar
+
+    try:
+        LlamaGrammar.from_string(gbnf, verbose=False)
+    except Exception as e:
+        raise APIError(400, f"grammar cannot be parsed: {str(e)[:200] or type(e).__name__}", param="grammar") from None
+    return gbnf
 
 
 def _json_grammar(json_schema: dict[str, Any] | None) -> str:

@@ -14,7 +14,13 @@ from edgereason.models import DEFAULT_MODEL
 class ServeConfig(StageConfig):
     model: str = Field(DEFAULT_MODEL, description="Model: embedded name, GGUF file, HF directory.")
     adapter: str | None = Field(None, description="LoRA: a PEFT dir (transformers) or a GGUF LoRA (llama.cpp).")
-    backend: Literal["llama.cpp", "transformers"] = Field("llama.cpp", description="Engine.")
+    backend: Literal["llama.cpp", "transformers", "vllm", "upstream"] = Field(
+        "llama.cpp", description="Engine: llama.cpp (edge), vllm (GPU), transformers (reference), upstream (a cluster)."
+    )
+    upstream: list[str] = Field(default_factory=list, description="Upstream replica URLs (backend upstream).")
+    upstream_model: str | None = Field(None, description="Model id on the upstreams (default: the model's name).")
+    upstream_policy: Literal["round_robin", "least_busy"] = Field("least_busy", description="Replica choice.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
     served_name: str | None = Field(None, description="Model id clients use (default: the model's name).")
     format: str | None = Field(
         None, description=f"Reasoning format the model was trained for (default: the export's manifest, else {DEFAULT_FORMAT})."

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 
 from edgereason.formats import ParsedCompletion, ReasoningFormat
 from edgereason.grading import extract_answer
-from serve.backends.base import Backend, Completion, Messages, SamplingParams
 from edgereason.voting import VoteResult, decided, group_answers, majority_vote
+from serve.backends.base import Backend, Completion, Messages, SamplingParams
 
 
 class QueueFullError(RuntimeError):
@@ -139,8 +139,29 @@ class ReasoningEngine:
             if params.seed is not None:
                 params.seed += 1000
 
+    def _sample_together(self, request: Messages | str, params: SamplingParams, n: int, validate: bool) -> list[Answer]:
+        """n samples in one backend call (backends that decode them together), then the usual
+        validation retries for any that fail the format."""
+        p = replace(params, n=n)
+        row = self.backend.complete([request], p)[0] if isinstance(request, str) else self.backend.chat([request], p)[0]
+        answers = []
+        for i, c in enumerate(row):
+            parsed = self.fmt.parse(c.text)
+            if validate and not parsed.valid and self.limits.format_retries:
+                self.stats["format_retries"] += 1
+                retry = replace(params, seed=None if params.seed is None else params.seed + 1000 + i)
+                answers.append(self._generate_valid(request, retry, validate))
+                answers[-1].attempts += 1
+            else:
+                if validate and not parsed.valid:
+                    self.stats["invalid"] += 1
+                answers.append(Answer(c.text, parsed, c, 1))
+        return answers
+
     async def complete(self, request: Messages | str, params: SamplingParams, n: int, validate: bool) -> list[Answer]:
         self.check_prompt(request, params)
+        if n > 1 and self.backend.parallel_samples:
+            return await self._run(self._sample_together, request, params, n, validate)
         answers = []
         for i in range(n):
             p = _nth_sample(params, i)
@@ -153,6 +174,10 @@ class ReasoningEngine:
         samples: list[Answer] = []
         answers: list[str | None] = []
         early = False
+        if k > 1 and self.backend.parallel_samples:  # all k at once: cheaper than stopping early
+            samples = await self._run(self._sample_together, messages, params, k, False)
+            answers = [extract_answer(a.text, self.fmt).text if a.parsed.valid else None for a in samples]
+            k = 0  # nothing left to sample one by one
         for i in range(k):
             p = _nth_sample(params, i)
             a = await self._run(self._generate_valid, messages, p, False)

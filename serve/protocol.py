@@ -74,6 +74,10 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str = Field(min_length=1)
+    # Constrained decoding on raw completions, under llama-server's and vLLM's field names, so this
+    # server can itself be an upstream replica of another edgereason gateway.
+    grammar: str | None = Field(None, description="GBNF grammar the completion must follow (llama-server style).")
+    structured_outputs: dict[str, Any] | None = Field(None, description="vLLM style: {'grammar': GBNF}.")
 
 
 def new_id(prefix: str) -> str:

@@ -49,6 +49,8 @@ class Backend(ABC):
     name: str = "backend"
     model_name: str = ""
     format: str | None = None  # the reasoning format an export manifest recorded, if any
+    # True when `complete` with params.n > 1 decodes the n samples together (cheaper than n calls).
+    parallel_samples: bool = False
     context_length: int | None = None
 
     @abstractmethod
@@ -67,7 +69,7 @@ class Backend(ABC):
         results = self.complete([self.render(m, params.prefix) for m in batch], params)
         for row in results:
             for c in row:
-                c.text = _restore_closing_tag(params.prefix + c.text, params.stop, c.finish_reason)
+                c.text = restore_closing_tag(params.prefix + c.text, params.stop, c.finish_reason)
         return results
 
     def stream(self, messages: Messages, params: SamplingParams) -> Iterator[str]:
@@ -79,7 +81,7 @@ class Backend(ABC):
         """Release the model."""
 
 
-def _restore_closing_tag(text: str, stops: list[str], finish_reason: str) -> str:
+def restore_closing_tag(text: str, stops: list[str], finish_reason: str) -> str:
     """Engines drop (llama.cpp) or keep (transformers) the stop string they matched. A closing tag
     belongs to the format, so put it back when the text opened that block but never closed it."""
     if finish_reason != "stop":

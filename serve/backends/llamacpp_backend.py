@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from edgereason.models import resolve_model
-from serve.backends.base import Backend, Completion, Messages, SamplingParams, _restore_closing_tag
+from serve.backends.llamacpp_parallel import ParallelDecoder
+from serve.backends.base import Backend, Completion, Messages, SamplingParams, restore_closing_tag
 
 
 class LlamaCppBackend(Backend):
@@ -36,6 +38,11 @@ class LlamaCppBackend(Backend):
             verbose=False,
         )
         self.context_length = self.llm.n_ctx()
+        self.threads = threads or os.cpu_count() or 1
+        # n samples of one prompt decode together (shared prompt cache); a GGUF LoRA is applied to
+        # the main context only, so with one the samples fall back to one at a time.
+        self.parallel_samples = lora_path is None
+        self._parallel: ParallelDecoder | None = None
         template = self.llm.metadata.get("tokenizer.chat_template") or resolved.chat_template
         if not template:
             raise ValueError(f"{gguf} carries no chat template and edgereason knows none for it")
@@ -67,7 +74,22 @@ class LlamaCppBackend(Backend):
             grammar=LlamaGrammar.from_string(params.grammar, verbose=False) if params.grammar else None,
         )
 
+    def _decoder(self) -> ParallelDecoder:
+        if self._parallel is None:  # sized for up to 16 samples of a full-length answer
+            self._parallel = ParallelDecoder(self.llm, 16, self.context_length + 16 * 512, self.threads)
+        return self._parallel
+
+    def _complete_parallel(self, prompt: str, params: SamplingParams, first_seed: int) -> list[Completion]:
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        seeds = [first_seed + j for j in range(params.n)]
+        samples, seconds = self._decoder().generate(tokens, params.n, params.max_tokens, params.temperature,
+                                                     params.top_p, seeds, params.stop, params.grammar)
+        return [Completion(s.text, len(tokens), s.tokens, s.finish_reason, seconds) for s in samples]
+
     def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        if params.n > 1 and self.parallel_samples and params.n <= 16:
+            base = params.seed if params.seed is not None else random.randrange(2**31)
+            return [self._complete_parallel(p, params, base + i * params.n) for i, p in enumerate(prompts)]
         results: list[list[Completion]] = []
         for i, prompt in enumerate(prompts):
             row = []
@@ -101,9 +123,11 @@ class LlamaCppBackend(Backend):
             if delta:
                 text += delta
                 yield delta
-        restored = _restore_closing_tag(text, params.stop, finish or "stop")
+        restored = restore_closing_tag(text, params.stop, finish or "stop")
         if restored != text:
             yield restored[len(text):]
 
     def close(self) -> None:
+        if self._parallel is not None:
+            self._parallel.close()
         self.llm.close()

@@ -11,6 +11,7 @@ from serve.backends.base import Backend, Completion, Messages, SamplingParams
 
 class TransformersBackend(Backend):
     name = "transformers"
+    parallel_samples = True
 
     def __init__(
         self,

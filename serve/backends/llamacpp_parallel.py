@@ -1,0 +1,139 @@
+"""n samples of one prompt decoded together by llama.cpp: one prompt pass, n sequences sharing its
+KV cells, one batched decode per step for all live sequences.
+
+llama-cpp-python's high-level `Llama` decodes one sequence at a time, so maj@k there would cost k
+full generations. Here the prompt is evaluated once (sequence 0), its cache cells are shared with
+sequences 1..n-1 (`llama_memory_seq_cp`, no copy in a unified KV cache), and each step decodes one
+token for every live sequence in a single `llama_decode` call. Each sequence has its own sampler
+chain (grammar, top-p, temperature, seed), so samples stay independent and reproducible.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+
+import llama_cpp
+from llama_cpp import _internals as internals
+
+
+@dataclass
+class ParallelSample:
+    text: str
+    tokens: int
+    finish_reason: str  # "stop" or "length"
+
+
+class ParallelDecoder:
+    """A second llama.cpp context on an already-loaded model, sized for `max_seqs` sequences."""
+
+    def __init__(self, llm: llama_cpp.Llama, max_seqs: int, n_ctx: int, threads: int) -> None:
+        self.llm = llm
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = max(512, max_seqs)
+        params.n_ubatch = params.n_batch
+        params.n_seq_max = max_seqs
+        params.kv_unified = True  # shared prompt cells, any sequence may use any cell
+        params.n_threads = params.n_threads_batch = threads
+        self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.max_seqs = max_seqs
+        self.n_ctx = n_ctx
+        self.vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+
+    def _sampler(self, temperature: float, top_p: float, seed: int, grammar: str | None):
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if grammar:
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root"))
+        if temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if top_p < 1.0:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def generate(self, prompt: list[int], n: int, max_tokens: int, temperature: float, top_p: float,
+                 seeds: list[int], stop: list[str], grammar: str | None = None) -> tuple[list[ParallelSample], float]:
+        """n completions of `prompt`; returns them and the seconds spent."""
+        if n > self.max_seqs:
+            raise ValueError(f"{n} parallel samples exceed this context's {self.max_seqs} sequences")
+        if len(prompt) + n * max_tokens > self.n_ctx:
+            max_tokens = max(1, (self.n_ctx - len(prompt)) // n)
+        t0 = time.perf_counter()
+        ctx = self.ctx.ctx
+        mem = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_clear(mem, True)
+        batch = llama_cpp.llama_batch_init(max(len(prompt), n, 1), 0, self.max_seqs)
+        samplers = [self._sampler(temperature, top_p, seeds[i], grammar) for i in range(n)]
+        try:
+            # 1. the prompt once, as sequence 0, logits for its last token only
+            for i, tok in enumerate(prompt):
+                _put(batch, i, tok, i, [0], i == len(prompt) - 1)
+            batch.n_tokens = len(prompt)
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed on the prompt")
+            for s in range(1, n):
+                llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
+            logits_idx = [len(prompt) - 1] * n
+            pieces: list[bytearray] = [bytearray() for _ in range(n)]
+            counts = [0] * n
+            finish: list[str | None] = [None] * n
+            pos = len(prompt)
+            while True:
+                live = []
+                for s in range(n):
+                    if finish[s] is not None:
+                        continue
+                    tok = llama_cpp.llama_sampler_sample(samplers[s], ctx, logits_idx[s])
+                    if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
+                        finish[s] = "stop"
+                        continue
+                    pieces[s] += self.llm.detokenize([tok])
+                    counts[s] += 1
+                    text = pieces[s].decode("utf-8", errors="ignore")
+                    if any(st in text for st in stop):
+                        finish[s] = "stop"
+                        continue
+                    if counts[s] >= max_tokens:
+                        finish[s] = "length"
+                        continue
+                    live.append((s, tok))
+                if not live:
+                    break
+                for j, (s, tok) in enumerate(live):
+                    _put(batch, j, tok, pos, [s], True)
+                    logits_idx[s] = j
+                batch.n_tokens = len(live)
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed while sampling")
+                pos += 1
+            out = []
+            for s in range(n):
+                text = pieces[s].decode("utf-8", errors="replace")
+                for st in stop:  # llama.cpp convention: the stop string itself is not returned
+                    cut = text.find(st)
+                    if cut >= 0:
+                        text = text[:cut]
+                out.append(ParallelSample(text, counts[s], finish[s] or "length"))
+            return out, time.perf_counter() - t0
+        finally:
+            for sm in samplers:
+                llama_cpp.llama_sampler_free(sm)
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_memory_clear(mem, True)
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def _put(batch, i: int, token: int, pos: int, seqs: list[int], logits: bool) -> None:
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = len(seqs)
+    for j, s in enumerate(seqs):
+        batch.seq_id[i][j] = s
+    batch.logits[i] = logits

@@ -1,0 +1,67 @@
+"""The Gradio tutoring demo in a real headless Chromium (Debian's), driven by Playwright."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serve.demo import Outcome, render_answer, split_steps
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = Path(os.environ.get("EDGEREASON_TEST_OUTPUT", "test-output"))
+
+
+def test_steps_are_split_into_hints():
+    assert split_steps("Step 1: 3 + 4 = 7\nStep 2: so 7 apples") == ["3 + 4 = 7", "so 7 apples"]
+    assert split_steps("First add 3 and 4. That gives 7. Done") == ["First add 3 and 4.", "That gives 7.", "Done"]
+    assert split_steps(None) == [] and split_steps("  ") == []
+
+
+def test_answer_card_flags_invalid_and_split_votes():
+    out = Outcome("q", answer=None, samples=[object()] * 2, invalid=2)
+    assert "failed format validation" in render_answer(out)
+    out = Outcome("q", answer="7", confidence=0.5, samples=[object()] * 2, split=True)
+    html = render_answer(out)
+    assert "vote is split" in html and "50%" in html
+    assert "could not answer" in render_answer(Outcome("q", error="The tutor could not answer: boom"))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_demo_in_a_real_browser():
+    from live_server import Server, free_port
+    from playwright.sync_api import expect, sync_playwright
+
+    from serve.demo import launch
+
+    server = Server(n_ctx=1024, max_tokens=256)
+    port = free_port()
+    demo = launch(f"{server.base}/v1", "smollm2-135m", None, "127.0.0.1", port, prevent_thread_lock=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#question textarea").fill(
+                "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?")
+            page.locator("#solve").click()
+            card = page.locator("#answer-card")
+            expect(card).to_contain_text("Confidence", timeout=180_000)
+            expect(card).to_contain_text("vote(s) of")
+            steps = page.locator("#steps-card li")
+            expect(steps).to_have_count(1, timeout=10_000)
+            total = int(page.locator("#steps-card").inner_text().split(" of ")[1].split(")")[0])
+            page.locator("#next-hint").click()
+            expect(steps).to_have_count(min(2, total), timeout=10_000)
+            page.screenshot(path=str(SHOTS / "demo.png"), full_page=True)
+            # An empty question is answered with a readable message, not a stack trace.
+            page.locator("#question textarea").fill("")
+            page.locator("#solve").click()
+            expect(card).to_contain_text("Type a problem first", timeout=30_000)
+            assert "Traceback" not in page.content()
+            browser.close()
+    finally:
+        demo.close()
+        server.stop()
+    assert (SHOTS / "demo.png").stat().st_size > 20_000

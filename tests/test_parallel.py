@@ -1,0 +1,38 @@
+"""k samples of one prompt decoded together on llama.cpp (the maj@k path of the edge backend)."""
+
+import pytest
+
+from edgereason.formats import get_format
+from serve.backends.llamacpp_backend import LlamaCppBackend
+from serve.backends.base import SamplingParams
+
+QUESTION = "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?"
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = LlamaCppBackend("smollm2-135m", n_ctx=1024)
+    yield b
+    b.close()
+
+
+def test_parallel_samples_are_independent_reproducible_and_in_format(backend):
+    fmt = get_format()
+    params = SamplingParams(max_tokens=96, temperature=0.9, n=4, seed=7, stop=fmt.stop_sequences(),
+                            prefix=fmt.prefill, grammar=fmt.grammar(after_prefill=True))
+    (row,) = backend.chat([fmt.messages(QUESTION)], params)
+    assert len(row) == 4
+    assert len({c.text for c in row}) >= 2  # different seeds, different samples
+    for c in row:
+        parsed = fmt.parse(c.text)
+        assert parsed.valid or c.finish_reason == "length", c.text
+        assert c.completion_tokens <= 96 and c.prompt_tokens > 50
+    (again,) = backend.chat([fmt.messages(QUESTION)], params)
+    assert [c.text for c in again] == [c.text for c in row]  # same seeds, same samples
+
+
+def test_greedy_parallel_samples_agree(backend):
+    fmt = get_format()
+    params = SamplingParams(max_tokens=32, temperature=0.0, n=3, seed=1, stop=fmt.stop_sequences(), prefix=fmt.prefill)
+    (row,) = backend.chat([fmt.messages(QUESTION)], params)
+    assert len({c.text for c in row}) == 1
