@@ -10,12 +10,8 @@
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-# ---- build: compile llama-cpp-python and install edgereason into /opt/venv ------------------------
-FROM ${PYTHON_IMAGE} AS edge-build
-SHELL ["/bin/sh", "-eu", "-c"]
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential=12.9 cmake=3.25.1-1 git=1:2.39.5-0+deb12u2 \
- && rm -rf /var/lib/apt/lists/*
+# ---- source: the project files, copied once and shared by the edge and GPU builds --------------
+FROM ${PYTHON_IMAGE} AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY edgereason ./edgereason
@@ -24,6 +20,15 @@ COPY train ./train
 COPY export ./export
 COPY evalsuite ./evalsuite
 COPY docker/install-edge.sh ./docker/install-edge.sh
+
+# ---- build: compile llama-cpp-python and install edgereason into /opt/venv ------------------------
+FROM ${PYTHON_IMAGE} AS edge-build
+SHELL ["/bin/sh", "-eu", "-c"]
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential=12.9 cmake=3.25.1-1 git=1:2.39.5-0+deb12u2 \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=source /src /src
+WORKDIR /src
 # CMAKE_ARGS picks the CPU target of the llama.cpp build (default: portable AVX2).
 ARG CMAKE_ARGS=""
 RUN CMAKE_ARGS="${CMAKE_ARGS}" sh docker/install-edge.sh /opt/venv /src \
@@ -36,7 +41,6 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 edge
 COPY --from=edge-build /opt/venv /opt/venv
-COPY --from=edge-build /src /src
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     EDGEREASON_CACHE_DIR=/home/edge/.cache/edgereason
@@ -55,13 +59,8 @@ COPY --chown=edge:edge ${EXPORT_DIR}/model-q4_k_m.gguf ${EXPORT_DIR}/manifest.js
 
 # ---- gpu: vLLM (CUDA) behind the same OpenAI-compatible API ----------------------------------------
 FROM vllm/vllm-openai:v0.32.0 AS gpu
+COPY --from=source /src /src
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY edgereason ./edgereason
-COPY serve ./serve
-COPY train ./train
-COPY export ./export
-COPY evalsuite ./evalsuite
 # The local project itself, whose dependencies are pinned by the base image's vLLM environment.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[serve]" \

@@ -28,6 +28,7 @@ from edgereason.config import StageConfig
 from edgereason.data import load_benchmark
 from edgereason.formats import get_format
 from edgereason.models import DEFAULT_MODEL, resolve_model
+from evalsuite.plots import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -252,10 +253,7 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
 
 
 def _plots(results: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     arts = results["artifacts"]
     paths = []
@@ -271,10 +269,7 @@ def _plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xticks([j + 0.4 - w / 2 for j in range(len(arts))], [Path(a["file"]).name for a in arts],
                       rotation=15, ha="right", fontsize=8)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "speed.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "speed.png"))
     if any(a.get("context") for a in arts):
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for a in arts:
@@ -286,10 +281,7 @@ def _plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("generation tokens/s")
         ax.set_title("generation speed vs context depth")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "context.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / "context.png"))
     return paths
 
 

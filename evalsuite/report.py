@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from evalsuite.metrics import mcnemar_exact
+from evalsuite.plots import pyplot, save_figure
 from evalsuite.runner import EvalSummary
 
 
@@ -77,10 +78,7 @@ def write_report(summaries: list[EvalSummary], out: Path, title: str = "edgereas
 
 
 def _plots(summaries: list[EvalSummary], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = []
     labels = [Path(s.target).name or s.target for s in summaries]
@@ -98,10 +96,7 @@ def _plots(summaries: list[EvalSummary], out: Path) -> list[Path]:
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
     ax.set_title(f"{summaries[0].benchmark}: accuracy and format compliance")
-    fig.tight_layout()
-    paths.append(out / "models.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "models.png"))
 
     with_k = [s for s in summaries if s.maj_at_k]
     if with_k:
@@ -115,10 +110,7 @@ def _plots(summaries: list[EvalSummary], out: Path) -> list[Path]:
         ax.set_ylabel("accuracy %")
         ax.set_title("maj@k vs pass@k")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "accuracy_by_k.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / "accuracy_by_k.png"))
 
     for key in ("level", "subject"):
         with_cat = [(s, label) for s, label in zip(summaries, labels) if key in s.categories]
@@ -134,8 +126,5 @@ def _plots(summaries: list[EvalSummary], out: Path) -> list[Path]:
         ax.set_ylabel("accuracy %")
         ax.set_title(f"accuracy by {key}")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / f"by_{key}.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / f"by_{key}.png"))
     return paths
