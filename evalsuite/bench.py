@@ -64,6 +64,9 @@ class BenchConfig(StageConfig):
     answer_tokens: int = Field(192, ge=1, description="Max tokens of those answers.")
     vote_ks: list[int] = Field(default_factory=lambda: [1, 4, 8, 16],
                                description="maj@k costs measured (k samples decoded together); [] to skip.")
+    serve: bool = Field(False, description="Also benchmark the HTTP server: gateway overhead and a load test.")
+    load_clients: int = Field(64, ge=1, description="Concurrent clients in the server load test.")
+    load_seconds: float = Field(60.0, gt=0, description="Duration of the server load test.")
     device_profile: str | None = Field(None, description="edge-4gb, edge-8gb or cloud-gpu: check the fit.")
     out: Path | None = Field(None, description="Output folder (default: results/bench-<time>).")
 
@@ -199,6 +202,13 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
                 f["confirm_detail"] = confirm.get("error") or f"peak RSS {confirm['peak_rss_mb']:.0f} MB"
             art["device_profile"] = f
         results["artifacts"].append(art)
+    if cfg.serve:
+        from evalsuite.serve_bench import run_serve_bench
+
+        if progress:
+            progress(f"server: overhead and {cfg.load_clients} clients for {cfg.load_seconds:.0f} s")
+        first = resolve_model(cfg.models[0]).require_gguf()
+        results["serve"] = run_serve_bench(first, max(cfg.threads), cfg.load_clients, cfg.load_seconds)
     return results
 
 
@@ -245,6 +255,10 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
                          f"{f['estimated_mb']} | {'yes' if f['fits'] else 'no'} | "
                          f"{f.get('confirmed_under_limit', 'n/a')} ({f.get('confirm_detail', '')}) | {f['max_context']} | "
                          f"{f['max_parallel_sequences_at_n_ctx']} |")
+    if "serve" in results:
+        from evalsuite.serve_bench import serve_bench_markdown
+
+        lines += serve_bench_markdown(results["serve"])
     plots = _plots(results, out)
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     report = out / "bench.md"

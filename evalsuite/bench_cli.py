@@ -20,6 +20,7 @@ def bench_command(
     pp: Optional[int] = typer.Option(None, help="Prompt tokens (default 512)."),
     tg: Optional[int] = typer.Option(None, help="Generated tokens (default 128)."),
     problems: Optional[int] = typer.Option(None, help="GSM8K problems answered end to end (default 3)."),
+    serve: Optional[bool] = typer.Option(None, "--serve", help="Also benchmark the HTTP server (overhead, 64-client load)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default results/bench-<time>)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML BenchConfig."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: key=value."),
@@ -30,7 +31,7 @@ def bench_command(
     from evalsuite.bench import BenchConfig, default_bench_dir, run_bench, write_bench
 
     flags = {"models": model or None, "threads": threads or None, "device_profile": device_profile, "n_ctx": n_ctx,
-             "repeats": repeats, "pp": pp, "tg": tg, "problems": problems, "out": out}
+             "repeats": repeats, "pp": pp, "tg": tg, "problems": problems, "out": out, "serve": serve}
     try:
         cfg = BenchConfig.load(config, set_, **{k: v for k, v in flags.items() if v is not None})
         with console.status("bench") as status:

@@ -43,3 +43,15 @@ def test_tiny_real_bench_writes_json_markdown_and_plots(tmp_path, default_model)
     assert "pp tok/s" in text and "edge-4gb" in text
     for png in ("speed.png", "context.png"):
         assert (tmp_path / png).stat().st_size > 5000
+
+
+def test_server_bench_measures_overhead_and_load(default_model):
+    from evalsuite.serve_bench import run_serve_bench, serve_bench_markdown
+
+    r = run_serve_bench(default_model.gguf_path, threads=2, clients=6, seconds=6, tokens=16, repeats=1, max_queue=2)
+    assert r["overhead"]["raw_tok_s"] > 1 and r["overhead"]["http_tok_s"] > 1
+    load = r["load"]
+    assert load["ok"] >= 1 and load["errors_other_than_429"] == 0
+    assert load["statuses"].get("429", 0) >= 1  # 6 clients on a queue of 2: the bound is enforced
+    assert load["p99_s"] >= load["p50_s"] > 0 and load["rss_mb_peak"] > 50
+    assert "Gateway overhead" in "\n".join(serve_bench_markdown(r))
