@@ -4,6 +4,7 @@ generation, validation with retries, the reasoning split and majority voting."""
 from __future__ import annotations
 
 import asyncio
+import time
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -111,6 +112,10 @@ class ReasoningEngine:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+        # The same deadline travels into the backend, which stops generating when it passes: a
+        # timed-out request frees the model instead of running on in its thread.
+        deadline = time.monotonic() + self.limits.timeout_s
+        args = tuple(replace(a, deadline=deadline) if isinstance(a, SamplingParams) else a for a in args)
         try:
             return await asyncio.wait_for(asyncio.to_thread(self._locked, fn, *args), self.limits.timeout_s)
         finally:
@@ -196,6 +201,7 @@ class ReasoningEngine:
     def stream(self, messages: Messages, params: SamplingParams) -> Iterator[str]:
         """Text deltas of one completion (runs in the caller's thread, under the engine lock)."""
         self.check_prompt(messages, params)
+        params = replace(params, deadline=time.monotonic() + self.limits.timeout_s)
         with self._lock:
             yield from self.backend.stream(messages, params)
 

@@ -43,6 +43,9 @@ def test_reasoning_split_under_the_grammar(client):
 
 def test_streaming_matches_the_non_streamed_answer(client):
     kw = dict(model="smollm2-135m", messages=QUESTION, max_tokens=120, temperature=0)
+    # llama.cpp reuses the cached prompt prefix of the previous request, and a prompt evaluated in
+    # different pieces can round differently; a first call puts both requests on the same footing.
+    client.chat.completions.create(**kw)
     full = client.chat.completions.create(**kw)
     reasoning, content = "", ""
     for chunk in client.chat.completions.create(stream=True, **kw):
@@ -163,3 +166,21 @@ def test_gateway_over_upstream_replicas_survives_a_dead_replica():
     finally:
         for s in (a, b, gw):
             s.stop()
+
+
+def test_timeout_cancels_the_generation_itself():
+    s = Server(n_ctx=4096, max_tokens=3000, timeout_s=1.5)
+    try:
+        body = {"model": "smollm2-135m", "max_tokens": 3000, "temperature": 1.0, "seed": 5, "reasoning": False,
+                "messages": [{"role": "user", "content": "Count from 1 to 2000, one number per line."}]}
+        t = time.perf_counter()
+        r = httpx.post(s.base + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
+        assert time.perf_counter() - t < 10
+        # Had the first generation kept running (3000 tokens, ~30 s here), this one would wait for it.
+        t = time.perf_counter()
+        r = httpx.post(s.base + "/v1/chat/completions", timeout=120, json={**body, "max_tokens": 8})
+        assert r.status_code == 200
+        assert time.perf_counter() - t < 8
+    finally:
+        s.stop()

@@ -6,6 +6,7 @@ prompts (`complete`); `chat` combines the two and puts a format prefill back in 
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +27,14 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF, for backends that constrain decoding
     prefix: str = ""  # starts the assistant turn (e.g. a format's prefill); included in chat text
+    deadline: float | None = None  # time.monotonic() after which generation stops (server timeouts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "grammar"} | {"constrained": self.grammar is not None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("grammar", "deadline")} | {
+            "constrained": self.grammar is not None}
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
 
 
 @dataclass

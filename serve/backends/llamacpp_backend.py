@@ -63,9 +63,11 @@ class LlamaCppBackend(Backend):
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def _kwargs(self, params: SamplingParams, seed: int | None) -> dict:
-        from llama_cpp import LlamaGrammar
+        from llama_cpp import LlamaGrammar, StoppingCriteriaList
 
         return dict(
+            # A server timeout stops the generation itself, not only the wait for it.
+            stopping_criteria=StoppingCriteriaList([lambda ids, logits: params.expired()]) if params.deadline else None,
             max_tokens=params.max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
@@ -83,7 +85,7 @@ class LlamaCppBackend(Backend):
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         seeds = [first_seed + j for j in range(params.n)]
         samples, seconds = self._decoder().generate(tokens, params.n, params.max_tokens, params.temperature,
-                                                     params.top_p, seeds, params.stop, params.grammar)
+                                                     params.top_p, seeds, params.stop, params.grammar, params.deadline)
         return [Completion(s.text, len(tokens), s.tokens, s.finish_reason, seconds) for s in samples]
 
     def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:

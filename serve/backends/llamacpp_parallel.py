@@ -57,7 +57,8 @@ class ParallelDecoder:
         return chain
 
     def generate(self, prompt: list[int], n: int, max_tokens: int, temperature: float, top_p: float,
-                 seeds: list[int], stop: list[str], grammar: str | None = None) -> tuple[list[ParallelSample], float]:
+                 seeds: list[int], stop: list[str], grammar: str | None = None,
+                 deadline: float | None = None) -> tuple[list[ParallelSample], float]:
         """n completions of `prompt`; returns them and the seconds spent."""
         if n > self.max_seqs:
             raise ValueError(f"{n} parallel samples exceed this context's {self.max_seqs} sequences")
@@ -102,7 +103,7 @@ class ParallelDecoder:
                         finish[s] = "length"
                         continue
                     live.append((s, tok))
-                if not live:
+                if not live or (deadline is not None and time.monotonic() > deadline):
                     break
                 for j, (s, tok) in enumerate(live):
                     _put(batch, j, tok, pos, [s], True)
@@ -118,7 +119,7 @@ class ParallelDecoder:
                     cut = text.find(st)
                     if cut >= 0:
                         text = text[:cut]
-                out.append(ParallelSample(text, counts[s], finish[s] or "length"))
+                out.append(ParallelSample(text, counts[s], finish[s] or "length"))  # cut by a deadline: "length"
             return out, time.perf_counter() - t0
         finally:
             for sm in samplers:

@@ -78,6 +78,8 @@ class TransformersBackend(Backend):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+        if params.deadline is not None:  # a server timeout stops generate() itself
+            kwargs["max_time"] = max(0.01, params.deadline - time.monotonic())
         t0 = time.perf_counter()
         with torch.inference_mode():
             gen = self.model.generate(**enc, **kwargs)
