@@ -77,11 +77,22 @@ def write_report(summaries: list[EvalSummary], out: Path, title: str = "edgereas
     return report
 
 
+def _short(target: str) -> str:
+    """A plot label: the file name of a path, `base+run` for an adapter target."""
+    if target.startswith(("http://", "https://")):
+        return target.split("://", 1)[1]
+    base, plus, adapter = target.partition("+")
+    if plus:
+        p = Path(adapter)
+        return f"{Path(base).name}+{p.parent.name if p.name == 'adapter' else p.name}"
+    return Path(target).name or target
+
+
 def _plots(summaries: list[EvalSummary], out: Path) -> list[Path]:
     plt = pyplot()
 
     paths = []
-    labels = [Path(s.target).name or s.target for s in summaries]
+    labels = [_short(s.target) for s in summaries]
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(summaries) + 2), 3.6))
     xs = range(len(summaries))
     width = 0.38
