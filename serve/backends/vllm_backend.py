@@ -77,3 +77,6 @@ class VLLMBackend(Backend):
              for o in out.outputs]
             for out in outputs
         ]
+
+    def close(self) -> None:
+        del self.llm
