@@ -30,6 +30,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(base: str, timeout_s: float = 120) -> dict | None:
+    """The server's /health body once it answers 200, or None if it never does within the timeout."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            health = httpx.get(f"{base}/health", timeout=2)
+            if health.status_code == 200:
+                return health.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return None
+
+
 def _raw_tokens_per_s(model: Path, tokens: int, threads: int, repeats: int) -> float:
     from llama_cpp import Llama
 
@@ -55,17 +69,10 @@ def run_serve_bench(model: Path, threads: int, clients: int = 64, seconds: float
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                health = httpx.get(f"{base}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
+        health = wait_healthy(base)
+        if health is None:
             raise RuntimeError("the server did not start")
-        name = health.json()["model"]
+        name = health["model"]
         served = psutil.Process(proc.pid)
 
         rates = []

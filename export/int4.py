@@ -11,7 +11,6 @@ The vLLM load is checked only where a GPU and vLLM are present.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path

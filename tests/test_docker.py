@@ -4,12 +4,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from live_server import free_port
+
+from evalsuite.serve_bench import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,19 +39,12 @@ def test_edge_install_steps_build_a_working_server(tmp_path, default_model):
     server = subprocess.Popen([str(venv / "bin" / "edgereason"), "serve", "--model", str(default_model.gguf_path),
                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                if r.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
+        health = wait_healthy(f"http://127.0.0.1:{port}")
+        if health is None:
             pytest.fail("the edge install's server never became healthy: " + server.stdout.read1(4000).decode(errors="replace"))
-        assert r.json()["backend"] == "llama.cpp"
+        assert health["backend"] == "llama.cpp"
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120, json={
-            "model": r.json()["model"], "max_tokens": 48, "messages": [{"role": "user", "content": "What is 2 + 3?"}]})
+            "model": health["model"], "max_tokens": 48, "messages": [{"role": "user", "content": "What is 2 + 3?"}]})
         assert r.status_code == 200 and "reasoning_content" in r.json()["choices"][0]["message"]
     finally:
         server.terminate()
