@@ -15,13 +15,10 @@ FROM ${PYTHON_IMAGE} AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY edgereason ./edgereason
-COPY serve ./serve
-COPY train ./train
-COPY export ./export
-COPY evalsuite ./evalsuite
 COPY docker/install-edge.sh ./docker/install-edge.sh
+COPY scripts/install-llama-cpp.sh ./scripts/install-llama-cpp.sh
 
-# ---- build: compile llama-cpp-python and install edgereason into /opt/venv ------------------------
+# ---- build: compile llama.cpp (libraries + llama-server) once, install edgereason into /opt/venv ---
 FROM ${PYTHON_IMAGE} AS edge-build
 SHELL ["/bin/sh", "-eu", "-c"]
 RUN apt-get update \
@@ -31,8 +28,10 @@ COPY --from=source /src /src
 WORKDIR /src
 # CMAKE_ARGS picks the CPU target of the llama.cpp build (default: portable AVX2).
 ARG CMAKE_ARGS=""
+ENV EDGEREASON_CACHE_DIR=/tmp/edgereason-cache
 RUN CMAKE_ARGS="${CMAKE_ARGS}" sh docker/install-edge.sh /opt/venv /src \
- && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
+ && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} + \
+ && rm -rf /tmp/edgereason-cache
 
 # ---- edge: the small runtime image ----------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS edge

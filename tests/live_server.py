@@ -1,33 +1,26 @@
-"""A real edgereason server on 127.0.0.1 in a background thread (shared by the serve, eval and demo tests)."""
+"""A real edgereason server on 127.0.0.1 in a background thread (shared by the serve, eval and demo
+tests). Settings are ServeConfig fields, sections as dicts: Server(limits={"max_tokens": 64})."""
 
-import socket
-import threading
-import time
+from typing import Any
 
-import uvicorn
+from edgereason.serve.app import build_app, serve_in_thread
+from edgereason.serve.config import ServeConfig
+from edgereason.servers import free_port
 
-from serve.cli import build_app
-from serve.config import ServeConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["Server", "free_port"]
 
 
 class Server:
-    def __init__(self, **cfg):
-        self.port = free_port()
-        app = build_app(ServeConfig(port=self.port, **cfg))
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{self.port}"
+    def __init__(self, **cfg: Any) -> None:
+        self.config = ServeConfig.model_validate(cfg)
+        self.app = build_app(self.config)
+        self.threaded = serve_in_thread(self.app)
+        self.port = self.threaded.port
+        self.base = self.threaded.base
 
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+    @property
+    def engine(self):
+        return self.app.state.engine
+
+    def stop(self) -> None:
+        self.threaded.stop()

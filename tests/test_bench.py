@@ -2,11 +2,12 @@
 
 import json
 
-from evalsuite.bench import PROFILES, BenchConfig, _run_worker, fit, gguf_shape, run_bench, write_bench
+from edgereason.evalsuite.bench import PROFILES, BenchConfig, _run_worker, fit, run_bench, write_bench
+from edgereason.gguf_meta import gguf_info
 
 
 def test_kv_cache_size_from_gguf_metadata(default_model):
-    shape = gguf_shape(default_model.gguf_path)
+    shape = gguf_info(default_model.gguf_path)
     # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims; K and V in f16 -> 30 * 3 * (64 + 64) * 2 bytes.
     assert (shape["layers"], shape["kv_heads"], shape["key_length"]) == (30, 3, 64)
     assert shape["kv_bytes_per_token"] == 30 * 3 * 128 * 2
@@ -46,7 +47,7 @@ def test_tiny_real_bench_writes_json_markdown_and_plots(tmp_path, default_model)
 
 
 def test_server_bench_measures_overhead_and_load(default_model):
-    from evalsuite.serve_bench import run_serve_bench, serve_bench_markdown
+    from edgereason.evalsuite.serve_bench import run_serve_bench, serve_bench_markdown
 
     r = run_serve_bench(default_model.gguf_path, threads=2, clients=6, seconds=6, tokens=16, repeats=1, max_queue=2)
     assert r["overhead"]["raw_tok_s"] > 1 and r["overhead"]["http_tok_s"] > 1

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from edgereason.config import ConfigError
-from evalsuite.config import EvalConfig
+from edgereason.evalsuite.config import EvalConfig
 
 
 def run_cli(*args, timeout=600):

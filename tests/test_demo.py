@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.demo import Outcome, render_answer, split_steps
+from edgereason.serve.demo import Outcome, render_answer, split_steps
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(os.environ.get("EDGEREASON_TEST_OUTPUT", "test-output"))
@@ -32,7 +32,7 @@ def test_demo_in_a_real_browser():
     from live_server import Server, free_port
     from playwright.sync_api import expect, sync_playwright
 
-    from serve.demo import launch
+    from edgereason.serve.demo import launch
 
     server = Server(n_ctx=1024, max_tokens=256)
     port = free_port()

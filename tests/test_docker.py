@@ -10,7 +10,7 @@ import httpx
 import pytest
 from live_server import free_port
 
-from evalsuite.serve_bench import wait_healthy
+from edgereason.evalsuite.serve_bench import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,11 +8,11 @@ import pytest
 from edgereason.data import DataError, load_benchmark
 from edgereason.grading import choice_letter, is_correct
 from edgereason.logic import CATEGORIES, equivalent, evaluate, generate_logic
-from evalsuite.config import EvalConfig
-from evalsuite.metrics import majority_correct, mcnemar_exact
-from evalsuite.report import write_report
-from evalsuite.runner import EvalError, run_eval
-from evalsuite.targets import parse_target
+from edgereason.evalsuite.config import EvalConfig
+from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact
+from edgereason.evalsuite.report import write_report
+from edgereason.evalsuite.runner import EvalError, run_eval
+from edgereason.evalsuite.targets import parse_target
 
 
 # ---- metric math -------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from edgereason.formats import get_format
-from export.files import ExportError, atomic_output, require_free_space, sha256_file
-from export.gguf_export import export_gguf
-from export.llama_tools import convert_hf_to_gguf, quantize_gguf
-from export.merge import load_hf
+from edgereason.export.files import ExportError, atomic_output, require_free_space, sha256_file
+from edgereason.export.gguf_export import export_gguf
+from edgereason.export.llama_tools import convert_hf_to_gguf, quantize_gguf
+from edgereason.export.merge import load_hf
 
 
 def _make_adapter(base_hf: Path, out: Path, seed: int = 0) -> Path:
@@ -202,7 +202,7 @@ def test_int4_checkpoint_reloads_with_transformers_and_is_recorded(exported, ada
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from export.int4 import export_int4
+    from edgereason.export.int4 import export_int4
 
     out, _ = exported
     entry = export_int4(out, base="smollm2-135m", adapter=adapter, format_name="reasoning-answer")

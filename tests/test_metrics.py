@@ -1,6 +1,6 @@
 import pytest
 
-from evalsuite.metrics import pass_at_k, wilson_interval
+from edgereason.evalsuite.metrics import pass_at_k, wilson_interval
 
 
 def test_pass_at_k_against_hand_values():

@@ -3,8 +3,8 @@
 import pytest
 
 from edgereason.formats import get_format
-from serve.backends.llamacpp_backend import LlamaCppBackend
-from serve.backends.base import SamplingParams
+from edgereason.backends.llamacpp import LlamaCppBackend
+from edgereason.backends.base import SamplingParams
 
 QUESTION = "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?"
 

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from edgereason.formats import get_format
-from train.rewards import (
+from edgereason.train.rewards import (
     FORMAT_EXACT,
     FORMAT_INVALID_CAP,
     REWARD_NAMES,

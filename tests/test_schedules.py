@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from train.schedules import AdaptiveKL, SaturationDetector, adaptive_epsilon, generation_temperatures, row_temperatures
+from edgereason.train.schedules import AdaptiveKL, SaturationDetector, adaptive_epsilon, generation_temperatures, row_temperatures
 
 
 def test_temperature_schedule():

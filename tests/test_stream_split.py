@@ -2,7 +2,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgereason.formats import get_format
-from serve.engine import ReasoningSplitter
+from edgereason.serve.reasoning import ReasoningSplitter
 
 FMT = get_format()
 TEXT = "<reasoning>\nWe add 3 < 4 and 4 + 3 = 7.\n</reasoning>\n<answer>\n7\n</answer>"

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from train.config import TrainConfig
-from train.grpo import TrainSetupError, check_setup, run_training
+from edgereason.train.config import TrainConfig
+from edgereason.train.grpo import TrainSetupError, check_setup, run_training
 
 TINY = dict(
     max_completion_length=12,
@@ -65,7 +65,7 @@ def test_row_temperatures_reach_generation(default_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-    from train.grpo import extra_generate_kwargs
+    from edgereason.train.grpo import extra_generate_kwargs
 
     tok = AutoTokenizer.from_pretrained(default_model.hf_dir)
     model = AutoModelForCausalLM.from_pretrained(default_model.hf_dir)
@@ -115,7 +115,7 @@ def test_resume_after_kill_continues_without_losing_steps(tmp_path, default_mode
 
 
 def test_incomplete_checkpoint_is_set_aside(tmp_path):
-    from train.grpo import latest_complete_checkpoint
+    from edgereason.train.grpo import latest_complete_checkpoint
 
     root = tmp_path / "checkpoints"
     (root / "checkpoint-3").mkdir(parents=True)

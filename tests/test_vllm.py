@@ -10,14 +10,14 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here; scripts/setup-vllm-venv.sh makes a venv that has it")
 
 from edgereason.formats import get_format  # noqa: E402
-from serve.backends.base import SamplingParams  # noqa: E402
+from edgereason.backends.base import SamplingParams  # noqa: E402
 
 QUESTION = "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?"
 
 
 @pytest.fixture(scope="module")
 def backend():
-    from serve.backends.vllm_backend import VLLMBackend
+    from edgereason.backends.vllm import VLLMBackend
 
     b = VLLMBackend("smollm2-135m", n_ctx=2048)
     yield b
@@ -43,8 +43,8 @@ def test_vllm_behind_the_http_api(backend):
     import uvicorn
     from live_server import free_port
 
-    from serve.app import create_app
-    from serve.engine import EngineLimits, ReasoningEngine
+    from edgereason.serve.app import create_app
+    from edgereason.serve.engine import EngineLimits, ReasoningEngine
 
     port = free_port()
     app = create_app(ReasoningEngine(backend, get_format(), EngineLimits(max_tokens=256)), "smollm2-135m")

@@ -1,0 +1,156 @@
+"""llama.cpp's own HTTP server (`llama-server`) as a managed child process: the edge serving engine.
+
+llama-server runs `slots` sequences with continuous batching, evaluates a prompt once for the `n`
+completions of a request (`n_cmpl`, children seeded seed+1, seed+2, ...), caches prompts, applies a
+GBNF grammar and a seed per request, and stops a request whose client has gone. This backend starts
+it on a free loopback port (with the model's chat template, threads, context per slot and an
+optional GGUF LoRA), waits for its health, restarts it when it dies (requests meanwhile get
+`BackendUnavailable`, HTTP 503) and stops it on exit. Prompts are rendered by edgereason, so the
+format prefill follows the assistant turn exactly; requests go to llama-server's `/v1/completions`.
+Requests carrying `tools` go to its `/v1/chat/completions`, where its Jinja templates parse tool calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgereason.backends.base import BackendUnavailable, Completion, Delta, Messages, SamplingParams
+from edgereason.backends.chat_template import ChatTemplate
+from edgereason.backends.openai_client import OpenAIBackend
+from edgereason.gguf_meta import gguf_info
+from edgereason.models import resolve_model
+from edgereason.native import tool
+from edgereason.paths import cache_dir
+from edgereason.servers import ManagedProcess, free_port
+
+# Sampling defaults of the other engines: plain temperature and top-p (llama-server's own defaults
+# add top-k 40 and min-p 0.05, which would make its samples differ from everyone else's).
+_PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "cache_prompt": True}
+
+
+class LlamaServerBackend(OpenAIBackend):
+    name = "llama-server"
+    supports = frozenset({"logprobs", "tools", "penalties"})
+
+    def __init__(self, model: str, *, adapter: str | Path | None = None, slots: int = 4,
+                 ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,
+                 served_name: str | None = None, extra_args: list[str] | None = None) -> None:
+        resolved = resolve_model(model)
+        gguf = resolved.require_gguf()
+        info = gguf_info(gguf)
+        trained = info.get("context_length") or 4096
+        # The context per sequence is capped at the model's trained context unless asked for more.
+        self.ctx_per_slot = ctx_per_slot or min(trained, 4096)
+        template = ChatTemplate.from_gguf_file(gguf, resolved.chat_template)
+        port = free_port()
+        name = served_name or resolved.name
+        threads = threads or os.cpu_count() or 1
+        cmd = [str(tool("llama-server")), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+               "--alias", name, "--parallel", str(slots), "--kv-unified", "--kv-unified-per-slot", str(self.ctx_per_slot),
+               "--threads", str(threads), "--threads-batch", str(threads), "--metrics", "--slots", "--no-webui",
+               "--jinja"]
+        if not info.get("chat_template") and resolved.chat_template:  # e.g. Gemma 3 270M's GGUF has none
+            tpl = cache_dir() / "templates" / f"{resolved.name}.jinja"
+            tpl.parent.mkdir(parents=True, exist_ok=True)
+            tpl.write_text(resolved.chat_template, encoding="utf-8")
+            cmd += ["--chat-template-file", str(tpl)]
+        if adapter is not None:
+            if Path(adapter).suffix != ".gguf":
+                raise ValueError(f"llama-server takes a GGUF LoRA (export one with `edgereason export gguf`), not {adapter}")
+            cmd += ["--lora", str(adapter)]
+        cmd += list(extra_args or [])
+        log = cache_dir() / "logs" / f"llama-server-{port}.log"
+        self.process = ManagedProcess(cmd, f"http://127.0.0.1:{port}", log, startup_timeout_s=startup_timeout_s,
+                                      name="llama-server").start()
+        super().__init__(f"http://127.0.0.1:{port}", name, concurrency=slots, template=template)
+        self.model_name = name
+        self.format = resolved.format
+        self.context_length = self.ctx_per_slot
+        self.slots = slots
+        self.extra_body = dict(_PLAIN_SAMPLING)
+
+    # ---- requests ------------------------------------------------------------------------------
+    def completion_body(self, prompt: str, params: SamplingParams, stream: bool = False) -> dict[str, Any]:
+        body = super().completion_body(prompt, params, stream)
+        body.pop("structured_outputs", None)
+        return {**body, **self.extra_body}
+
+    def _require_ready(self) -> None:
+        if not self.process.ready.is_set():
+            raise BackendUnavailable(f"llama-server is restarting (restart {self.process.restarts}); retry shortly")
+
+    async def acomplete(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        self._require_ready()
+        try:
+            return await super().acomplete(prompt, params)
+        except Exception:
+            self._raise_if_down()
+            raise
+
+    async def astream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+        self._require_ready()
+        try:
+            async for d in super().astream(prompt, params):
+                yield d
+        except Exception:
+            self._raise_if_down()
+            raise
+
+    def _raise_if_down(self) -> None:
+        if not self.process.alive() or not self.process.ready.is_set():
+            raise BackendUnavailable("llama-server stopped during the request; it is being restarted") from None
+
+    async def achat_tools(self, messages: Messages, params: SamplingParams, tools: list[dict[str, Any]],
+                          tool_choice: Any) -> list[Completion]:
+        """A chat request with tools, answered by llama-server's own chat endpoint (Jinja template,
+        tool-call grammar and parser)."""
+        self._require_ready()
+        body: dict[str, Any] = {"model": self.model_name, "messages": messages, "tools": tools,
+                                "max_tokens": params.max_tokens, "temperature": params.temperature,
+                                "top_p": params.top_p, "seed": params.seed, "n": params.n, **self.extra_body}
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+        if params.stop:
+            body["stop"] = params.stop
+        try:
+            r = await self.ahttp.post(f"{self.url}/v1/chat/completions", json=body)
+        except httpx.HTTPError as e:
+            self._raise_if_down()
+            raise BackendUnavailable(f"llama-server: {type(e).__name__}: {e}") from None
+        data = self._check(r)
+        out = []
+        prompt, per_choice, cached = self._usage(data, len(data.get("choices") or []))
+        for c in data.get("choices") or []:
+            msg = c.get("message") or {}
+            out.append(Completion(msg.get("content") or "", prompt, per_choice, c.get("finish_reason") or "stop", 0.0,
+                                  cached_tokens=cached, tool_calls=msg.get("tool_calls")))
+        return out
+
+    # ---- facts -------------------------------------------------------------------------------
+    def engine_metrics(self) -> str:
+        """llama-server's own Prometheus metrics (prompt cache, slots, tokens)."""
+        try:
+            return httpx.get(f"{self.url}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return ""
+
+    def slot_states(self) -> list[dict[str, Any]]:
+        try:
+            return json.loads(httpx.get(f"{self.url}/slots", timeout=2).text)
+        except (httpx.HTTPError, ValueError):
+            return []
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), "engine": "llama-server", "pid": self.process.pid, "slots": self.slots,
+                "ctx_per_slot": self.ctx_per_slot, "restarts": self.process.restarts,
+                "ready": self.process.ready.is_set(), "log": str(self.process.log_path)}
+
+    def close(self) -> None:
+        super().close()
+        self.process.stop()

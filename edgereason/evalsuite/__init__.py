@@ -1,0 +1,1 @@
+"""Evaluation (accuracy, maj@k, pass@k, format compliance, reports) and on-device benchmarks."""

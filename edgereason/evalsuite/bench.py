@@ -1,0 +1,274 @@
+"""`edgereason bench`: speed and memory of GGUF artifacts on this device.
+
+Per artifact and thread count (each in a fresh process, see bench_worker): load time, prompt
+processing (pp) and generation (tg) tokens/s at llama-bench's reference shape (512/128), ms/token,
+time to first token and end-to-end latency of real reasoning answers, problems/minute, peak RSS and
+file size; warm-up, repeats, median/min/max. Also the effect of context depth, and device profiles:
+whether model + KV cache fit a memory budget (computed from GGUF metadata, then confirmed by running
+under that limit with RLIMIT_AS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from edgereason.backends.chat_template import ChatTemplate, TemplateError
+from edgereason.config import StageConfig
+from edgereason.data import load_benchmark
+from edgereason.formats import get_format
+from edgereason.gguf_meta import gguf_info
+from edgereason.models import DEFAULT_MODEL, resolve_model
+from edgereason.servers import python_module
+from edgereason.versions import versions
+from edgereason.evalsuite.plots import pyplot, save_figure
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    memory_gib: float  # what the device has
+    usable_gib: float  # what a model process may take (the OS and other apps keep the rest)
+    gpu: bool = False
+
+
+PROFILES = {
+    "edge-4gb": DeviceProfile("edge-4gb", 4, 2.5),
+    "edge-8gb": DeviceProfile("edge-8gb", 8, 6.0),
+    "cloud-gpu": DeviceProfile("cloud-gpu", 80, 72, gpu=True),
+}
+# Process overhead beyond weights and KV cache (Python, llama.cpp compute buffers), measured ~200 MB
+# for the 135M model here; rounded up.
+RUNTIME_OVERHEAD_MB = 320
+
+
+class BenchConfig(StageConfig):
+    """What to benchmark and at which shapes."""
+
+    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL], description="GGUF files or model names.")
+    threads: list[int] = Field(default_factory=lambda: [1, os.cpu_count() or 1], description="Thread counts to compare.")
+    pp: int = Field(512, ge=1, description="Prompt-processing tokens (llama-bench pp).")
+    tg: int = Field(128, ge=1, description="Generated tokens (llama-bench tg).")
+    repeats: int = Field(3, ge=1, description="Measured repetitions (median/min/max reported).")
+    warmup: int = Field(1, ge=0, description="Unmeasured warm-up repetitions.")
+    n_ctx: int = Field(2048, ge=256, description="Context length the model is loaded with.")
+    contexts: list[int] = Field(default_factory=lambda: [128, 512, 1024], description="Prompt lengths for the context-effect table.")
+    problems: int = Field(3, ge=0, description="GSM8K problems answered end to end (TTFT, latency, problems/min).")
+    answer_tokens: int = Field(192, ge=1, description="Max tokens of those answers.")
+    vote_ks: list[int] = Field(default_factory=lambda: [1, 4, 8, 16],
+                               description="maj@k costs measured (k samples decoded together); [] to skip.")
+    serve: bool = Field(False, description="Also benchmark the HTTP server: gateway overhead and a load test.")
+    load_clients: int = Field(64, ge=1, description="Concurrent clients in the server load test.")
+    load_seconds: float = Field(60.0, gt=0, description="Duration of the server load test.")
+    device_profile: str | None = Field(None, description="edge-4gb, edge-8gb or cloud-gpu: check the fit.")
+    out: Path | None = Field(None, description="Output folder (default: results/bench-<time>).")
+
+
+def fit(path: Path, profile: DeviceProfile, n_ctx: int) -> dict[str, Any]:
+    """Whether weights + KV cache for `n_ctx` fit the profile; the largest context and parallel
+    sequences that do."""
+    shape = gguf_info(path)
+    budget = profile.usable_gib * 2**30 - RUNTIME_OVERHEAD_MB * 2**20
+    free = budget - path.stat().st_size
+    per_tok = shape["kv_bytes_per_token"]
+    need = path.stat().st_size + per_tok * n_ctx + RUNTIME_OVERHEAD_MB * 2**20
+    max_ctx = int(max(0, free) // per_tok)
+    return {
+        "profile": profile.name, "usable_gib": profile.usable_gib, "n_ctx": n_ctx,
+        "estimated_mb": round(need / 2**20, 1), "kv_mb": round(per_tok * n_ctx / 2**20, 1),
+        "fits": need <= profile.usable_gib * 2**30,
+        "max_context": min(max_ctx, shape["context_length"] or max_ctx),
+        "max_parallel_sequences_at_n_ctx": int(max(0, free) // (per_tok * n_ctx)),
+        **shape,
+    }
+
+
+def _run_worker(spec: dict, memory_limit_bytes: int | None = None, timeout: float = 900) -> dict:
+    def limit() -> None:  # runs in the child before exec
+        if memory_limit_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
+    proc = subprocess.run(python_module("edgereason.evalsuite.bench_worker", json.dumps(spec)), capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit if memory_limit_bytes else None)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    libs = versions("llama-cpp-python", "torch", "transformers")
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(), "libraries": libs}
+
+
+def _chat_prompts(model: Path, n: int) -> list[str]:
+    """Real GSM8K questions in the reasoning format, rendered with the GGUF's own chat template."""
+    if n == 0:
+        return []
+    from edgereason.models import EMBEDDED
+
+    fmt = get_format()
+    fallback = next((e.chat_template for e in EMBEDDED.values() if e.chat_template and e.gguf_file == model.name), None)
+    try:
+        template = ChatTemplate.from_gguf_file(model, fallback)
+    except TemplateError:
+        return []
+    return [template.render(fmt.messages(p.question)) + fmt.prefill for p in load_benchmark("gsm8k")[:n]]
+
+
+def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
+    """Measure every model × thread count, the context effect and the device-profile fit."""
+    results: dict[str, Any] = {"machine": machine(), "config": cfg.model_dump(mode="json"), "artifacts": []}
+    fmt = get_format()
+    for name in cfg.models:
+        path = resolve_model(name).require_gguf()
+        art: dict[str, Any] = {"model": name, "file": str(path), "size_mb": round(path.stat().st_size / 2**20, 1),
+                               "runs": []}
+        chat = _chat_prompts(path, cfg.problems)
+        for threads in cfg.threads:
+            if progress:
+                progress(f"{path.name} · {threads} thread(s)")
+            spec = {"model": str(path), "n_ctx": cfg.n_ctx, "threads": threads, "pp": cfg.pp, "tg": cfg.tg,
+                    "warmup": cfg.warmup, "repeats": cfg.repeats, "chat": chat if threads == max(cfg.threads) else [],
+                    "answer_tokens": cfg.answer_tokens, "stop": fmt.stop_sequences(),
+                    "vote_ks": cfg.vote_ks if threads == max(cfg.threads) else [],
+                    "grammar": fmt.grammar(after_prefill=True)}
+            art["runs"].append({"threads": threads, **_run_worker(spec)})
+        art["context"] = []
+        for c in cfg.contexts:
+            if c + 32 > cfg.n_ctx:
+                continue
+            if progress:
+                progress(f"{path.name} · context {c}")
+            r = _run_worker({"model": str(path), "n_ctx": cfg.n_ctx, "threads": max(cfg.threads), "pp": c, "tg": 32,
+                             "warmup": 0, "repeats": 1})
+            art["context"].append({"prompt_tokens": c, **r})
+        if cfg.device_profile:
+            profile = PROFILES.get(cfg.device_profile)
+            if profile is None:
+                raise ValueError(f"unknown device profile {cfg.device_profile!r}; choose {', '.join(PROFILES)}")
+            f = fit(path, profile, cfg.n_ctx)
+            if not profile.gpu:
+                if progress:
+                    progress(f"{path.name} · under a {profile.usable_gib} GiB limit")
+                confirm = _run_worker({"model": str(path), "n_ctx": cfg.n_ctx, "threads": max(cfg.threads), "pp": 64,
+                                       "tg": 8, "warmup": 0, "repeats": 1}, int(profile.usable_gib * 2**30))
+                f["confirmed_under_limit"] = "error" not in confirm
+                f["confirm_detail"] = confirm.get("error") or f"peak RSS {confirm['peak_rss_mb']:.0f} MB"
+            art["device_profile"] = f
+        results["artifacts"].append(art)
+    if cfg.serve:
+        from edgereason.evalsuite.serve_bench import run_serve_bench
+
+        if progress:
+            progress(f"server: overhead and {cfg.load_clients} clients for {cfg.load_seconds:.0f} s")
+        first = resolve_model(cfg.models[0]).require_gguf()
+        results["serve"] = run_serve_bench(first, max(cfg.threads), cfg.load_clients, cfg.load_seconds)
+    return results
+
+
+def write_bench(results: dict[str, Any], out: Path) -> Path:
+    """bench.json, bench.md and plots."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    m = results["machine"]
+    lines = ["# edgereason bench", "", f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; "
+             f"llama-cpp-python {m['libraries'].get('llama-cpp-python')}; Python {m['python']}", "",
+             "| artifact | size MB | threads | load s | pp tok/s | tg tok/s (min–max) | ms/token | TTFT s | answer s | problems/min | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in results["artifacts"]:
+        for r in a["runs"]:
+            if "error" in r:
+                lines.append(f"| {Path(a['file']).name} | {a['size_mb']} | {r['threads']} | failed: {r['error']} |||||||| |")
+                continue
+            tg = r["tg_tok_s"]
+            lines.append(
+                f"| {Path(a['file']).name} | {a['size_mb']} | {r['threads']} | {r['load_s']:.2f} | {r['pp_tok_s']['median']:.0f} | "
+                f"{tg['median']:.1f} ({tg['min']:.1f}–{tg['max']:.1f}) | {r['ms_per_token']:.1f} | "
+                + (f"{r['ttft_s']['median']:.2f} | {r['answer_s']['median']:.1f} | {r['problems_per_min']:.1f}" if "ttft_s" in r else " | | ")
+                + f" | {r['peak_rss_mb']:.0f} |")
+    vote_rows = [(a, r) for a in results["artifacts"] for r in a["runs"] if r.get("voting")]
+    if vote_rows:
+        lines += ["", "maj@k cost on llama.cpp: k samples of one reasoning answer decoded together "
+                  "(grammar-constrained, T=0.7), relative to one sample.", "",
+                  "| artifact | k | wall s | tokens | × one sample |", "|---|---|---|---|---|"]
+        lines += [f"| {Path(a['file']).name} | {k} | {v['seconds']:.1f} | {v['tokens']} | {v['x_single']:.2f} |"
+                  for a, r in vote_rows for k, v in r["voting"].items()]
+    ctx_rows = [(a, c) for a in results["artifacts"] for c in a.get("context", []) if "error" not in c]
+    if ctx_rows:
+        lines += ["", "Context effect (all threads): prompt processing at each length, then 32 tokens generated at that depth.", "",
+                  "| artifact | prompt tokens | pp tok/s | tg tok/s at depth |", "|---|---|---|---|"]
+        lines += [f"| {Path(a['file']).name} | {c['prompt_tokens']} | {c['pp_tok_s']['median']:.0f} | {c['tg_tok_s']['median']:.1f} |"
+                  for a, c in ctx_rows]
+    fits = [a for a in results["artifacts"] if "device_profile" in a]
+    if fits:
+        lines += ["", "| artifact | profile | n_ctx | estimated MB | fits | confirmed under limit | max context | parallel seqs at n_ctx |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for a in fits:
+            f = a["device_profile"]
+            lines.append(f"| {Path(a['file']).name} | {f['profile']} ({f['usable_gib']} GiB usable) | {f['n_ctx']} | "
+                         f"{f['estimated_mb']} | {'yes' if f['fits'] else 'no'} | "
+                         f"{f.get('confirmed_under_limit', 'n/a')} ({f.get('confirm_detail', '')}) | {f['max_context']} | "
+                         f"{f['max_parallel_sequences_at_n_ctx']} |")
+    if "serve" in results:
+        from edgereason.evalsuite.serve_bench import serve_bench_markdown
+
+        lines += serve_bench_markdown(results["serve"])
+    plots = _plots(results, out)
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    report = out / "bench.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report
+
+
+def _plots(results: dict[str, Any], out: Path) -> list[Path]:
+    plt = pyplot()
+
+    arts = results["artifacts"]
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    threads = sorted({r["threads"] for a in arts for r in a["runs"]})
+    w = 0.8 / max(1, len(threads))
+    for i, t in enumerate(threads):
+        for ax, key, title in ((axes[0], "pp_tok_s", "prompt processing"), (axes[1], "tg_tok_s", "generation")):
+            vals = [next((r[key]["median"] for r in a["runs"] if r["threads"] == t and key in r), 0) for a in arts]
+            ax.bar([j + i * w for j in range(len(arts))], vals, w, label=f"{t} thread(s)")
+            ax.set_title(f"{title} (tokens/s)")
+    for ax in axes:
+        ax.set_xticks([j + 0.4 - w / 2 for j in range(len(arts))], [Path(a["file"]).name for a in arts],
+                      rotation=15, ha="right", fontsize=8)
+        ax.legend(fontsize=8)
+    paths.append(save_figure(fig, out / "speed.png"))
+    if any(a.get("context") for a in arts):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for a in arts:
+            rows = [c for c in a.get("context", []) if "error" not in c]
+            if rows:
+                ax.plot([c["prompt_tokens"] for c in rows], [c["tg_tok_s"]["median"] for c in rows], "o-",
+                        label=Path(a["file"]).name)
+        ax.set_xlabel("context depth (tokens)")
+        ax.set_ylabel("generation tokens/s")
+        ax.set_title("generation speed vs context depth")
+        ax.legend(fontsize=7)
+        paths.append(save_figure(fig, out / "context.png"))
+    return paths
+
+
+def default_bench_dir() -> Path:
+    return Path("results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"

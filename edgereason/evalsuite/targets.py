@@ -1,0 +1,55 @@
+"""What an eval measures: a model by name, a GGUF, a base+adapter pair, or a server URL.
+
+Target strings (for `--model` and `--compare`):
+  smollm2-135m                      an embedded/local/hub model on the transformers backend
+  smollm2-135m+runs/x/adapter       the same with a PEFT LoRA adapter
+  exports/x/model-q4_k_m.gguf       a GGUF on llama.cpp
+  http://127.0.0.1:8000/v1#name     an OpenAI-compatible server (model `name`; default: its first)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgereason.backends import Backend, create_backend
+from edgereason.formats import ReasoningFormat
+
+
+@dataclass(frozen=True)
+class Target:
+    spec: str
+    backend: str  # transformers | llama.cpp (in process) | server
+    model: str
+    adapter: Path | None = None
+    url: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec.replace("://", "-")).strip("_")[:80]
+
+
+def parse_target(spec: str, backend: str | None = None, adapter: Path | None = None) -> Target:
+    """Read a target string; `backend` forces the engine for a model path/name."""
+    if spec.startswith(("http://", "https://")):
+        url, _, model = spec.partition("#")
+        return Target(spec, "server", model, url=url.rstrip("/"))
+    model, plus, extra = spec.partition("+")
+    if plus:
+        adapter = Path(extra)
+    if backend in (None, "server"):
+        backend = "llama.cpp" if model.endswith(".gguf") else "transformers"
+    return Target(spec, backend, model, adapter)
+
+
+def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, threads: int | None = None,
+                concurrency: int = 4, n_ctx: int = 2048) -> Backend:
+    """A loaded generator for `target`: llama.cpp in process for a GGUF, transformers for an HF
+    model (+ adapter), or an OpenAI-compatible server (checked to answer and serve the model)."""
+    if target.backend == "server":
+        client = create_backend("openai", target.url, target.model, concurrency=concurrency, reasoning_format=fmt)
+        return client.connect()  # type: ignore[attr-defined,no-any-return]
+    if target.backend == "llama.cpp":
+        return create_backend("llama-cpp-python", target.model, n_ctx=n_ctx, threads=threads, lora_path=target.adapter)
+    return create_backend("transformers", target.model, adapter=target.adapter, batch_size=batch_size, threads=threads)

@@ -1,0 +1,42 @@
+"""Known-harmless library noise, silenced at its source with targeted filters (never blanket).
+
+Each filter names the exact message and the library that emits it, and why it is harmless. Errors
+and any other warning still show.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+_done = False
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(f in message for f in self.fragments)
+
+
+def quiet_libraries() -> None:
+    """Install the filters (idempotent). Called by the CLI and the test suite."""
+    global _done
+    if _done:
+        return
+    _done = True
+    # bitsandbytes looks for optional CPU kernels from the `kernels` hub package at import; without it
+    # it uses its own implementation. Nothing is wrong, and nothing can be fetched offline anyway.
+    logging.getLogger("bitsandbytes").addFilter(_DropMessage("kernels-community"))
+    for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.backends.default.ops"):
+        logging.getLogger(name).addFilter(_DropMessage("kernels-community"))
+    # transformers deprecates `is_gradient_checkpointing` in favour of a new name; TRL still reads the
+    # old one, once per step. TRL's pinned release is what calls it, not edgereason.
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    # tokenizers warns when a process forks after using its thread pool (the eval's worker processes);
+    # the forked children do not tokenize.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible reasoning server (FastAPI) and the Gradio tutor that is its client."""

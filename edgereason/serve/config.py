@@ -1,0 +1,75 @@
+"""`ServeConfig`: every setting of `edgereason serve`, documented field by field, in sections.
+
+The sections are the engine's limits and each backend's own options; the command-line flags are
+generated from these fields (`edgereason serve --help`), and YAML files and `--set section.key=value`
+address the same fields.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgereason.config import StageConfig
+from edgereason.formats import DEFAULT_FORMAT
+from edgereason.models import DEFAULT_MODEL
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: prefix of this section's command-line flags ("" = the bare field name)
+    flag_prefix: ClassVar[str] = ""
+
+
+class EngineLimits(Section):
+    max_tokens: int = Field(512, ge=1, description="Default and ceiling for max_tokens.")
+    max_n: int = Field(8, ge=1, description="Ceiling for n.")
+    max_k: int = Field(16, ge=1, description="Ceiling for voting.k.")
+    max_queue: int = Field(32, ge=0, description="Requests allowed to wait for the engine; more get 429.")
+    format_retries: int = Field(1, ge=0, description="Extra attempts for a completion failing format validation.")
+    timeout_s: float = Field(300.0, gt=0, description="Per-request generation deadline (HTTP 504 when it passes).")
+
+
+class LlamaCppOptions(Section):
+    slots: int = Field(4, ge=1, description="llama-server slots: sequences decoded together (continuous batching).")
+    ctx_per_slot: int | None = Field(None, ge=256,
+                                     description="Context per sequence (default: the model's trained context, at most 4096).")
+
+
+class VLLMOptions(Section):
+    flag_prefix: ClassVar[str] = "vllm-"
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    max_model_len: int = Field(4096, ge=256, description="Context length vLLM reserves per sequence.")
+
+
+class UpstreamOptions(Section):
+    flag_prefix: ClassVar[str] = "upstream-"
+    urls: list[str] = Field(default_factory=list, description="Replica URL (repeatable): vLLM, llama-server, edgereason.",
+                            json_schema_extra={"flag": "--upstream"})
+    model: str | None = Field(None, description="Model id on the replicas (default: the model's name).")
+    policy: Literal["round_robin", "least_busy"] = Field("least_busy", description="How a replica is chosen.")
+    api_key: str | None = Field(None, description="Bearer key the replicas require.")
+    per_replica: int = Field(8, ge=1, description="Requests one replica takes at once.")
+
+
+class ServeConfig(StageConfig):
+    model: str = Field(DEFAULT_MODEL, description="Model: a GGUF file, an export folder, an embedded name or an HF dir.")
+    adapter: str | None = Field(None, description="LoRA: a GGUF LoRA (llama.cpp) or a PEFT dir (transformers, vLLM).")
+    backend: Literal["llama.cpp", "vllm", "transformers", "upstream", "scripted"] = Field(
+        "llama.cpp", description="Engine: llama.cpp (llama-server, edge), vllm (GPU), transformers (reference, one "
+        "request at a time), upstream (replicas), scripted (no model; tests and client development).")
+    format: str | None = Field(
+        None, description=f"Reasoning format the model was trained for (default: the export's manifest, else {DEFAULT_FORMAT}).")
+    served_model_name: str | None = Field(None, description="Model id clients use (default: the export's name or the model's).")
+    host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    api_key: str | None = Field(None, description="Require `Authorization: Bearer <key>` (env EDGEREASON_API_KEY).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp and transformers (default: all cores).")
+    cors_origins: list[str] = Field(default_factory=list, description="Browser origin allowed to call the API (repeatable; * for any).",
+                                    json_schema_extra={"flag": "--cors-origin"})
+    limits: EngineLimits = Field(default_factory=EngineLimits)
+    llama_cpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
+    upstream: UpstreamOptions = Field(default_factory=UpstreamOptions)

@@ -1,0 +1,214 @@
+"""The reasoning engine between the HTTP routes and a backend: admission control, format-constrained
+generation, validation with retries, majority voting with early stop, and streaming.
+
+No lock sits around the backend. Requests run as soon as the backend has room
+(`backend.max_concurrency`: llama-server's slots, vLLM's scheduler, the replicas' limits; 1 for the
+in-process reference engines); up to `limits.max_queue` more wait, and beyond that a request is
+refused (HTTP 429). Streaming requests go through the same admission and deadline. Every
+generation carries the request's deadline and a cancel flag into the engine, so a timed-out request
+or a client that disconnects stops the generation itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from edgereason.backends.base import Backend, Completion, Delta, Messages, SamplingParams, restore_closing_tag
+from edgereason.formats import ParsedCompletion, ReasoningFormat
+from edgereason.grading import extract_answer
+from edgereason.serve.config import EngineLimits
+from edgereason.voting import VoteResult, VoteTally, majority_vote
+
+
+class QueueFullError(RuntimeError):
+    """More requests waiting than the configured queue allows (HTTP 429)."""
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit the model's context with room to answer (HTTP 400)."""
+
+
+@dataclass
+class Answer:
+    """One finished completion, validated and split; `tokens_spent` counts every attempt."""
+
+    text: str
+    parsed: ParsedCompletion
+    completion: Completion
+    attempts: int = 1
+    tokens_spent: int = 0
+    validated: bool = True  # False when the format was not asked for (reasoning off)
+
+    @property
+    def reasoning(self) -> str | None:
+        return self.parsed.reasoning if self.validated else None
+
+    @property
+    def content(self) -> str:
+        """The final answer alone when the format holds; otherwise the whole text."""
+        if self.validated and self.parsed.valid and self.parsed.answer is not None:
+            return self.parsed.answer
+        return self.text
+
+
+@dataclass
+class VotedAnswer:
+    answer: Answer | None
+    vote: VoteResult
+    samples: list[Answer] = field(default_factory=list)
+    early_stopped: bool = False
+
+
+class ReasoningEngine:
+    def __init__(self, backend: Backend, fmt: ReasoningFormat, limits: EngineLimits | None = None) -> None:
+        self.backend = backend
+        self.fmt = fmt
+        self.limits = limits or EngineLimits()
+        self._slots: asyncio.Semaphore | None = None
+        self.waiting = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.counters = {"format_retries": 0, "invalid": 0, "votes": 0, "early_stops": 0, "cancelled": 0}
+
+    # ---- admission -----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Run when the backend has room; wait in a bounded queue; refuse beyond it."""
+        if self._slots is None:  # made inside the running loop
+            self._slots = asyncio.Semaphore(max(1, self.backend.max_concurrency))
+        if self._slots.locked() and self.waiting >= self.limits.max_queue:
+            raise QueueFullError(f"server busy: {self.waiting} requests queued (limit {self.limits.max_queue})")
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+
+    # ---- parameters and prompts ----------------------------------------------------------------
+    def params(self, reasoning: bool, max_tokens: int | None, temperature: float, top_p: float,
+               seed: int | None, stop: list[str], **extra: Any) -> SamplingParams:
+        p = SamplingParams(max_tokens=max_tokens or self.limits.max_tokens, temperature=temperature, top_p=top_p,
+                           seed=seed, stop=list(stop), **extra)
+        if reasoning and self.fmt.kind == "tags":
+            p.prefix = self.fmt.prefill
+            p.grammar = self.fmt.grammar(after_prefill=True)
+            p.stop = [*self.fmt.stop_sequences(), *p.stop]
+        return p
+
+    def render(self, messages: Messages, params: SamplingParams) -> str:
+        return self.backend.render(messages, params.prefix)
+
+    async def check_prompt(self, prompt: str, params: SamplingParams) -> int:
+        """Refuse a prompt that leaves no room to answer; cap max_tokens to what the context holds.
+        Returns the prompt's token count (None-free: 0 when the engine enforces its own context)."""
+        ctx = self.backend.context_length
+        if ctx is None:
+            return 0
+        n = await asyncio.to_thread(self.backend.count_tokens, prompt)
+        if n + 1 > ctx:
+            raise PromptTooLongError(f"the prompt is {n} tokens; the context holds {ctx} per sequence")
+        params.max_tokens = min(params.max_tokens, ctx - n)
+        return n
+
+    def _deadlined(self, params: SamplingParams) -> SamplingParams:
+        return replace(params, deadline=time.monotonic() + self.limits.timeout_s)
+
+    def answer_of(self, c: Completion, params: SamplingParams, validate: bool) -> Answer:
+        text = restore_closing_tag(params.prefix + c.text, params.stop, c.finish_reason) if params.prefix else c.text
+        parsed = self.fmt.parse(text)
+        return Answer(text, parsed, c, 1, c.completion_tokens, validate)
+
+    # ---- generation ----------------------------------------------------------------------------
+    async def _call(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        params = self._deadlined(params)
+        async with self.slot():
+            out = await asyncio.wait_for(self.backend.acomplete(prompt, params), self.limits.timeout_s)
+        if params.deadline is not None and time.monotonic() >= params.deadline:
+            raise TimeoutError  # the engine stopped at the deadline: a cut answer is not an answer
+        return out
+
+    async def _generate_valid(self, prompt: str, params: SamplingParams, validate: bool) -> Answer:
+        """One completion; with `validate`, retried with a new seed while the format fails."""
+        spent, attempts = 0, 0
+        while True:
+            attempts += 1
+            (c,) = await self._call(prompt, replace(params, n=1))
+            answer = self.answer_of(c, params, validate)
+            spent += c.completion_tokens
+            if answer.parsed.valid or not validate or attempts > self.limits.format_retries:
+                if validate and not answer.parsed.valid:
+                    self.counters["invalid"] += 1
+                answer.attempts, answer.tokens_spent = attempts, spent
+                return answer
+            self.counters["format_retries"] += 1
+            params = replace(params, seed=None if params.seed is None else params.seed + 1000)
+
+    async def complete(self, prompt: str, params: SamplingParams, n: int, validate: bool) -> list[Answer]:
+        """n completions; backends that decode samples together get one call, then retries."""
+        if n > 1 and self.backend.parallel_samples:
+            first = [self.answer_of(c, params, validate) for c in await self._call(prompt, replace(params, n=n))]
+            out = []
+            for i, a in enumerate(first):
+                if validate and not a.parsed.valid and self.limits.format_retries:
+                    self.counters["format_retries"] += 1
+                    retry = await self._generate_valid(prompt, params.nth(1000 + i), validate)
+                    retry.attempts += 1
+                    retry.tokens_spent += a.tokens_spent
+                    out.append(retry)
+                else:
+                    if validate and not a.parsed.valid:
+                        self.counters["invalid"] += 1
+                    out.append(a)
+            return out
+        return list(await asyncio.gather(*(self._generate_valid(prompt, params.nth(i), validate) for i in range(n))))
+
+    async def vote(self, prompt: str, params: SamplingParams, k: int, early_stop: bool) -> VotedAnswer:
+        """maj@k: k samples as one request where the backend decodes them together; once the leading
+        answer cannot be overtaken, the remaining samples are cancelled."""
+        params = self._deadlined(params)
+        samples: dict[int, Answer] = {}
+        tally = VoteTally(k)
+        early = False
+        async with self.slot():
+            gen = self.backend.asamples(prompt, params, k)
+            try:
+                async with asyncio.timeout(self.limits.timeout_s):
+                    async for i, c in gen:
+                        samples[i] = a = self.answer_of(c, params, True)
+                        if tally.add(self._voted_answer(a)) and early_stop:
+                            early = True
+                            break
+            finally:
+                await gen.aclose()  # cancels whatever is still generating
+        ordered = [samples[i] for i in sorted(samples)]
+        result = majority_vote([self._voted_answer(a) for a in ordered], [a.parsed.valid for a in ordered])
+        self.counters["votes"] += 1
+        self.counters["early_stops"] += early
+        winner = ordered[result.winner] if result.winner is not None else None
+        return VotedAnswer(winner, result, ordered, early)
+
+    def _voted_answer(self, a: Answer) -> str | None:
+        return extract_answer(a.text, self.fmt).text if a.parsed.valid else None
+
+    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+        """Deltas of one completion, admitted and deadlined like any other request."""
+        params = self._deadlined(params)
+        async with self.slot():
+            async for d in self.backend.astream(prompt, params):
+                yield d
+
+    def status(self) -> dict[str, Any]:
+        return {"queue_depth": self.waiting, "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
+                "max_concurrency": self.backend.max_concurrency, **self.counters}

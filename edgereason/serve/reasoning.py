@@ -1,0 +1,64 @@
+"""The streamed reasoning split: text deltas in, `reasoning_content` and `content` pieces out, the
+format's tags never emitted. Text that might be the start of a tag is held back until it is clearly
+not one."""
+
+from __future__ import annotations
+
+from edgereason.formats import ReasoningFormat
+
+
+class ReasoningSplitter:
+    """Splits streamed text into reasoning and answer deltas without emitting the tags.
+
+    Text that might be the start of a tag is held back until it is clearly not one."""
+
+    def __init__(self, fmt: ReasoningFormat) -> None:
+        t = fmt.tags
+        self.open_r, self.close_r = t["reasoning_open"], t["reasoning_close"]
+        self.open_a, self.close_a = t["answer_open"], t["answer_close"]
+        self.buffer = ""
+        self.state = "before"  # before -> reasoning -> between -> answer -> after
+
+    def feed(self, delta: str) -> list[tuple[str, str]]:
+        """(kind, text) pieces: kind is "reasoning" or "content"."""
+        self.buffer += delta
+        out: list[tuple[str, str]] = []
+        while True:
+            tag = {"before": self.open_r, "reasoning": self.close_r, "between": self.open_a, "answer": self.close_a}.get(self.state)
+            if tag is None:
+                self.buffer = ""
+                return out
+            pos = self.buffer.find(tag)
+            if pos >= 0:
+                self._emit(out, self.buffer[:pos])
+                self.buffer = self.buffer[pos + len(tag):]
+                self.state = {"before": "reasoning", "reasoning": "between", "between": "answer", "answer": "after"}[self.state]
+                continue
+            keep = _partial_suffix(self.buffer, tag)
+            self._emit(out, self.buffer[: len(self.buffer) - keep])
+            self.buffer = self.buffer[len(self.buffer) - keep:]
+            return out
+
+    def flush(self) -> list[tuple[str, str]]:
+        """What is still held back at the end of the stream (a partial tag that never completed)."""
+        out: list[tuple[str, str]] = []
+        self._emit(out, self.buffer)
+        self.buffer = ""
+        return out
+
+    def _emit(self, out: list[tuple[str, str]], text: str) -> None:
+        if not text:
+            return
+        if self.state == "reasoning":
+            out.append(("reasoning", text))
+        elif self.state == "answer" or (self.state in ("before", "after") and text.strip()):
+            # Text outside the blocks (an engine that ignored the grammar) is passed on, not lost.
+            out.append(("content", text))
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-n:]):
+            return n
+    return 0

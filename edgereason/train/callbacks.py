@@ -1,0 +1,146 @@
+"""Trainer callbacks: the GRPO controls (adaptive ε, adaptive β, early stop) and run records
+(metrics JSONL, completion samples, a rich progress bar)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+from edgereason.train.schedules import AdaptiveKL, SaturationDetector, adaptive_epsilon
+
+
+class BatchStats:
+    """What the reward functions saw since the last log: format compliance and completion samples."""
+
+    def __init__(self, fmt) -> None:
+        self.fmt = fmt
+        self.valid: list[bool] = []
+        self.samples: list[dict[str, Any]] = []
+
+    def __call__(self, prompts: list[str], texts: list[str], scores: dict[str, list[float]]) -> None:
+        self.valid.extend(self.fmt.parse(t).valid for t in texts)
+        self.samples = [
+            {"prompt": p[-300:], "completion": t, "accuracy": a}
+            for p, t, a in zip(prompts or [""] * len(texts), texts, scores.get("accuracy", []))
+        ]
+
+    def pop_compliance(self) -> float | None:
+        value = sum(self.valid) / len(self.valid) if self.valid else None
+        self.valid = []
+        return value
+
+
+class GRPOControlCallback(TrainerCallback):
+    """Applies ε(t) before each step and the adaptive-KL β after each log; stops on saturation."""
+
+    def __init__(self, cfg, reward_ceiling: float) -> None:
+        self.cfg = cfg
+        self.trainer = None  # set once the trainer exists
+        self.kl = AdaptiveKL(cfg.beta, target=cfg.kl_target) if cfg.adaptive_kl and cfg.beta > 0 else None
+        self.stopper = (
+            SaturationDetector(reward_ceiling, cfg.early_stop_fraction, patience=cfg.early_stop_patience)
+            if cfg.early_stop
+            else None
+        )
+        self.stop_reason: str | None = None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if self.trainer is None or not self.cfg.adaptive_epsilon:
+            return
+        eps = adaptive_epsilon(state.global_step, self.cfg.epsilon, self.cfg.epsilon_tau, self.cfg.epsilon_min)
+        high_ratio = (self.cfg.epsilon_high or self.cfg.epsilon) / self.cfg.epsilon
+        self.trainer.epsilon_low = eps
+        self.trainer.epsilon_high = eps * high_ratio
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if self.trainer is not None:
+            if self.kl is not None and "kl" in logs:
+                self.trainer.beta = self.kl.update(float(logs["kl"]))
+            logs["beta"] = self.trainer.beta
+            logs["epsilon"] = self.trainer.epsilon_low
+        if self.stopper is not None and "reward" in logs:
+            reason = self.stopper.update(logs.get("reward"), logs.get("grad_norm"))
+            if reason:
+                self.stop_reason = reason
+                control.should_training_stop = True
+
+
+class RunRecordCallback(TrainerCallback):
+    """Per-step metrics to metrics.jsonl, completion samples to samples.jsonl, and a progress bar."""
+
+    def __init__(self, run_dir: Path, stats: BatchStats, sample_every: int, show_progress: bool = True) -> None:
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.samples_path = run_dir / "samples.jsonl"
+        self.stats = stats
+        self.sample_every = sample_every
+        self.progress = Progress(
+            TextColumn("[bold]GRPO[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not show_progress,
+        )
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        # After a resume, drop records of steps past the checkpoint: they are being redone.
+        if self.metrics_path.exists():
+            kept = [
+                line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= state.global_step
+            ]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        self.progress.start()
+        self.task = self.progress.add_task("starting", total=state.max_steps, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        if "reward" not in logs:  # the final train summary, not a step
+            return
+        compliance = self.stats.pop_compliance()
+        record = {"step": state.global_step, "format_compliance": compliance, **logs}
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if state.global_step % self.sample_every == 0 and self.stats.samples:
+            with self.samples_path.open("a") as fh:
+                for s in self.stats.samples[:4]:
+                    fh.write(json.dumps({"step": state.global_step, **s}, ensure_ascii=False) + "\n")
+        if self.task is not None:
+            self.progress.update(
+                self.task,
+                completed=state.global_step,
+                description=(
+                    f"reward {logs.get('reward', 0):+.2f}  format {compliance if compliance is not None else 0:.0%}  "
+                    f"kl {logs.get('kl', 0):.4f}  len {logs.get('completions/mean_length', 0):.0f}"
+                ),
+            )
+
+    def on_train_end(self, args, state, control, **kw):
+        self.progress.stop()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarise_metrics(rows: list[dict[str, Any]], last: int = 5) -> dict[str, float]:
+    """Mean of the last `last` logged steps for the headline metrics."""
+    keys = ["reward", "format_compliance", "kl", "completions/mean_length", "grad_norm"] + [
+        k for k in (rows[-1] if rows else {}) if k.startswith("rewards/") and k.endswith("/mean")
+    ]
+    tail = rows[-last:]
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in tail if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[k] = round(statistics.fmean(vals), 4)
+    return out

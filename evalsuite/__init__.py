@@ -1,1 +1,0 @@
-"""evalsuite: accuracy, format compliance, latency, memory and throughput, with reports."""

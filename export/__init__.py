@@ -1,1 +1,0 @@
-"""export stage (see its issue); nothing is built here yet."""

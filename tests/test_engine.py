@@ -1,0 +1,148 @@
+"""The reasoning engine's own logic on the deterministic scripted backend: format retries, voting and
+early stop, the bounded queue, deadlines, cancellation and concurrency. No model; every assertion is
+on what the engine or the backend recorded, never on elapsed time."""
+
+import asyncio
+
+import pytest
+
+from edgereason.backends.base import SamplingParams
+from edgereason.backends.scripted import ScriptedBackend
+from edgereason.formats import get_format
+from edgereason.serve.config import EngineLimits
+from edgereason.serve.engine import QueueFullError, ReasoningEngine
+
+FMT = get_format()
+VALID = "2 + 2 = 4.\n</reasoning>\n<answer>\n4\n</answer>"  # what follows the prefill
+INVALID = "2 + 2 is four, the end"
+WORDS = "one two three four"  # no stop string: with ignore_eos it runs to max_tokens
+
+
+def engine(script, limits=None, **kw) -> ReasoningEngine:
+    return ReasoningEngine(ScriptedBackend(script, **kw), FMT, limits or EngineLimits())
+
+
+async def _all_finished(e: ReasoningEngine) -> None:
+    """Wait until every generation thread the backend started has returned."""
+    for _ in range(500):
+        if all(c.finished is not None for c in e.backend.calls):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a generation never stopped")
+
+
+def params(e: ReasoningEngine, **kw) -> SamplingParams:
+    return e.params(True, kw.pop("max_tokens", 64), kw.pop("temperature", 0.7), 1.0, kw.pop("seed", 5), [], **kw)
+
+
+async def test_invalid_format_is_retried_with_a_new_seed_and_all_tokens_count():
+    e = engine(lambda prompt, seed: VALID if seed >= 1000 else INVALID, EngineLimits(format_retries=1))
+    (a,) = await e.complete("q", params(e), 1, validate=True)
+    assert a.parsed.valid and a.attempts == 2 and a.content == "4"
+    assert [c.params.seed for c in e.backend.calls] == [5, 1005]
+    assert a.tokens_spent == len(INVALID.split()) + len(VALID.split())  # the failed attempt counts too
+    assert e.counters["format_retries"] == 1
+
+    e = engine(lambda prompt, seed: INVALID, EngineLimits(format_retries=0))
+    (a,) = await e.complete("q", params(e), 1, validate=True)
+    assert not a.parsed.valid and a.attempts == 1 and e.counters["invalid"] == 1
+
+
+async def test_n_samples_get_their_own_seeds():
+    e = engine(lambda prompt, seed: VALID)
+    answers = await e.complete("q", params(e, seed=10), 3, validate=True)
+    assert len(answers) == 3 and sorted(c.params.seed for c in e.backend.calls) == [10, 11, 12]
+
+
+async def test_vote_groups_equivalent_answers_and_stops_early_once_decided():
+    texts = {0: "4", 1: "4.0", 2: "5", 3: "4", 4: "4", 5: "4", 6: "4", 7: "4"}
+    e = engine(lambda prompt, seed: f"r\n</reasoning>\n<answer>\n{texts[seed % 8]}\n</answer>", token_delay_s=0.01)
+    voted = await e.vote("q", params(e, seed=0), 8, early_stop=True)
+    # 4, 4.0, 5, 4, 4, 4: after six samples "4" leads 5 to 1 with 2 left, so the vote is decided.
+    assert voted.early_stopped and len(voted.samples) == 6
+    assert voted.vote.answer == "4" and voted.vote.groups[0].count == 5 and voted.vote.share == pytest.approx(5 / 6)
+    await _all_finished(e)
+    finished = [c for c in e.backend.calls if not c.cancelled]
+    assert len(finished) == 6  # the last two samples never ran to completion
+    assert all(c.cancelled for c in e.backend.calls[6:]) and len(e.backend.calls) <= 7
+    assert e.counters["early_stops"] == 1
+
+    e = engine(lambda prompt, seed: f"r\n</reasoning>\n<answer>\n{texts[seed % 8]}\n</answer>")
+    voted = await e.vote("q", params(e, seed=0), 8, early_stop=False)
+    assert not voted.early_stopped and len(voted.samples) == 8 and voted.vote.groups[0].count == 7
+
+
+async def test_invalid_samples_do_not_vote():
+    e = engine(lambda prompt, seed: INVALID if seed % 2 else VALID)
+    voted = await e.vote("q", params(e, seed=0), 4, early_stop=False)
+    assert len(voted.vote.invalid) == 2 and voted.vote.answer == "4" and voted.vote.share == 1.0
+
+
+async def test_queue_beyond_the_limit_is_refused_and_waiting_requests_run_later():
+    e = engine(lambda p, s: WORDS, EngineLimits(max_queue=1), token_delay_s=0.01, max_concurrency=1)
+    p = params(e, ignore_eos=True, max_tokens=40)
+    first = asyncio.ensure_future(e.complete("a", p, 1, validate=False))
+    while e.in_flight == 0:
+        await asyncio.sleep(0.001)
+    second = asyncio.ensure_future(e.complete("b", p, 1, validate=False))
+    while e.waiting == 0:
+        await asyncio.sleep(0.001)
+    with pytest.raises(QueueFullError):
+        await e.complete("c", p, 1, validate=False)
+    await first
+    await second
+    assert [c.prompt.split(":")[-1].strip()[:1] for c in e.backend.calls][:2] == ["a", "b"]
+    assert e.backend.peak_concurrency == 1
+
+
+async def test_requests_run_concurrently_up_to_the_backends_capacity():
+    e = engine(lambda p, s: WORDS, token_delay_s=0.005, max_concurrency=4)
+    p = params(e, ignore_eos=True, max_tokens=30)
+    await asyncio.gather(*(e.complete(str(i), p, 1, validate=False) for i in range(8)))
+    assert e.backend.peak_concurrency == 4 and e.peak_in_flight == 4
+
+
+async def test_deadline_stops_the_generation_itself():
+    e = engine(lambda p, s: WORDS, EngineLimits(timeout_s=0.2), token_delay_s=0.01)
+    with pytest.raises(TimeoutError):
+        await e.complete("q", params(e, ignore_eos=True, max_tokens=10_000), 1, validate=False)
+    await _all_finished(e)  # the worker thread notices the deadline at its next token
+    call = e.backend.calls[0]
+    assert call.cancelled and call.finished is not None
+    (a,) = await e.complete("q", params(e, max_tokens=4), 1, validate=False)  # the engine is free again
+    assert a.completion.completion_tokens == 4
+
+
+async def test_a_stream_holds_a_slot_and_stops_when_its_reader_leaves():
+    e = engine(lambda p, s: WORDS, EngineLimits(max_queue=0), token_delay_s=0.005)
+    stream = e.stream("q", params(e, ignore_eos=True, max_tokens=500))
+    first = await stream.__anext__()
+    assert first.text and e.in_flight == 1
+    with pytest.raises(QueueFullError):  # streams count against the same queue
+        await e.complete("other", params(e), 1, validate=False)
+    await stream.aclose()  # the reader left
+    await _all_finished(e)
+    assert e.backend.calls[0].cancelled and e.in_flight == 0
+
+
+async def test_cancelling_a_request_cancels_its_generation():
+    e = engine(lambda p, s: WORDS, token_delay_s=0.005)
+    task = asyncio.ensure_future(e.complete("q", params(e, ignore_eos=True, max_tokens=5000), 1, validate=False))
+    while not e.backend.calls:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _all_finished(e)
+    assert e.backend.calls[0].cancelled
+
+
+async def test_prompt_too_long_and_max_tokens_capped():
+    from edgereason.serve.engine import PromptTooLongError
+
+    e = engine(lambda p, s: VALID, context_length=50)
+    with pytest.raises(PromptTooLongError):
+        await e.check_prompt("word " * 60, params(e))
+    p = params(e, max_tokens=1000)
+    n = await e.check_prompt(" ".join(["word"] * 20), p)
+    assert n == 20 and p.max_tokens == 30

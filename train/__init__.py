@@ -1,1 +1,0 @@
-"""train stage (see its issue); nothing is built here yet."""
