@@ -1,6 +1,12 @@
-"""A real server on 127.0.0.1 with the default GGUF, driven by the official openai client."""
+"""The edge server for real: edgereason in front of a managed llama-server on the default GGUF,
+driven by the official openai client. Behaviour is forced (greedy decoding, the format grammar,
+ignore_eos) and checked against what the servers record (llama-server's own metrics and slots,
+the engine's counters), never against elapsed time."""
 
+import concurrent.futures as cf
 import json
+import os
+import signal
 import time
 
 import httpx
@@ -8,12 +14,19 @@ import openai
 import pytest
 from live_server import Server
 
-from edgereason.grading import answers_equal
+from edgereason.formats import get_format
+
+pytestmark = pytest.mark.model
+
+# A question whose greedy decoding under the format grammar ends within the limits (it is the system
+# prompt's own example), so the split has a whole completion to work on.
+QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have now?"}]
+FMT = get_format()
 
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server(n_ctx=1024, max_tokens=256, max_k=8)
+    s = Server(llama_cpp={"ctx_per_slot": 1024, "slots": 4}, limits={"max_tokens": 512, "max_k": 8})
     yield s
     s.stop()
 
@@ -23,85 +36,165 @@ def client(server):
     return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0)
 
 
-QUESTION = [{"role": "user", "content": "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?"}]
+def engine_metrics(server) -> dict[str, float]:
+    """llama-server's own Prometheus counters (it records what it did)."""
+    out = {}
+    for line in server.engine.backend.engine_metrics().splitlines():
+        if line.startswith("llamacpp:"):
+            name, value = line.split()
+            out[name.removeprefix("llamacpp:")] = float(value)
+    return out
+
+
+def wait_idle(server, timeout_s: float = 60) -> None:
+    """Until no llama-server slot is processing (what its /slots endpoint reports)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(s.get("is_processing") for s in server.engine.backend.slot_states()):
+            return
+        time.sleep(0.25)
+    raise AssertionError("llama-server kept generating")
 
 
 def test_models_and_health(server, client):
     assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
-    assert httpx.get(server.base + "/health").json()["status"] == "ok"
+    health = httpx.get(server.base + "/health").json()
+    assert health["status"] == "ok" and health["backend"] == "llama-server" and health["slots"] == 4
+    assert health["max_concurrency"] == 4 and health["ctx_per_slot"] == 1024
 
 
 def test_reasoning_split_under_the_grammar(client):
-    r = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=200, temperature=0)
+    r = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=300, temperature=0)
     choice = r.choices[0]
     assert choice.finish_reason == "stop" and choice.model_extra["format_valid"] is True
     reasoning = choice.message.model_extra["reasoning_content"]
-    assert "5 + 6 = 11" in reasoning and "<reasoning>" not in reasoning
-    assert choice.message.content == "11"  # the answer alone, tags stripped
-    assert r.usage.completion_tokens > 0
+    assert choice.message.content == "7" and "3 + 4 = 7" in reasoning and "<reasoning>" not in reasoning
+    assert r.usage.completion_tokens > 0 and 0 < r.usage.completion_tokens_details.reasoning_tokens < r.usage.completion_tokens
 
 
 def test_streaming_matches_the_non_streamed_answer(client):
-    kw = dict(model="smollm2-135m", messages=QUESTION, max_tokens=120, temperature=0)
-    # llama.cpp reuses the cached prompt prefix of the previous request, and a prompt evaluated in
-    # different pieces can round differently; a first call puts both requests on the same footing.
-    client.chat.completions.create(**kw)
+    kw = dict(model="smollm2-135m", messages=QUESTION, max_tokens=300, temperature=0)
     full = client.chat.completions.create(**kw)
-    reasoning, content = "", ""
-    for chunk in client.chat.completions.create(stream=True, **kw):
-        delta = chunk.choices[0].delta
-        reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
-        content += delta.content or ""
-    assert reasoning.strip() == (full.choices[0].message.model_extra["reasoning_content"] or "").strip()
-    if full.choices[0].model_extra["format_valid"]:
-        assert content.strip() == full.choices[0].message.content.strip()
+    reasoning, content, finish, usage = "", "", None, None
+    for chunk in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            reasoning += (c.delta.model_extra or {}).get("reasoning_content") or ""
+            content += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert reasoning.strip() == full.choices[0].message.model_extra["reasoning_content"].strip()
+    assert content.strip() == full.choices[0].message.content.strip() and finish == full.choices[0].finish_reason
+    assert usage.completion_tokens == full.usage.completion_tokens
+    assert usage.prompt_tokens_details.cached_tokens > 0  # the same prompt again: llama-server's cache served it
 
 
-def test_majority_voting(client):
-    r = client.chat.completions.create(
-        model="smollm2-135m", messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=160,
-        extra_body={"voting": {"k": 4, "temperature": 0.7}}, seed=1,
-    )
+def test_concurrent_requests_are_decoded_together(server):
+    before = engine_metrics(server)
+    body = {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": True, "temperature": 0}
+    with cf.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: httpx.post(server.base + "/v1/completions", json=body, timeout=120), range(4)))
+    assert all(r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 48 for r in replies)
+    after = engine_metrics(server)
+    tokens = after["tokens_predicted_total"] - before["tokens_predicted_total"]
+    decodes = after["n_decode_total"] - before["n_decode_total"]
+    assert tokens == 4 * 48
+    assert decodes < tokens  # several sequences shared llama_decode calls: the requests overlapped
+    assert server.engine.peak_in_flight >= 2
+
+
+def test_a_vote_is_one_request_with_k_distinct_seeded_samples(server, client):
+    before = engine_metrics(server)
+    kw = dict(model="smollm2-135m", messages=QUESTION, max_tokens=96, seed=11,
+              extra_body={"voting": {"k": 4, "temperature": 1.0, "early_stop": False}})
+    r = client.chat.completions.create(**kw)
+    after = engine_metrics(server)
     vote = r.model_extra["voting"]
-    assert vote["k"] == 4 and 1 <= vote["samples"] <= 4
-    assert sum(v["count"] for v in vote["votes"]) + vote["invalid"] == vote["samples"]
-    assert vote["votes"], "no sample produced a valid answer"
-    assert answers_equal(vote["answer"], "4")  # a problem the model gets right
-    if vote["votes"]:
-        top = vote["votes"][0]
-        assert vote["answer"] == top["answer"] == r.choices[0].message.content
-        assert vote["share"] == pytest.approx(top["count"] / (vote["samples"] - vote["invalid"]), abs=1e-3)
-    if vote["early_stopped"]:
-        assert vote["samples"] < 4
+    assert vote["samples"] == 4 and not vote["early_stopped"]
+    assert sum(v["count"] for v in vote["votes"]) + vote["invalid"] == 4
+    assert r.usage.completion_tokens == after["tokens_predicted_total"] - before["tokens_predicted_total"]
+    prompt_evaluated = after["prompt_tokens_total"] - before["prompt_tokens_total"]
+    assert prompt_evaluated <= r.usage.prompt_tokens  # one prompt evaluation shared by the 4 samples
+    # n samples of one request differ from one another (children are seeded seed+1, seed+2, ...). A seed
+    # does not make samples repeat across requests here: continuous batching changes how sequences
+    # share llama_decode calls, and with them the last bits of the logits (vLLM behaves the same).
+    r = client.completions.create(model="smollm2-135m", prompt="The story begins", max_tokens=24, temperature=1.0,
+                                  seed=11, n=4, extra_body={"ignore_eos": True})
+    assert len({c.text for c in r.choices}) == 4
 
 
-def test_completions_endpoint(client):
-    r = client.completions.create(model="smollm2-135m", prompt="1, 2, 3, 4,", max_tokens=6, temperature=0)
-    assert r.choices[0].text and r.usage.completion_tokens <= 6
+def test_a_disconnected_client_stops_its_generation(server):
+    wait_idle(server)
+    before = engine_metrics(server)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.base + "/v1/completions", timeout=1.0,
+                   json={"model": "smollm2-135m", "prompt": "Count:", "max_tokens": 500, "ignore_eos": True})
+    wait_idle(server)
+    produced = engine_metrics(server)["tokens_predicted_total"] - before["tokens_predicted_total"]
+    assert produced < 500  # stopped when the client left, not run to max_tokens
+    assert server.engine.counters["cancelled"] >= 1
 
 
-@pytest.mark.parametrize(
-    "body, status, fragment",
-    [
-        ('{"model": "smollm2-135m", "messages": []}', 400, "messages"),
-        ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "max_tokens"),
-        ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "n": 99}', 400, "n "),
-        ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "voting": {"k": 99}}', 400, "voting.k"),
-        ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400, "temperature"),
-        ('{"model": "smollm2-135m", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "role"),
-        ('{"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}', 404, "gpt-9"),
-        ('{not json', 400, ""),
-        ('[]', 400, ""),
-    ],
-)
-def test_bad_requests_get_openai_errors(server, body, status, fragment):
-    r = httpx.post(server.base + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert fragment in err["message"] and err["type"]
+def test_timeout_is_a_504_and_frees_the_slot():
+    s = Server(llama_cpp={"ctx_per_slot": 4096, "slots": 1}, limits={"max_tokens": 3000, "timeout_s": 1.5})
+    try:
+        before = engine_metrics(s)
+        body = {"model": "smollm2-135m", "max_tokens": 3000, "reasoning": False, "ignore_eos": True,
+                "messages": [{"role": "user", "content": "Count from 1 to 2000."}]}
+        r = httpx.post(s.base + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
+        wait_idle(s)
+        assert engine_metrics(s)["tokens_predicted_total"] - before["tokens_predicted_total"] < 3000
+        r = httpx.post(s.base + "/v1/chat/completions", timeout=120, json={**body, "max_tokens": 8})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
+    finally:
+        s.stop()
 
 
-def test_prompt_longer_than_context(server):
+def test_a_killed_engine_is_restarted(server, client):
+    backend = server.engine.backend
+    old = backend.process.pid
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (backend.process.pid == old or not backend.process.ready.is_set()):
+        r = httpx.get(server.base + "/health")
+        assert r.status_code in (200, 503)  # 503 while it restarts, never a 500
+        time.sleep(0.1)
+    assert backend.process.pid != old and backend.process.restarts == 1
+    r = client.completions.create(model="smollm2-135m", prompt="1, 2, 3,", max_tokens=4, temperature=0)
+    assert r.usage.completion_tokens == 4
+    assert httpx.get(server.base + "/health").json()["restarts"] == 1
+
+
+def test_logprobs_on_both_endpoints(client):
+    r = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=16, temperature=0,
+                                       logprobs=True, top_logprobs=2, extra_body={"reasoning": False})
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    assert content[0].token == content[0].top_logprobs[0].token  # greedy: the top token was taken
+    c = client.completions.create(model="smollm2-135m", prompt="1, 2, 3,", max_tokens=3, temperature=0, logprobs=2)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == 3 and "".join(lp.tokens) == c.choices[0].text
+
+
+def test_completions_endpoint_and_user_grammar(client):
+    r = client.completions.create(model="smollm2-135m", prompt="The answer is", max_tokens=8, temperature=0.9, seed=3,
+                                  extra_body={"grammar": 'root ::= " yes" | " no"'})
+    assert r.choices[0].text in (" yes", " no")
+    with pytest.raises(openai.BadRequestError, match="grammar"):
+        client.completions.create(model="smollm2-135m", prompt="x", max_tokens=2, extra_body={"grammar": "root ::= ("})
+
+
+def test_json_schema_response_format(client):
+    schema = {"type": "object", "properties": {"answer": {"type": "integer", "enum": [4, 5]}}, "required": ["answer"]}
+    r = client.chat.completions.create(
+        model="smollm2-135m", messages=[{"role": "user", "content": "What is 2 + 2? Reply in JSON."}],
+        max_tokens=32, temperature=0, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert r.choices[0].finish_reason == "stop"
+    assert json.loads(r.choices[0].message.content)["answer"] in (4, 5)
+
+
+def test_prompt_longer_than_the_context(server):
     r = httpx.post(server.base + "/v1/chat/completions",
                    json={"model": "smollm2-135m", "messages": [{"role": "user", "content": "word " * 3000}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
@@ -109,49 +202,27 @@ def test_prompt_longer_than_context(server):
 
 def test_metrics_exposed(server, client):
     text = httpx.get(server.base + "/metrics").text
-    assert "edgereason_requests_total" in text and "edgereason_generated_tokens_total" in text
+    for name in ("edgereason_requests_total", "edgereason_generated_tokens_total", "edgereason_peak_in_flight",
+                 "edgereason_cancelled_total"):
+        assert name in text
 
 
-def test_api_key_and_full_queue():
-    s = Server(n_ctx=512, api_key="sekret", max_queue=0)
-    try:
-        base = s.base + "/v1/chat/completions"
-        body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-        r = httpx.post(base, json=body)
-        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-        r = httpx.post(base, json=body, headers={"authorization": "Bearer wrong"})
-        assert r.status_code == 401
-        r = httpx.post(base, json=body, headers={"authorization": "Bearer sekret"})
-        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
-        assert httpx.get(s.base + "/health").status_code == 200  # health needs no key
-    finally:
-        s.stop()
-
-
-def test_json_schema_response_format(client):
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
-    r = client.chat.completions.create(
-        model="smollm2-135m", messages=[{"role": "user", "content": "What is 2 + 2? Reply in JSON."}],
-        max_tokens=32, temperature=0,
-        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
-    )
-    if r.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(r.choices[0].message.content)["answer"], int)
-
-
-def test_gateway_over_upstream_replicas_survives_a_dead_replica():
-    """Two real edgereason servers as upstreams behind a third in upstream mode."""
-    a, b = Server(n_ctx=1024, max_tokens=256), Server(n_ctx=1024, max_tokens=256)
-    gw = Server(backend="upstream", upstream=[a.base + "/v1", b.base], upstream_policy="round_robin", max_tokens=256)
+def test_gateway_over_two_replicas_spreads_concurrent_requests():
+    """Two real edgereason servers as replicas behind a third in upstream mode."""
+    a = Server(llama_cpp={"ctx_per_slot": 1024, "slots": 2})
+    b = Server(llama_cpp={"ctx_per_slot": 1024, "slots": 2})
+    gw = Server(backend="upstream", upstream={"urls": [a.base + "/v1", b.base], "per_replica": 2})
     try:
         c = openai.OpenAI(base_url=gw.base + "/v1", api_key="unused", max_retries=0)
         r = c.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=128, temperature=0)
-        msg = r.choices[0].message
-        assert msg.model_extra.get("reasoning_content") is not None and msg.content.strip()
-        r = c.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=128, n=2, temperature=0.7, seed=3)
-        assert len(r.choices) == 2
-        served = {x["url"]: x["served"] for x in httpx.get(gw.base + "/health").json()["replicas"]}
-        assert all(n >= 1 for n in served.values()), served  # round robin used both
+        assert r.choices[0].message.model_extra.get("reasoning_content") is not None
+        body = {"model": "smollm2-135m", "prompt": "Once", "max_tokens": 32, "ignore_eos": True}
+        with cf.ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: httpx.post(gw.base + "/v1/completions", json=body, timeout=120), range(4)))
+        assert all(x.status_code == 200 for x in replies)
+        replicas = httpx.get(gw.base + "/health").json()["replicas"]
+        assert all(x["served"] >= 2 for x in replicas), replicas  # least-busy spread the load
+        assert gw.engine.peak_in_flight >= 2 and max(a.engine.peak_in_flight, b.engine.peak_in_flight) >= 1
         a.stop()
         for _ in range(2):
             r = c.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=64, temperature=0)
@@ -166,21 +237,3 @@ def test_gateway_over_upstream_replicas_survives_a_dead_replica():
     finally:
         for s in (a, b, gw):
             s.stop()
-
-
-def test_timeout_cancels_the_generation_itself():
-    s = Server(n_ctx=4096, max_tokens=3000, timeout_s=1.5)
-    try:
-        body = {"model": "smollm2-135m", "max_tokens": 3000, "temperature": 1.0, "seed": 5, "reasoning": False,
-                "messages": [{"role": "user", "content": "Count from 1 to 2000, one number per line."}]}
-        t = time.perf_counter()
-        r = httpx.post(s.base + "/v1/chat/completions", json=body, timeout=120)
-        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
-        assert time.perf_counter() - t < 10
-        # Had the first generation kept running (3000 tokens, ~30 s here), this one would wait for it.
-        t = time.perf_counter()
-        r = httpx.post(s.base + "/v1/chat/completions", timeout=120, json={**body, "max_tokens": 8})
-        assert r.status_code == 200
-        assert time.perf_counter() - t < 8
-    finally:
-        s.stop()

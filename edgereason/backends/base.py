@@ -111,6 +111,11 @@ class BackendUnavailable(BackendError):
     """The engine is (re)starting or overloaded: retry shortly (HTTP 503)."""
 
 
+class BackendRejected(BackendError):
+    """The engine refused the request as invalid (a grammar it cannot parse, ...): the client's
+    problem, reported with the engine's own message (HTTP 400)."""
+
+
 class Backend(ABC):
     """Generation over one loaded model."""
 

@@ -36,7 +36,7 @@ _PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "cache_prompt": True}
 
 class LlamaServerBackend(OpenAIBackend):
     name = "llama-server"
-    supports = frozenset({"logprobs", "tools", "penalties"})
+    supports = frozenset({"logprobs", "tools", "penalties", "grammar"})
 
     def __init__(self, model: str, *, adapter: str | Path | None = None, slots: int = 4,
                  ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,
@@ -86,9 +86,20 @@ class LlamaServerBackend(OpenAIBackend):
             raise BackendUnavailable(f"llama-server is restarting (restart {self.process.restarts}); retry shortly")
 
     async def acomplete(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        """Streamed from llama-server even when the caller wants whole answers: a streamed request
+        stops at its next token once its connection is closed (timeout, client gone). A waiting
+        non-streamed request checks its connection only when its wait times out, and results of
+        other requests keep resetting that wait, so under load it would run on to max_tokens."""
         self._require_ready()
         try:
-            return await super().acomplete(prompt, params)
+            if params.n > 1:
+                done = {i: c async for i, c in super().asamples(prompt, params, params.n)}
+                return [done[i] for i in sorted(done)]
+            final = None
+            async for d in super().astream(prompt, params):
+                final = d.completion or final
+            assert final is not None
+            return [final]
         except Exception:
             self._raise_if_down()
             raise

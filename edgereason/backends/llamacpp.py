@@ -25,7 +25,7 @@ MAX_PARALLEL_SAMPLES = 16
 
 class LlamaCppBackend(Backend):
     name = "llama-cpp-python"
-    supports = frozenset({"penalties"})
+    supports = frozenset({"penalties", "grammar"})
 
     def __init__(
         self,

@@ -28,6 +28,8 @@ import httpx
 from edgereason.backends.base import (
     Backend,
     BackendError,
+    BackendRejected,
+    BackendUnavailable,
     Completion,
     Delta,
     Messages,
@@ -44,7 +46,7 @@ _FINISH = {"stop", "length", "tool_calls", "content_filter"}
 class OpenAIBackend(Backend):
     name = "openai"
     parallel_samples = True
-    supports = frozenset({"logprobs", "penalties"})
+    supports = frozenset({"logprobs", "penalties", "grammar"})
 
     def __init__(self, url: str, model: str = "", *, api_key: str | None = None, concurrency: int = 4,
                  timeout_s: float = 600.0, template: ChatTemplate | None = None,
@@ -151,8 +153,11 @@ class OpenAIBackend(Backend):
                 message = r.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = r.text[:300]
-            raise BackendError(f"{self.url} answered HTTP {r.status_code}: {message}")
-        return r.json()
+            if r.status_code in (400, 413, 422):
+                raise BackendRejected(f"the engine refused the request: {message}")
+            kind = BackendUnavailable if r.status_code in (429, 503) else BackendError
+            raise kind(f"{self.url} answered HTTP {r.status_code}: {message}")
+        return r.json()  # type: ignore[no-any-return]
 
     # ---- blocking ------------------------------------------------------------------------------
     def _complete_one(self, prompt: str, params: SamplingParams) -> list[Completion]:
@@ -272,7 +277,8 @@ class OpenAIBackend(Backend):
                 async for line in r.aiter_lines():
                     if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
-                    for c in json.loads(line[5:]).get("choices") or []:
+                    data = json.loads(line[5:])
+                    for c in data.get("choices") or []:
                         i = int(c.get("index", 0))
                         if i in finished or i >= k:
                             continue
@@ -281,8 +287,12 @@ class OpenAIBackend(Backend):
                         counts[i] = counts.get(i, 0) + (1 if piece else 0)
                         if c.get("finish_reason"):
                             finished.add(i)
-                            yield i, Completion(texts[i], 0, counts[i], _finish(c["finish_reason"]),
-                                                time.perf_counter() - t0)
+                            # llama-server closes each choice with that choice's own usage; text chunks
+                            # undercount (a held-back stop string or partial UTF-8 is a token without text).
+                            prompt, tokens, cached = (self._usage(data, 1) if data.get("usage")
+                                                      else (0, counts[i], None))
+                            yield i, Completion(texts[i], prompt, tokens, _finish(c["finish_reason"]),
+                                                time.perf_counter() - t0, cached_tokens=cached)
         except httpx.HTTPError as e:
             raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None
         for i in range(k):

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from edgereason.backends.base import Backend, BackendError, Completion, Delta, Messages, SamplingParams
+from edgereason.backends.base import Backend, BackendError, BackendRejected, Completion, Delta, Messages, SamplingParams
 from edgereason.backends.chat_template import ChatTemplate
 from edgereason.backends.openai_client import OpenAIBackend
 from edgereason.models import resolve_model
@@ -46,7 +46,7 @@ class Replica:
 class UpstreamBackend(Backend):
     name = "upstream"
     parallel_samples = True
-    supports = frozenset({"logprobs", "penalties"})
+    supports = frozenset({"logprobs", "penalties", "grammar"})
 
     def __init__(self, urls: list[str], model: str, upstream_model: str | None = None,
                  policy: Literal["round_robin", "least_busy"] = "least_busy", api_key: str | None = None,
@@ -143,6 +143,8 @@ class UpstreamBackend(Backend):
             tried.add(replica.url)
             try:
                 result = await call(replica.backend)
+            except BackendRejected:
+                raise  # the request is at fault, not the replica
             except BackendError as e:
                 last = self._failed(replica, e)
                 continue
@@ -173,6 +175,8 @@ class UpstreamBackend(Backend):
                 with self._lock:
                     replica.served += 1
                 return
+            except BackendRejected:
+                raise
             except BackendError as e:
                 last = self._failed(replica, e)
                 if started or len(tried) == len(self.replicas):  # text already sent cannot be retried elsewhere

@@ -103,8 +103,9 @@ class ReasoningEngine:
                            seed=seed, stop=list(stop), **extra)
         if reasoning and self.fmt.kind == "tags":
             p.prefix = self.fmt.prefill
-            p.grammar = self.fmt.grammar(after_prefill=True)
             p.stop = [*self.fmt.stop_sequences(), *p.stop]
+            if "grammar" in self.backend.supports:  # elsewhere validation and retries keep the format
+                p.grammar = self.fmt.grammar(after_prefill=True)
         return p
 
     def render(self, messages: Messages, params: SamplingParams) -> str:

@@ -1,5 +1,5 @@
-"""Grammars from requests: a JSON schema (response_format) compiled to GBNF, and client GBNF checked
-before it reaches an engine, so a bad one is a 400 and not a failed generation."""
+"""Grammars from requests: a JSON schema (response_format) compiled to GBNF. A client's own GBNF is
+parsed by the engine, which refuses a bad one (BackendRejected, HTTP 400 with its message)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,6 @@ import json
 from typing import Any
 
 from edgereason.serve.errors import APIError
-
-
-def checked_grammar(gbnf: str | None, param: str = "grammar") -> str | None:
-    if not gbnf:
-        return None
-    from llama_cpp import LlamaGrammar
-
-    try:
-        LlamaGrammar.from_string(gbnf, verbose=False)
-    except Exception as e:  # llama.cpp's parser raises ValueError with its own message
-        raise APIError(400, f"grammar cannot be parsed: {str(e)[:200] or type(e).__name__}", param=param) from None
-    return gbnf
 
 
 def json_grammar(schema: dict[str, Any] | None) -> str:

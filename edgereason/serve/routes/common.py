@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel
 
-from edgereason.backends.base import BackendError, BackendUnavailable
+from edgereason.backends.base import BackendError, BackendRejected, BackendUnavailable
 from edgereason.backends.chat_template import TemplateError
 from edgereason.backends.upstream import UpstreamError
 from edgereason.serve.engine import Answer, PromptTooLongError, QueueFullError, ReasoningEngine
@@ -58,6 +58,12 @@ def check_request(req: SamplingFields, request: Request, logprobs: int | None = 
     if (req.frequency_penalty or req.presence_penalty) and "penalties" not in supports:
         param = "frequency_penalty" if req.frequency_penalty else "presence_penalty"
         raise APIError(400, f"{param} is not available from the {engine.backend.name} backend", param=param)
+    grammar = getattr(req, "grammar", None) or (getattr(req, "structured_outputs", None) or {}).get("grammar")
+    structured = getattr(req, "response_format", None) is not None and req.response_format.type != "text"  # type: ignore[attr-defined]
+    if (grammar or structured) and "grammar" not in supports:
+        param = "grammar" if grammar else "response_format"
+        raise APIError(400, f"constrained decoding ({param}) is not available from the {engine.backend.name} backend",
+                       param=param)
     if tools and "tools" not in supports:
         raise APIError(400, f"tools are not available from the {engine.backend.name} backend (serve with "
                        "--backend llama.cpp for tool calls)", param="tools")
@@ -75,8 +81,10 @@ async def guarded(coro: Awaitable[T]) -> T:
         raise APIError(400, str(e), code="invalid_messages", param="messages") from None
     except TimeoutError:
         raise APIError(504, "generation exceeded the server's deadline", "timeout_error") from None
+    except BackendRejected as e:
+        raise APIError(400, str(e), code="rejected_by_engine") from None
     except BackendUnavailable as e:
-        raise APIError(503, str(e), "service_unavailable", "engine_restarting") from None
+        raise APIError(503, str(e), "service_unavailable", "engine_unavailable") from None
     except (UpstreamError, BackendError) as e:
         raise APIError(502, str(e), "upstream_error", "upstream_unavailable") from None
 

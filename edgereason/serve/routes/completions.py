@@ -13,7 +13,6 @@ from fastapi.responses import Response, StreamingResponse
 from edgereason.backends.base import Completion, SamplingParams, TokenLogprob
 from edgereason.serve.engine import QueueFullError, ReasoningEngine
 from edgereason.serve.errors import APIError
-from edgereason.serve.grammars import checked_grammar
 from edgereason.serve.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -50,7 +49,7 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
     params = engine.params(False, req.token_limit, req.temperature, req.top_p, req.seed, req.stops,
                            logprobs=req.logprobs_k, ignore_eos=req.ignore_eos, logit_bias=req.token_bias(),
                            frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty)
-    params.grammar = checked_grammar(req.grammar or (req.structured_outputs or {}).get("grammar"))
+    params.grammar = req.grammar or (req.structured_outputs or {}).get("grammar") or None
     prompt = str(req.prompt)
     prompt_tokens = await guarded(engine.check_prompt(prompt, params))
     if req.stream:
