@@ -12,40 +12,13 @@ import json
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgereason.arithmetic import arithmetic_train, generate_arithmetic
+from edgereason.logic import generate_logic
 from edgereason.paths import cache_dir, data_dir
-
-
-LETTERS = "ABCDEFGHIJ"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One question with a checkable gold answer."""
-
-    id: str
-    question: str
-    gold_answer: str
-    solution: str | None = None
-    level: int | None = None  # MATH level 1-5 where known
-    source: str = "custom"
-    subject: str | None = None
-    choices: tuple[str, ...] | None = None  # multiple-choice options, when the task has them
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def prompt(self) -> str:
-        """The question as asked: multiple-choice options are listed with letters A, B, C, ..."""
-        if not self.choices:
-            return self.question
-        options = "\n".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(self.choices))
-        return f"{self.question}\n\n{options}\n\nAnswer with the letter of the correct choice."
+from edgereason.problems import LETTERS, Problem
 
 
 class DataError(ValueError):
@@ -70,10 +43,12 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-# Benchmarks made by a seeded generator, not read from files: name -> (split, seed, size).
-GENERATED: dict[str, tuple[str, int, int]] = {
-    "logic": ("test", 0, 500),
-    "logic-train": ("train", 1, 2000),
+# Benchmarks made by a seeded generator, not read from files: name -> (split, factory).
+GENERATED: dict[str, tuple[str, Callable[[], list[Problem]]]] = {
+    "logic": ("test", lambda: generate_logic(500, 0)),
+    "logic-train": ("train", lambda: generate_logic(2000, 1)),
+    "arith": ("test", lambda: generate_arithmetic(600, 0)),
+    "arith-train": ("train", arithmetic_train),
 }
 
 
@@ -104,10 +79,7 @@ def load_benchmark(name_or_path: str | Path, root: str | Path | None = None, **m
     """Load a named benchmark (see BENCHMARKS) or any supported file (reader picked from content)."""
     name = str(name_or_path)
     if name in GENERATED:
-        from edgereason.logic import generate_logic
-
-        _, seed, size = GENERATED[name]
-        return generate_logic(size, seed)
+        return GENERATED[name][1]()
     if name in BENCHMARKS:
         path = benchmark_path(name, root)
         reader = BENCHMARKS[name][1]
@@ -354,33 +326,6 @@ def filter_by_level(problems: Iterable[Problem], levels: Iterable[int]) -> list[
     """Problems whose MATH level is in `levels` (problems without a level are dropped)."""
     wanted = set(levels)
     return [p for p in problems if p.level in wanted]
-
-
-def measure_pass_rates(
-    problems: Sequence[Problem],
-    sample: Callable[[Problem, int], list[str]],
-    k: int,
-    fmt: str | None = None,
-) -> dict[str, float]:
-    """Model-measured difficulty: the share of `k` sampled completions per problem that are right.
-
-    `sample(problem, k)` returns k completions (any backend). Used for `hard-only` curricula.
-    """
-    from edgereason.grading import answers_equal, extract_answer
-
-    rates: dict[str, float] = {}
-    for p in problems:
-        completions = sample(p, k)
-        right = sum(answers_equal(extract_answer(c, fmt).text, p.gold_answer) for c in completions)
-        rates[p.id] = right / max(len(completions), 1)
-    return rates
-
-
-def filter_by_pass_rate(
-    problems: Iterable[Problem], pass_rates: dict[str, float], max_rate: float, min_rate: float = 0.0
-) -> list[Problem]:
-    """Problems solved in at least `min_rate` and at most `max_rate` of samples."""
-    return [p for p in problems if p.id in pass_rates and min_rate <= pass_rates[p.id] <= max_rate]
 
 
 def dataset_hash(problems: Iterable[Problem]) -> str:

@@ -16,7 +16,7 @@ import itertools
 import random
 from collections.abc import Callable
 
-from edgereason.data import Problem
+from edgereason.problems import Problem
 
 CATEGORIES = ("propositional", "equivalence", "inference", "syllogism", "sets")
 VARS = ("p", "q", "r")

@@ -181,6 +181,32 @@ def tool(name: str) -> Path:
                       "python -m edgereason.native install`)")
 
 
+def run_logged(cmd: list[str], log: Path, what: str, env: dict[str, str] | None = None) -> None:
+    """Run a tool with its output in `log`; a failure quotes the log's last lines."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:])
+        raise NativeError(f"{what} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+
+
+def converter_env() -> dict[str, str]:
+    """The environment llama.cpp's converter scripts run in: its own gguf-py first on the path."""
+    tree = source_dir()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree / "gguf-py"), str(tree), env.get("PYTHONPATH", "")])
+    env.setdefault("NO_LOCAL_GGUF", "")
+    return env
+
+
+def convert_hf_to_gguf(hf_dir: Path, out: Path, log: Path, outtype: str = "f16") -> None:
+    """HF checkpoint -> GGUF with llama.cpp's `convert_hf_to_gguf.py`, written to `out` (the caller
+    makes it atomic)."""
+    run_logged([sys.executable, str(source_dir() / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype,
+                "--outfile", str(out)], log, f"convert_hf_to_gguf.py on {hf_dir}", converter_env())
+
+
 def status() -> dict[str, str | None]:
     """What `edgereason doctor` reports: each tool's path, or None when missing."""
     out: dict[str, str | None] = {}

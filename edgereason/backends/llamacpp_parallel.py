@@ -1,19 +1,24 @@
-"""n samples of one prompt decoded together by llama.cpp: one prompt pass, n sequences sharing its
-KV cells, one batched decode per step for all live sequences.
+"""Many sequences decoded together by llama.cpp in process: each distinct prompt evaluated once, the
+sequences that share it sharing its KV cells, one batched `llama_decode` per step for every live
+sequence.
 
-llama-cpp-python's high-level `Llama` decodes one sequence at a time, so maj@k there would cost k
-full generations. Here the prompt is evaluated once (sequence 0), its cache cells are shared with
-sequences 1..n-1 (`llama_memory_seq_cp`, no copy in a unified KV cache), and each step decodes one
-token for every live sequence in a single `llama_decode` call. Each sequence has its own sampler
-chain (grammar, top-p, temperature, seed), so samples stay independent and reproducible.
+llama-cpp-python's high-level `Llama` decodes one sequence at a time, so k samples there would cost
+k full generations. Here each distinct prompt is evaluated once (on its first sequence), its cache
+cells are shared with the other sequences of that prompt (`llama_memory_seq_cp`, no copy in a
+unified KV cache), and each step decodes one token for every live sequence in one `llama_decode`.
+Every sequence has its own sampler chain (temperature, top-p, seed, grammar), so samples stay
+independent and reproducible: this is maj@k and pass@k in eval, and GRPO's rollouts in training
+(with the policy's LoRA applied through `set_lora`, and each token's logprob under the untempered
+model, which is what the trainer compares its own logprobs with).
 """
 
 from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import llama_cpp
 import numpy as np
@@ -25,9 +30,25 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 
 @dataclass
 class ParallelSample:
-    text: str
+    text: str  # cut before a stop string (llama.cpp's convention)
     tokens: int
     finish_reason: str  # "stop" or "length"
+    token_ids: list[int] = field(default_factory=list)  # every sampled token, stop string and EOS included
+    logprobs: list[float] = field(default_factory=list)  # per token, under the untempered model (if asked)
+
+
+@dataclass
+class _Seq:
+    prompt: int  # index of its distinct prompt
+    sampler: ctypes.c_void_p | None  # llama.cpp's chain (grammar or top-p); None: sampled in numpy
+    grammar: ctypes.c_void_p | None
+    temperature: float = 1.0
+    rng: np.random.Generator | None = None
+    text: bytearray = field(default_factory=bytearray)
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str | None = None
+    pos: int = 0  # position of the next token in this sequence
 
 
 class ParallelDecoder:
@@ -45,10 +66,34 @@ class ParallelDecoder:
         self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self.max_seqs = max_seqs
         self.n_ctx = n_ctx
+        self.n_batch = int(params.n_batch)
         self.vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self._adapter: ctypes.c_void_p | None = None
 
-    def _sampler(self, temperature: float, top_p: float, seed: int):
+    # ---- LoRA --------------------------------------------------------------------------------
+    def set_lora(self, path: Path | None, scale: float = 1.0) -> None:
+        """Apply a GGUF LoRA to this context (None removes it); the previous one is freed."""
+        old = self._adapter
+        ctx = self.ctx.ctx
+        if path is None:
+            llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+            self._adapter = None
+        else:
+            adapter = llama_cpp.llama_adapter_lora_init(self.llm._model.model, str(path).encode())
+            if not adapter:
+                raise RuntimeError(f"llama.cpp could not load the LoRA {path}")
+            arr = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(scale)
+            if llama_cpp.llama_set_adapters_lora(ctx, arr, 1, scales) != 0:
+                llama_cpp.llama_adapter_lora_free(adapter)
+                raise RuntimeError(f"llama.cpp could not apply the LoRA {path}")
+            self._adapter = adapter
+        if old is not None:
+            llama_cpp.llama_adapter_lora_free(old)
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def _sampler(self, temperature: float, top_p: float, seed: int) -> ctypes.c_void_p:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
@@ -59,11 +104,14 @@ class ParallelDecoder:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
-    def _sample(self, chain, grammar, ctx, idx: int) -> int:
+    def _logits(self, ctx: ctypes.c_void_p, idx: int) -> np.ndarray:
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+
+    def _sample(self, chain: ctypes.c_void_p, grammar: ctypes.c_void_p | None, ctx: ctypes.c_void_p, idx: int) -> int:
         """llama.cpp's own trick (common_sampler_sample): sample without the grammar, check only that
         token against it, and run the grammar over the whole vocabulary only when it is rejected.
         Masking 49k candidates per token per sequence would otherwise cost more than the decode."""
-        tok = llama_cpp.llama_sampler_sample(chain, ctx, idx)
+        tok = int(llama_cpp.llama_sampler_sample(chain, ctx, idx))
         if grammar is None:
             return tok
         one = llama_cpp.llama_token_data(tok, 1.0, 0.0)
@@ -72,10 +120,9 @@ class ParallelDecoder:
         if one.logit != float("-inf"):
             llama_cpp.llama_sampler_accept(grammar, tok)
             return tok
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
         cand = np.empty(self.n_vocab, dtype=_TOKEN_DATA)
         cand["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        cand["logit"] = logits
+        cand["logit"] = self._logits(ctx, idx)
         cand["p"] = 0.0
         arr = llama_cpp.llama_token_data_array(cand.ctypes.data_as(llama_cpp.llama_token_data_p), self.n_vocab, -1, False)
         llama_cpp.llama_sampler_apply(grammar, ctypes.byref(arr))
@@ -84,84 +131,159 @@ class ParallelDecoder:
         llama_cpp.llama_sampler_accept(grammar, tok)
         return tok
 
+    # ---- generation --------------------------------------------------------------------------
     def generate(self, prompt: list[int], n: int, max_tokens: int, temperature: float, top_p: float,
                  seeds: list[int], stop: list[str], grammar: str | None = None,
                  should_stop: Callable[[], bool] | None = None) -> tuple[list[ParallelSample], float]:
-        """n completions of `prompt`; returns them and the seconds spent."""
-        if n > self.max_seqs:
-            raise ValueError(f"{n} parallel samples exceed this context's {self.max_seqs} sequences")
+        """n completions of one prompt; returns them and the seconds spent."""
         if len(prompt) + n * max_tokens > self.n_ctx:
             max_tokens = max(1, (self.n_ctx - len(prompt)) // n)
+        return self.generate_batch([prompt] * n, [temperature] * n, seeds, max_tokens, top_p, stop, grammar,
+                                   should_stop)
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], temperatures: Sequence[float], seeds: Sequence[int],
+                       max_tokens: int, top_p: float = 1.0, stop: Sequence[str] = (), grammar: str | None = None,
+                       should_stop: Callable[[], bool] | None = None,
+                       logprobs: bool = False) -> tuple[list[ParallelSample], float]:
+        """One completion per (prompt, temperature, seed) row, all decoded together; rows with the
+        same prompt share its evaluation. With `logprobs`, each token's log-probability under the
+        untempered model is returned too."""
+        n = len(prompts)
+        if n > self.max_seqs:
+            raise ValueError(f"{n} sequences exceed this context's {self.max_seqs}")
+        distinct: dict[tuple[int, ...], int] = {}
+        for p in prompts:
+            distinct.setdefault(tuple(p), len(distinct))
+        need = sum(len(p) for p in distinct) + n * max_tokens
+        if need > self.n_ctx:
+            raise ValueError(f"{need} KV cells needed (prompts + {n} x {max_tokens} tokens) exceed this context's {self.n_ctx}")
         t0 = time.perf_counter()
         ctx = self.ctx.ctx
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_clear(mem, True)
-        batch = llama_cpp.llama_batch_init(max(len(prompt), n, 1), 0, self.max_seqs)
-        samplers = [self._sampler(temperature, top_p, seeds[i]) for i in range(n)]
-        grammars = [llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root") if grammar else None
-                    for _ in range(n)]
+        n_batch = self.n_batch
+        batch = llama_cpp.llama_batch_init(max(n_batch, n), 0, self.max_seqs)
+        # Without a grammar or top-p, all live sequences are sampled at once in numpy from the logits
+        # matrix (one softmax per row, a seeded generator per sequence): llama.cpp's per-sequence
+        # sampler chains spend more per token on 49k candidates than the batched decode itself.
+        vectorised = grammar is None and top_p >= 1.0
+        seqs = [_Seq(distinct[tuple(p)], None if vectorised else self._sampler(t, top_p, s),
+                     llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root") if grammar else None,
+                     t, np.random.default_rng(s) if vectorised else None)
+                for p, t, s in zip(prompts, temperatures, seeds)]
+        stop_bytes = [s.encode() for s in stop if s]
+
+        def step(s: _Seq, idx: int, tok: int | None = None, logprob: float | None = None) -> None:
+            """Take a sequence's next token (sampled here from the logits at batch index `idx` unless
+            given) and decide whether the sequence is done."""
+            if tok is None:
+                assert s.sampler is not None
+                tok = self._sample(s.sampler, s.grammar, ctx, idx)
+                if logprobs:
+                    row = self._logits(ctx, idx).astype(np.float64)
+                    m = row.max()
+                    logprob = float(row[tok] - m - np.log(np.exp(row - m).sum()))
+            if logprobs:
+                s.logprobs.append(float(logprob))  # type: ignore[arg-type]
+            s.ids.append(tok)
+            if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
+                s.finish = "stop"
+                return
+            s.text += self.llm.detokenize([tok])
+            if any(st in s.text for st in stop_bytes):
+                s.finish = "stop"
+            elif len(s.ids) >= max_tokens:
+                s.finish = "length"
+
         try:
-            # 1. the prompt once, as sequence 0, logits for its last token only
-            for i, tok in enumerate(prompt):
-                _put(batch, i, tok, i, [0], i == len(prompt) - 1)
-            batch.n_tokens = len(prompt)
-            if llama_cpp.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed on the prompt")
-            for s in range(1, n):
-                llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
-            logits_idx = [len(prompt) - 1] * n
-            pieces: list[bytearray] = [bytearray() for _ in range(n)]
-            counts = [0] * n
-            finish: list[str | None] = [None] * n
-            pos = len(prompt)
+            # 1. every distinct prompt once, on the first sequence that uses it, in batches of n_batch
+            #    tokens; when a prompt's last token is decoded, its KV cells are shared with the other
+            #    sequences of that prompt and each samples its first token (those logits are live now).
+            owner = {j: next(i for i, s in enumerate(seqs) if s.prompt == j) for j in distinct.values()}
+            tokens = [(j, pos, tok, pos == len(p) - 1) for p, j in distinct.items() for pos, tok in enumerate(p)]
+            for start in range(0, len(tokens), n_batch):
+                chunk = tokens[start:start + n_batch]
+                for k, (j, pos, tok, last) in enumerate(chunk):
+                    _put(batch, k, tok, pos, [owner[j]], last)
+                batch.n_tokens = len(chunk)
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed on the prompts")
+                rows = 0
+                for k, (j, pos, _, last) in enumerate(chunk):
+                    if not last:
+                        continue
+                    users = [i for i, s in enumerate(seqs) if s.prompt == j]
+                    for i in users:
+                        if i != owner[j]:
+                            llama_cpp.llama_memory_seq_cp(mem, owner[j], i, -1, -1)
+                        seqs[i].pos = pos + 1
+                    self._step_rows(ctx, [seqs[i] for i in users], [k] * len(users), [rows] * len(users), step,
+                                    vectorised)
+                    rows += 1
+            # 2. one token for every live sequence per llama_decode
             while True:
-                live = []
-                for s in range(n):
-                    if finish[s] is not None:
-                        continue
-                    tok = self._sample(samplers[s], grammars[s], ctx, logits_idx[s])
-                    if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
-                        finish[s] = "stop"
-                        continue
-                    pieces[s] += self.llm.detokenize([tok])
-                    counts[s] += 1
-                    text = pieces[s].decode("utf-8", errors="ignore")
-                    if any(st in text for st in stop):
-                        finish[s] = "stop"
-                        continue
-                    if counts[s] >= max_tokens:
-                        finish[s] = "length"
-                        continue
-                    live.append((s, tok))
+                live = [i for i, s in enumerate(seqs) if s.finish is None]
                 if not live or (should_stop is not None and should_stop()):
                     break
-                for j, (s, tok) in enumerate(live):
-                    _put(batch, j, tok, pos, [s], True)
-                    logits_idx[s] = j
+                for k, i in enumerate(live):
+                    _put(batch, k, seqs[i].ids[-1], seqs[i].pos, [i], True)
+                    seqs[i].pos += 1
                 batch.n_tokens = len(live)
                 if llama_cpp.llama_decode(ctx, batch) != 0:
                     raise RuntimeError("llama_decode failed while sampling")
-                pos += 1
+                every = list(range(len(live)))  # every token asks for logits: batch index = output row
+                self._step_rows(ctx, [seqs[i] for i in live], every, every, step, vectorised)
             out = []
-            for s in range(n):
-                text = pieces[s].decode("utf-8", errors="replace")
-                for st in stop:  # llama.cpp convention: the stop string itself is not returned
-                    cut = text.find(st)
+            for s in seqs:
+                text = s.text.decode("utf-8", errors="replace")
+                for st in stop:  # llama.cpp convention: the stop string itself is not returned as text
+                    cut = text.find(st) if st else -1
                     if cut >= 0:
                         text = text[:cut]
-                out.append(ParallelSample(text, counts[s], finish[s] or "length"))  # cut by should_stop: "length"
+                out.append(ParallelSample(text, len(s.ids), s.finish or "length", s.ids, s.logprobs))
             return out, time.perf_counter() - t0
         finally:
-            for sm in samplers + [g for g in grammars if g is not None]:
-                llama_cpp.llama_sampler_free(sm)
+            for s in seqs:
+                if s.sampler is not None:
+                    llama_cpp.llama_sampler_free(s.sampler)
+                if s.grammar is not None:
+                    llama_cpp.llama_sampler_free(s.grammar)
             llama_cpp.llama_batch_free(batch)
             llama_cpp.llama_memory_clear(mem, True)
 
+    def _step_rows(self, ctx: ctypes.c_void_p, seqs: list[_Seq], batch_idx: list[int], rows: list[int],
+                   step: Callable[..., None], vectorised: bool) -> None:
+        """Advance each sequence from the last decode: llama.cpp's samplers address logits by the
+        token's index in the batch, the logits matrix by output row (the order of the tokens that
+        asked for logits)."""
+        if not vectorised:
+            for s, i in zip(seqs, batch_idx):
+                step(s, i)
+            return
+        n_out = max(rows) + 1
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n_out, self.n_vocab))[rows]
+        logits = logits.astype(np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))  # untempered normaliser
+        for k, s in enumerate(seqs):
+            if s.temperature <= 0:
+                tok = int(logits[k].argmax())
+            else:
+                z = (logits[k] - top[k]) / s.temperature
+                p = np.exp(z)
+                cdf = np.cumsum(p)
+                tok = int(np.searchsorted(cdf, s.rng.random() * cdf[-1], side="right"))  # type: ignore[union-attr]
+                tok = min(tok, self.n_vocab - 1)
+            step(s, batch_idx[k], tok, float(logits[k, tok] - log_z[k]))
+
     def close(self) -> None:
+        if self._adapter is not None:
+            llama_cpp.llama_adapter_lora_free(self._adapter)
+            self._adapter = None
         self.ctx.close()
 
 
-def _put(batch, i: int, token: int, pos: int, seqs: list[int], logits: bool) -> None:
+def _put(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seqs: list[int], logits: bool) -> None:
     batch.token[i] = token
     batch.pos[i] = pos
     batch.n_seq_id[i] = len(seqs)

@@ -11,13 +11,13 @@ file in the export folder.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from edgereason.export.files import ExportError, atomic_output
-from edgereason.native import NativeError, source_dir, tool
+from edgereason.native import NativeError, converter_env, run_logged, source_dir, tool
+from edgereason.native import convert_hf_to_gguf as native_convert
 
 # Names accepted by --quant, lower case, mapped to llama-quantize's type names. IQ types need an
 # importance matrix (llama.cpp refuses to make most of them without one).
@@ -46,28 +46,19 @@ def native_tool(name: str) -> Path:
 
 
 def run_tool(cmd: Sequence[str], log: Path, what: str, env: dict[str, str] | None = None) -> None:
-    """Run a tool with its output in `log`; a failure quotes the log's last lines."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        proc = subprocess.run(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:])
-        raise ExportError(f"{what} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
-
-
-def _converter_env(tools: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tools / "gguf-py"), str(tools), env.get("PYTHONPATH", "")])
-    env.setdefault("NO_LOCAL_GGUF", "")
-    return env
+    try:
+        run_logged(list(cmd), log, what, env)
+    except NativeError as e:
+        raise ExportError(str(e)) from None
 
 
 def convert_hf_to_gguf(hf_dir: Path, out: Path, log: Path, outtype: str = "f16") -> None:
     """HF checkpoint → GGUF (f16/bf16/f32/q8_0) with llama.cpp's converter, written atomically."""
-    tools = converter_dir()
     with atomic_output(out) as tmp:
-        run_tool([sys.executable, str(tools / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype,
-                  "--outfile", str(tmp)], log, f"convert_hf_to_gguf.py on {hf_dir}", _converter_env(tools))
+        try:
+            native_convert(hf_dir, tmp, log, outtype)
+        except NativeError as e:
+            raise ExportError(str(e)) from None
 
 
 def convert_lora_to_gguf(adapter_dir: Path, base_hf_dir: Path, out: Path, log: Path, outtype: str = "f16") -> None:
@@ -76,7 +67,7 @@ def convert_lora_to_gguf(adapter_dir: Path, base_hf_dir: Path, out: Path, log: P
     with atomic_output(out) as tmp:
         run_tool([sys.executable, str(tools / "convert_lora_to_gguf.py"), str(adapter_dir), "--base", str(base_hf_dir),
                   "--outtype", outtype, "--outfile", str(tmp)], log, f"convert_lora_to_gguf.py on {adapter_dir}",
-                 _converter_env(tools))
+                 converter_env())
 
 
 def quantize_gguf(src: Path, out: Path, quant: str, log: Path, threads: int | None = None,

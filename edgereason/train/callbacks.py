@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +16,37 @@ from edgereason.train.schedules import AdaptiveKL, SaturationDetector, adaptive_
 
 
 class BatchStats:
-    """What the reward functions saw since the last log: format compliance and completion samples."""
+    """What the reward functions saw since the last step: format compliance, completion samples, and
+    each completion's problem and correctness (the curriculum's measurements)."""
 
-    def __init__(self, fmt) -> None:
+    def __init__(self, fmt: Any) -> None:
         self.fmt = fmt
         self.valid: list[bool] = []
         self.samples: list[dict[str, Any]] = []
+        self.results: list[tuple[str, bool]] = []
 
-    def __call__(self, prompts: list[str], texts: list[str], scores: dict[str, list[float]]) -> None:
+    def __call__(self, prompts: list[str], texts: list[str], scores: dict[str, list[float]],
+                 ids: list[str] | None = None, correct: list[bool] | None = None) -> None:
         self.valid.extend(self.fmt.parse(t).valid for t in texts)
         self.samples = [
             {"prompt": p[-300:], "completion": t, "accuracy": a}
             for p, t, a in zip(prompts or [""] * len(texts), texts, scores.get("accuracy", []))
         ]
+        if ids is not None and correct is not None:
+            self.results.extend(zip(ids, correct))
 
     def pop_compliance(self) -> float | None:
         value = sum(self.valid) / len(self.valid) if self.valid else None
         self.valid = []
         return value
+
+    def pop_groups(self) -> dict[str, list[bool]]:
+        """Correctness of the completions of each problem since the last call."""
+        groups: dict[str, list[bool]] = {}
+        for pid, ok in self.results:
+            groups.setdefault(pid, []).append(ok)
+        self.results = []
+        return groups
 
 
 class GRPOControlCallback(TrainerCallback):
@@ -69,6 +83,42 @@ class GRPOControlCallback(TrainerCallback):
             if reason:
                 self.stop_reason = reason
                 control.should_training_stop = True
+
+
+class CurriculumCallback(TrainerCallback):
+    """Keeps the curriculum pool current: each step's groups are measurements of their problems, every
+    `curriculum_refresh_steps` a sample of the pool is measured again with the current adapter, and
+    the pool is saved with every checkpoint (resume continues it)."""
+
+    def __init__(self, pool: Any, stats: BatchStats, cfg: Any, run_dir: Path,
+                 refresh: Callable[[list[Any], int], dict[str, float]] | None) -> None:
+        self.pool, self.stats, self.cfg, self.refresh = pool, stats, cfg, refresh
+        self.path = run_dir / "curriculum.json"
+        self.figures: dict[str, float] = {}
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        groups = self.stats.pop_groups()
+        tied = sum(len(set(g)) == 1 for g in groups.values()) / len(groups) if groups else None
+        for pid, correct in groups.items():
+            self.pool.observe(pid, correct)
+        every = self.cfg.curriculum_refresh_steps
+        if self.refresh is not None and every and state.global_step % every == 0:
+            problems = self.pool.to_refresh(self.cfg.curriculum_refresh_size, state.global_step)
+            before = len(self.pool.active)
+            self.pool.apply(self.refresh(problems, state.global_step))
+            self.pool.history.append({"step": state.global_step, "measured": len(problems),
+                                      "joined_band": len(self.pool.active) - before, **self.pool.sizes()})
+        sizes = self.pool.sizes()
+        self.figures = {f"curriculum/{k}": float(v) for k, v in sizes.items()}
+        if tied is not None:
+            self.figures["curriculum/frac_correctness_tied"] = tied
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if logs is not None and "reward" in logs:
+            logs.update(self.figures)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.pool.save(self.path)
 
 
 class RunRecordCallback(TrainerCallback):
@@ -119,6 +169,7 @@ class RunRecordCallback(TrainerCallback):
                 description=(
                     f"reward {logs.get('reward', 0):+.2f}  format {compliance if compliance is not None else 0:.0%}  "
                     f"kl {logs.get('kl', 0):.4f}  len {logs.get('completions/mean_length', 0):.0f}"
+                    + (f"  band {logs['curriculum/active']:.0f}" if "curriculum/active" in logs else "")
                 ),
             )
 
@@ -134,7 +185,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def summarise_metrics(rows: list[dict[str, Any]], last: int = 5) -> dict[str, float]:
     """Mean of the last `last` logged steps for the headline metrics."""
-    keys = ["reward", "format_compliance", "kl", "completions/mean_length", "grad_norm"] + [
+    keys = ["reward", "format_compliance", "kl", "completions/mean_length", "grad_norm", "frac_reward_zero_std",
+            "curriculum/frac_correctness_tied", "sampling/importance_sampling_ratio/mean"] + [
         k for k in (rows[-1] if rows else {}) if k.startswith("rewards/") and k.endswith("/mean")
     ]
     tail = rows[-last:]

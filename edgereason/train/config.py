@@ -1,9 +1,9 @@
 """`TrainConfig`: every setting of a GRPO run, documented field by field.
 
-Defaults reproduce the reference studies' recipe scaled to the embedded 135M model on a 2-core
-CPU: LoRA on all attention and MLP projections, 4 generations per prompt at temperatures
-0.6/0.8/1.0/1.2, reward 0.2·format + 0.3·process + 0.5·accuracy, adaptive ε and β, AdamW β2=0.99,
-cosine LR with 10% warm-up, gradient clipping 1.0.
+Defaults follow the GRPO studies (Open-RS; DeepSeek-R1's recipe scaled down) for the embedded 135M
+model on a 2-core CPU: LoRA on all attention and MLP projections, a pass-rate curriculum, rollouts
+from llama.cpp at per-generation temperatures, adaptive ε, AdamW β2=0.99, cosine LR with 10%
+warm-up, gradient clipping 1.0. `edgereason train --help` lists every field as a flag.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
@@ -39,18 +39,26 @@ class TrainConfig(StageConfig):
     )
 
     # ---- data ----
-    dataset: str = Field("gsm8k-train", description="Training data: gsm8k-train, a MATH-style file, or any data file.")
+    dataset: list[str] = Field(["gsm8k-train"], description="Training data (repeatable): gsm8k-train, arith-train, "
+                               "logic-train, a MATH-style file, or any data file.")
+    dataset_weights: list[float] | None = Field(None, description="Share of each dataset in the candidate pool "
+                                                "(default: equal).")
     data_dir: Path | None = Field(None, description="Data folder (default ../shared/data).")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many problems (after filtering).")
     levels: list[int] | None = Field(None, description="Keep only these MATH levels (e.g. [4, 5]).")
-    curriculum: Literal["none", "hard-only", "mixed"] = Field(
+    curriculum: Literal["none", "pass-rate", "hard-only", "mixed"] = Field(
         "none",
-        description="hard-only: MATH level 4-5, or problems the base model solves in < hard_max_pass_rate of "
-        "difficulty_samples samples (measured by a pre-pass); mixed: hard and easy problems alternated.",
+        description="pass-rate: train on problems the model solves in some but not all of curriculum_samples samples, "
+        "measured with the model and re-measured as training moves; hard-only / mixed: MATH levels 4-5 only, or "
+        "hard and easy alternated (data with levels).",
     )
-    difficulty_samples: int = Field(4, ge=1, description="Samples per problem in the difficulty pre-pass.")
-    hard_max_pass_rate: float = Field(0.25, ge=0, le=1, description="A problem is hard when solved at most this often.")
-    difficulty_pool: int = Field(64, ge=1, description="Problems measured by the difficulty pre-pass.")
+    curriculum_samples: int = Field(4, ge=2, description="Samples per problem when measuring pass rates.")
+    curriculum_pool: int = Field(256, ge=1, description="Candidates measured before training starts.")
+    curriculum_band: tuple[float, float] = Field((0.0, 1.0), description="Keep problems with low < pass rate < high.")
+    curriculum_refresh_steps: int = Field(50, ge=0, description="Re-measure parked, retired and new problems every N "
+                                          "steps with the current adapter (0 = only from the rollouts themselves).")
+    curriculum_refresh_size: int = Field(32, ge=1, description="Problems measured at each refresh.")
+    curriculum_temperature: float = Field(0.8, gt=0, description="Sampling temperature of the measurements.")
     format: str = Field(DEFAULT_FORMAT, description="Reasoning format preset the model is trained for.")
     prefill: bool = Field(True, description="End prompts with the format's open tag (R1-style prefill).")
 
@@ -76,7 +84,7 @@ class TrainConfig(StageConfig):
     )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature when no schedule is set.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
-    max_prompt_length: int = Field(320, ge=16, description="Prompts are left-truncated to this many tokens.")
+    max_prompt_length: int = Field(320, ge=16, description="Problems whose prompt is longer are left out.")
     max_completion_length: int = Field(160, ge=8, description="Maximum generated tokens per completion.")
     loss_type: LossType = Field("dr_grpo", description="TRL loss aggregation (grpo, dr_grpo, dapo, bnpo, cispo, sapo).")
     epsilon: float = Field(0.2, gt=0, description="Clipping ε0 (initial).")
@@ -98,7 +106,9 @@ class TrainConfig(StageConfig):
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (bigger models).")
-    bf16: bool | None = Field(None, description="bf16 training (default: on with a GPU, off on CPU).")
+    bf16: bool | None = Field(None, description="bf16 autocast for the policy's forward and backward (default: on with a "
+                              "GPU or a CPU with bf16 instructions; requested on a CPU without them, fp32 with a warning).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for training and rollouts (default: all cores).")
 
     # ---- run management ----
     save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resume picks the last complete one).")
@@ -109,14 +119,35 @@ class TrainConfig(StageConfig):
     early_stop_patience: int = Field(5, ge=1, description="Consecutive steps needed to trigger early stop.")
     early_stop_fraction: float = Field(0.95, gt=0, le=1, description="Saturation = mean reward >= this share of its ceiling.")
 
+    # ---- rollouts ----
+    rollout_engine: Literal["auto", "llama.cpp", "transformers", "trl"] = Field(
+        "auto", description="Who samples the completions: llama.cpp (in process, the policy's LoRA hot-swapped each step, "
+        "importance-sampling correction), transformers (the policy itself), trl (TRL's own generation, one temperature; "
+        "the speed benchmark's anchor). auto: vLLM when use_vllm, else llama.cpp for architectures it can take.")
+    importance_sampling_mode: Literal["sequence_mask", "sequence_truncate", "token_mask", "token_truncate"] = Field(
+        "sequence_mask", description="How the engine/policy mismatch is corrected (TRL's vllm_importance_sampling_mode).")
+    importance_sampling_clip_max: float = Field(3.0, gt=1, description="Cap of the importance ratio (TRL's clip_max).")
+
     # ---- scale-out ----
     use_vllm: bool = Field(False, description="Generate with vLLM (GPU): TRL's colocate or server mode.")
     vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM generation mode.")
     vllm_server_base_url: str | None = Field(None, description="URL of a `trl vllm-serve` server (server mode).")
     vllm_structured_outputs: bool = Field(False, description="Constrain vLLM sampling to the format's regex.")
 
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.dataset_weights is not None and len(self.dataset_weights) != len(self.dataset):
+            raise ValueError(f"dataset_weights has {len(self.dataset_weights)} entries for {len(self.dataset)} datasets")
+        low, high = self.curriculum_band
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"curriculum_band must satisfy 0 <= low < high <= 1, got {self.curriculum_band}")
+        if self.rollout_engine == "llama.cpp" and self.use_vllm:
+            raise ValueError("rollout_engine llama.cpp and use_vllm exclude each other")
         per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if per_step % self.num_generations:
             raise ValueError(

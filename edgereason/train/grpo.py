@@ -1,13 +1,17 @@
-"""GRPO training on TRL's `GRPOTrainer` with a PEFT LoRA: validation, data, the trainer, outputs.
+"""GRPO training on TRL with a PEFT LoRA, in three parts:
 
-`run_training(cfg)` checks everything that can be checked before spending compute (model, data,
-filters, batch shape, output folder), then trains, checkpointing every `save_steps`; the same
-call after an interruption resumes from the last complete checkpoint.
+- `prepare_run(cfg)`: everything that can fail cheaply, before any compute (model, data, filters,
+  output folder, resume point);
+- `build_trainer(prep)`: the tokenizer, the curriculum pool, the rewards, the rollout engine, the
+  controls and `EdgeGRPOTrainer`;
+- `finalize_run(...)`: the adapter (written atomically), run.json, the report and plots.
+
+`run_training(cfg)` runs the three; the same call after an interruption resumes from the last
+complete checkpoint, curriculum state included.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -15,22 +19,15 @@ import platform
 import shutil
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgereason.data import (
-    Problem,
-    dataset_hash,
-    filter_by_level,
-    filter_by_pass_rate,
-    is_eval_only,
-    load_benchmark,
-    measure_pass_rates,
-    sample_problems,
-)
+from edgereason.data import dataset_hash, filter_by_level, is_eval_only, load_benchmark, sample_problems
+from edgereason.files import atomic_output, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.models import ResolvedModel, resolve_model
+from edgereason.problems import Problem
 from edgereason.train.config import TrainConfig
 from edgereason.versions import versions
 
@@ -49,6 +46,19 @@ class RunResult:
     stop_reason: str
     metrics: dict[str, float]
     seconds: float
+
+
+@dataclass
+class Prepared:
+    cfg: TrainConfig
+    model: ResolvedModel
+    problems: list[Problem]
+    resume: Path | None
+    fmt: ReasoningFormat
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
 
 
 # ---- checks before compute -------------------------------------------------------------------
@@ -88,7 +98,7 @@ def _checkpoint_complete(ckpt: Path) -> bool:
     """A checkpoint is usable when its state, weights and optimizer were all fully written."""
     try:
         json.loads((ckpt / "trainer_state.json").read_text())
-        weights = [p for p in ckpt.glob("*.safetensors")]
+        weights = list(ckpt.glob("*.safetensors"))
         if not weights:
             return False
         from safetensors import safe_open
@@ -118,11 +128,9 @@ def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
     return None
 
 
-def load_training_problems(cfg: TrainConfig) -> list[Problem]:
-    """The training problems after filters; refuses evaluation splits and empty results."""
-    name = cfg.dataset
+def _load_one(cfg: TrainConfig, name: str) -> list[Problem]:
     if is_eval_only(name, cfg.data_dir):
-        raise TrainSetupError(f"{name} is an evaluation split; train on gsm8k-train, logic-train or your own data")
+        raise TrainSetupError(f"{name} is an evaluation split; train on gsm8k-train, arith-train, logic-train or your own data")
     try:
         problems = load_benchmark(name, cfg.data_dir)
     except (ValueError, FileNotFoundError) as e:
@@ -133,13 +141,33 @@ def load_training_problems(cfg: TrainConfig) -> list[Problem]:
         problems = filter_by_level(problems, cfg.levels)
         if not problems:
             raise TrainSetupError(f"level filter {cfg.levels} leaves no problems in {name!r} (does it have levels?)")
-    if cfg.curriculum != "none" and any(p.level for p in problems):
-        problems = _curriculum(cfg, filter_by_level(problems, [4, 5]), filter_by_level(problems, [1, 2, 3]))
-    problems = sample_problems(problems, None, seed=cfg.seed)
-    return problems
+    if cfg.curriculum in ("hard-only", "mixed"):
+        if not any(p.level for p in problems):
+            raise TrainSetupError(f"the {cfg.curriculum} curriculum needs MATH levels; {name!r} has none "
+                                  "(use curriculum: pass-rate)")
+        problems = _level_curriculum(cfg, filter_by_level(problems, [4, 5]), filter_by_level(problems, [1, 2, 3]))
+    return sample_problems(problems, None, seed=cfg.seed)
 
 
-def _curriculum(cfg: TrainConfig, hard: list[Problem], easy: list[Problem]) -> list[Problem]:
+def load_training_problems(cfg: TrainConfig) -> list[Problem]:
+    """The training problems of every dataset after filters, interleaved by `dataset_weights`;
+    refuses evaluation splits and empty results."""
+    sources = [_load_one(cfg, name) for name in cfg.dataset]
+    if len(sources) == 1:
+        return sources[0]
+    weights = cfg.dataset_weights or [1.0] * len(sources)
+    total = sum(len(s) for s in sources)
+    mixed: list[Problem] = []
+    taken = [0.0] * len(sources)
+    while len(mixed) < total:  # the source furthest behind its share goes next
+        i = min((j for j in range(len(sources)) if taken[j] < len(sources[j])),
+                key=lambda j: taken[j] / weights[j] if weights[j] > 0 else float("inf"))
+        mixed.append(sources[i][int(taken[i])])
+        taken[i] += 1
+    return mixed
+
+
+def _level_curriculum(cfg: TrainConfig, hard: list[Problem], easy: list[Problem]) -> list[Problem]:
     if not hard:
         raise TrainSetupError("the hard-only/mixed curriculum leaves no hard problems")
     if cfg.curriculum == "hard-only":
@@ -150,7 +178,7 @@ def _curriculum(cfg: TrainConfig, hard: list[Problem], easy: list[Problem]) -> l
     return mixed
 
 
-def check_setup(cfg: TrainConfig) -> tuple[ResolvedModel, list[Problem], Path | None]:
+def prepare_run(cfg: TrainConfig) -> Prepared:
     """Everything that can fail cheaply, in one place, before any compute is spent."""
     try:
         model = resolve_model(cfg.model, need_hf=True)
@@ -159,18 +187,18 @@ def check_setup(cfg: TrainConfig) -> tuple[ResolvedModel, list[Problem], Path | 
         raise TrainSetupError(str(e)) from None
     problems = load_training_problems(cfg)
     resume = check_output_dir(cfg)
-    return model, problems, resume
+    return Prepared(cfg, model, problems, resume, get_format(cfg.format))
 
 
-# ---- data for TRL ----------------------------------------------------------------------------
+# ---- building the trainer --------------------------------------------------------------------
 
 
-def build_prompt(tokenizer, fmt: ReasoningFormat, question: str, prefill: bool) -> str:
+def build_prompt(tokenizer: Any, fmt: ReasoningFormat, question: str, prefill: bool) -> str:
     text = tokenizer.apply_chat_template(fmt.messages(question), add_generation_prompt=True, tokenize=False)
-    return text + (fmt.prefill if prefill else "")
+    return str(text) + (fmt.prefill if prefill else "")
 
 
-def _fit_prompts(problems: list[Problem], tokenizer, fmt: ReasoningFormat, cfg: TrainConfig) -> list[Problem]:
+def _fit_prompts(problems: list[Problem], tokenizer: Any, fmt: ReasoningFormat, cfg: TrainConfig) -> list[Problem]:
     """Drop problems whose prompt exceeds max_prompt_length (truncating would cut the instructions)."""
     kept = [
         p for p in problems
@@ -182,105 +210,65 @@ def _fit_prompts(problems: list[Problem], tokenizer, fmt: ReasoningFormat, cfg: 
     return kept
 
 
-def to_dataset(problems: list[Problem], tokenizer, fmt: ReasoningFormat, prefill: bool):
-    from datasets import Dataset
+def rollout_base_gguf(model: ResolvedModel, log_dir: Path) -> Path:
+    """A GGUF of the base model for the llama.cpp rollout engine: its own, or a cached F16 conversion."""
+    if model.gguf_path is not None:
+        return model.gguf_path
+    from filelock import FileLock
 
-    return Dataset.from_list(
-        [{"prompt": build_prompt(tokenizer, fmt, p.question, prefill), "answer": p.gold_answer, "id": p.id} for p in problems]
-    )
+    from edgereason.native import convert_hf_to_gguf
+    from edgereason.paths import cache_dir
 
-
-# ---- the trainer -----------------------------------------------------------------------------
-
-
-def _make_trainer_class():
-    """GRPOTrainer plus per-generation temperatures (TRL samples a whole batch at one temperature)
-    and the format's stop strings (generation ends at the closing answer tag, as at inference)."""
-    import torch
-    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria
-    from trl import GRPOTrainer
-
-    from edgereason.train.schedules import row_temperatures
-
-    class RowTemperature(LogitsProcessor):
-        """Divides each row's logits by its own temperature (rows = prompt × generation)."""
-
-        def __init__(self, temperatures: torch.Tensor) -> None:
-            self.t = temperatures
-
-        def __call__(self, input_ids, scores):
-            return scores / self.t.to(scores.device, scores.dtype).unsqueeze(1)
-
-    class EdgeGRPOTrainer(GRPOTrainer):
-        temperature_schedule: list[float] | None = None
-        stop_strings: list[str] | None = None
-
-        def _generate_single_turn(self, prompt_ids, *args, **kwargs):
-            if self.use_vllm:
-                return super()._generate_single_turn(prompt_ids, *args, **kwargs)
-            extra: dict = {}
-            if self.temperature_schedule:
-                rows = len(prompt_ids)
-                temps = row_temperatures(
-                    self.temperature_schedule, self.num_generations, rows, self.accelerator.process_index * rows
-                )
-                extra["logits_processor"] = LogitsProcessorList([RowTemperature(torch.tensor(temps))])
-            if self.stop_strings:
-                extra["stopping_criteria"] = StoppingCriteriaList(
-                    [StopStringCriteria(self.processing_class, self.stop_strings)]
-                )
-            base = self.accelerator.unwrap_model(self.model)
-            base = base.get_base_model() if hasattr(base, "get_base_model") else base
-            with extra_generate_kwargs(base, **extra):
-                return super()._generate_single_turn(prompt_ids, *args, **kwargs)
-
-    return EdgeGRPOTrainer
+    hf = model.require_hf()
+    key = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}" for p in sorted(hf.glob("*.safetensors"))).encode())
+    out = cache_dir() / "gguf" / f"{model.name.replace('/', '_')}-{key.hexdigest()[:12]}-f16.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not out.is_file():
+            with atomic_output(out) as tmp:
+                convert_hf_to_gguf(hf, tmp, log_dir / "convert-base.log", "f16")
+    return out
 
 
-@contextlib.contextmanager
-def extra_generate_kwargs(model, **extra):
-    """Route extra logits processors / stopping criteria into every `model.generate` call inside
-    the block. TRL calls generate with only a GenerationConfig, which cannot carry them; an instance
-    attribute shadows the method for the duration and is removed afterwards."""
-    if not extra:
-        yield
-        return
-    original = model.generate
+def choose_engine(cfg: TrainConfig, model_config: Any) -> str:
+    if cfg.rollout_engine != "auto":
+        return cfg.rollout_engine
+    if cfg.use_vllm:
+        return "trl"
+    from edgereason.train.lora_gguf import SUPPORTED
 
-    def generate(*args, **kwargs):
-        for key, items in extra.items():  # append to whatever the caller passed
-            kwargs[key] = type(items)([*(kwargs.get(key) or []), *items])
-        return original(*args, **kwargs)
-
-    model.generate = generate
-    try:
-        yield
-    finally:
-        del model.generate
+    if not cfg.full_finetune and getattr(model_config, "model_type", None) in SUPPORTED:
+        return "llama.cpp"
+    return "transformers"
 
 
-# TrainConfig fields that GRPOConfig takes under the same name and meaning.
-_SAME_NAME_ARGS = (
-    "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
-    "max_completion_length", "top_p", "loss_type", "epsilon", "epsilon_high", "beta", "scale_rewards",
-    "learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "max_grad_norm", "gradient_checkpointing",
-    "logging_steps", "save_steps", "save_total_limit", "seed", "use_vllm", "vllm_mode", "vllm_server_base_url",
-)
+@dataclass
+class Built:
+    trainer: Any
+    engine: Any
+    tokenizer: Any
+    pool: Any = None
+    engine_name: str = ""
+    bf16: tuple[bool, str] = (False, "")
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool):
+def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, engine: str, streamed: bool) -> Any:
     from trl import GRPOConfig
 
     from edgereason.train.rewards import REWARD_NAMES
 
-    # With a per-row schedule, sampling runs at 1.0 and RowTemperature rescales each row; the loss
-    # then scores tokens under the untempered policy, as the reference study does.
-    temperature = 1.0 if cfg.temperature_schedule else cfg.temperature
-    bf16 = cfg.bf16 if cfg.bf16 is not None else use_gpu
+    same_name = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
+                 "max_completion_length", "top_p", "loss_type", "epsilon", "epsilon_high", "beta", "scale_rewards",
+                 "learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "max_grad_norm", "gradient_checkpointing",
+                 "logging_steps", "save_steps", "save_total_limit", "seed", "use_vllm", "vllm_mode", "vllm_server_base_url")
+    # With a per-generation schedule the engine applies each row's temperature; the loss then scores
+    # tokens under the untempered policy (temperature 1), as the GRPO studies' recipes do.
+    scheduled = bool(cfg.temperature_schedule) and engine in ("llama.cpp", "transformers")
     return GRPOConfig(
-        **{name: getattr(cfg, name) for name in _SAME_NAME_ARGS},
+        **{name: getattr(cfg, name) for name in same_name},
         output_dir=str(run_dir / "checkpoints"),
-        temperature=temperature,
+        temperature=1.0 if scheduled else cfg.temperature,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         lr_scheduler_type=cfg.lr_scheduler,
         bf16=bf16,
@@ -290,10 +278,189 @@ def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool):
         report_to=[],
         log_completions=False,
         disable_tqdm=True,
+        shuffle_dataset=not streamed,
         vllm_structured_outputs_regex=get_format(cfg.format).regex if cfg.vllm_structured_outputs else None,
+        vllm_importance_sampling_mode=cfg.importance_sampling_mode,
+        vllm_importance_sampling_clip_max=cfg.importance_sampling_clip_max,
+        # bf16 keeps the frozen base in bf16 (half the memory, no per-forward casts); PEFT keeps the LoRA
+        # weights it trains in fp32 (autocast_adapter_dtype), and autocast runs the matmuls in bf16.
         model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
         reward_weights=[cfg.reward_weights.get(n, 0.0) for n in REWARD_NAMES],
+        torch_empty_cache_steps=None,
     )
+
+
+def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) -> Built:
+    """The trainer and everything it runs with (see the module doc)."""
+    import torch
+    from datasets import Dataset, IterableDataset
+    from peft import LoraConfig
+    from transformers import AutoConfig, AutoTokenizer, PrinterCallback, ProgressCallback
+
+    from edgereason.train.callbacks import BatchStats, CurriculumCallback, GRPOControlCallback, RunRecordCallback
+    from edgereason.train.precision import choose_bf16
+    from edgereason.train.rewards import CosineLengthParams, make_trl_rewards
+    from edgereason.train.trainer import EdgeGRPOTrainer
+
+    cfg, fmt, run_dir = prep.cfg, prep.fmt, prep.run_dir
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    hf_dir = prep.model.require_hf()
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    if prep.model.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = prep.model.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model_config = AutoConfig.from_pretrained(hf_dir)
+    use_gpu = torch.cuda.is_available()
+    bf16 = choose_bf16(cfg.bf16, use_gpu)
+    engine_name = choose_engine(cfg, model_config)
+    log(f"rollouts: {engine_name}; precision: {'bf16' if bf16[0] else 'fp32'} ({bf16[1]})")
+
+    problems = _fit_prompts(prep.problems, tokenizer, fmt, cfg)
+    if cfg.max_samples:
+        problems = problems[: cfg.max_samples]
+    stop = fmt.stop_sequences()
+    engine = _make_engine(engine_name, cfg, prep, tokenizer, model_config, stop, run_dir)
+
+    def render(p: Problem) -> str:
+        return build_prompt(tokenizer, fmt, p.question, cfg.prefill)
+
+    pool = None
+    if cfg.curriculum == "pass-rate":
+        pool = _build_pool(cfg, prep, problems, render, engine, tokenizer, log)
+        dataset = IterableDataset.from_generator(pool.stream)
+    else:
+        dataset = Dataset.from_list([{"prompt": render(p), "answer": p.gold_answer, "id": p.id} for p in problems])
+
+    args = _grpo_args(cfg, run_dir, use_gpu, bf16[0], engine_name, streamed=pool is not None)
+    stats = BatchStats(fmt)
+    rewards = make_trl_rewards(
+        fmt, prefix=fmt.prefill if cfg.prefill else "",
+        cosine=CosineLengthParams(cfg.cosine_min_correct, cfg.cosine_max_correct, cfg.cosine_min_wrong,
+                                  cfg.cosine_max_wrong, cfg.cosine_max_length or cfg.max_completion_length),
+        on_batch=stats,
+    )
+    control = GRPOControlCallback(cfg, _reward_ceiling(cfg))
+    callbacks: list[Any] = [control]
+    if pool is not None:  # before the run record, so its figures are in each logged step
+        callbacks.append(CurriculumCallback(pool, stats, cfg, run_dir, _refresher(cfg, prep, engine, tokenizer, render)))
+    callbacks.append(RunRecordCallback(run_dir, stats, cfg.sample_every, show_progress))
+    peft_config = None if cfg.full_finetune else LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    trainer = EdgeGRPOTrainer(
+        model=str(hf_dir), reward_funcs=rewards, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=callbacks,
+        rollout_engine=engine if engine_name in ("llama.cpp", "transformers") else None,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    control.trainer = trainer
+    return Built(trainer, engine, tokenizer, pool, engine_name, bf16)
+
+
+def _make_engine(name: str, cfg: TrainConfig, prep: Prepared, tokenizer: Any, model_config: Any, stop: list[str],
+                 run_dir: Path) -> Any:
+    schedule = cfg.temperature_schedule
+    if name == "llama.cpp":
+        from edgereason.train.lora_gguf import LoraLayout
+        from edgereason.train.rollouts import LlamaCppRollouts
+
+        rows = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+        return LlamaCppRollouts(
+            rollout_base_gguf(prep.model, run_dir / "logs"), tokenizer, LoraLayout.from_hf_config(model_config),
+            cfg.lora_alpha, cfg.num_generations, cfg.max_completion_length, stop, schedule, cfg.temperature, cfg.top_p,
+            cfg.seed, threads=cfg.threads, max_seqs=max(16, min(rows, 64)), max_prompt_tokens=cfg.max_prompt_length)
+    if name == "transformers":
+        from edgereason.train.rollouts import TransformersRollouts
+
+        return TransformersRollouts(tokenizer, cfg.num_generations, cfg.max_completion_length, stop, schedule,
+                                    cfg.temperature, cfg.top_p, cfg.seed)
+    return None
+
+
+def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, render: Any, seed: int) -> Any:
+    """problems, k -> k sampled completions each (prefill included), decoded together by llama.cpp."""
+    fmt = prep.fmt
+    prefix = fmt.prefill if cfg.prefill else ""
+
+    def sample(problems: list[Problem], k: int) -> list[list[str]]:
+        per_call = max(1, decoder.max_seqs // k)
+        out: list[list[str]] = []
+        for start in range(0, len(problems), per_call):
+            chunk = problems[start:start + per_call]
+            ids = [tokenizer(render(p), add_special_tokens=False)["input_ids"] for p in chunk for _ in range(k)]
+            seeds = [seed + start * k + i for i in range(len(ids))]
+            samples, _ = decoder.generate_batch(ids, [cfg.curriculum_temperature] * len(ids), seeds,
+                                                cfg.max_completion_length, cfg.top_p, fmt.stop_sequences())
+            texts = [prefix + tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
+            out += [texts[i * k:(i + 1) * k] for i in range(len(chunk))]
+        return out
+
+    return sample
+
+
+def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], render: Any, engine: Any,
+                tokenizer: Any, log: Any) -> Any:
+    """The curriculum pool: restored on resume, else the first `curriculum_pool` problems measured
+    (with the rollout engine's decoder, or llama.cpp on the base when the engine has none)."""
+    from edgereason.train.curriculum import CurriculumPool, measure
+
+    low, high = cfg.curriculum_band
+    pool = CurriculumPool({p.id: p for p in problems}, render, low=low, high=high, seed=cfg.seed)
+    if pool.restore(prep.run_dir / "curriculum.json"):  # a resumed run continues with its curriculum as it was
+        log(f"curriculum restored: {pool.sizes()}")
+        return pool
+    candidates = problems[: cfg.curriculum_pool]
+    pool.unmeasured = [p.id for p in problems[cfg.curriculum_pool:]]
+    decoder = getattr(engine, "decoder", None)
+    owned = None
+    if decoder is None:
+        from llama_cpp import Llama
+
+        from edgereason.backends.llamacpp_parallel import ParallelDecoder
+
+        owned = Llama(model_path=str(rollout_base_gguf(prep.model, prep.run_dir / "logs")), n_ctx=256,
+                      n_threads=cfg.threads or os.cpu_count() or 1, verbose=False)
+        decoder = ParallelDecoder(owned, 16, 16 * (cfg.max_prompt_length + cfg.max_completion_length),
+                                  cfg.threads or os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    log(f"measuring pass rates: {len(candidates)} problems x {cfg.curriculum_samples} samples")
+    rates = measure(candidates, _sampler(cfg, prep, decoder, tokenizer, render, cfg.seed), cfg.curriculum_samples,
+                    prep.fmt)
+    if owned is not None:
+        decoder.close()
+        owned.close()
+    pool.apply(rates)
+    pool.history.append({"step": 0, "measured": len(rates), "seconds": round(time.perf_counter() - t0, 1), **pool.sizes()})
+    log(f"curriculum: {pool.sizes()} after {time.perf_counter() - t0:.0f} s (band {low} < pass rate < {high})")
+    if not pool.active:
+        log("[yellow]no measured problem is in the band: training on the others until a refresh finds some[/]")
+    return pool
+
+
+def _refresher(cfg: TrainConfig, prep: Prepared, engine: Any, tokenizer: Any, render: Any) -> Any:
+    """Re-measure a sample of the pool with the current adapter (engines with a llama.cpp decoder)."""
+    if cfg.curriculum_refresh_steps == 0 or getattr(engine, "decoder", None) is None:
+        return None
+    from edgereason.train.curriculum import measure
+
+    def refresh(problems: list[Problem], step: int) -> dict[str, float]:
+        engine.sync_weights()
+        return measure(problems, _sampler(cfg, prep, engine.decoder, tokenizer, render, cfg.seed + 7 * step),
+                       cfg.curriculum_samples, prep.fmt)
+
+    return refresh
+
+
+# ---- finishing -------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _dir_hash(path: Path) -> str:
@@ -305,119 +472,10 @@ def _dir_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
-    """Train (or resume) the run described by `cfg` and write adapter, run.json, report and plot."""
-    model_info, problems, resume = check_setup(cfg)
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoTokenizer, ProgressCallback, PrinterCallback
-
-    from edgereason.train.callbacks import BatchStats, GRPOControlCallback, RunRecordCallback, read_metrics, summarise_metrics
-    from edgereason.train.report import write_report
-    from edgereason.train.rewards import CosineLengthParams, make_trl_rewards
-
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.key").write_text(_config_key(cfg))
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    fmt = get_format(cfg.format)
-    hf_dir = model_info.require_hf()
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    if model_info.chat_template and not tokenizer.chat_template:
-        tokenizer.chat_template = model_info.chat_template
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if cfg.curriculum != "none" and not any(p.level for p in problems):
-        problems = _curriculum(cfg, *measure_difficulty(cfg, problems))
-    problems = _fit_prompts(problems, tokenizer, fmt, cfg)
-    if cfg.max_samples:
-        problems = problems[: cfg.max_samples]
-    dataset = to_dataset(problems, tokenizer, fmt, cfg.prefill)
-
-    use_gpu = torch.cuda.is_available()
-    args = _grpo_args(cfg, run_dir, use_gpu)
-    stats = BatchStats(fmt)
-    rewards = make_trl_rewards(
-        fmt,
-        prefix=fmt.prefill if cfg.prefill else "",
-        cosine=CosineLengthParams(
-            cfg.cosine_min_correct,
-            cfg.cosine_max_correct,
-            cfg.cosine_min_wrong,
-            cfg.cosine_max_wrong,
-            cfg.cosine_max_length or cfg.max_completion_length,
-        ),
-        on_batch=stats,
-    )
-    ceiling = _reward_ceiling(cfg)
-    control = GRPOControlCallback(cfg, ceiling)
-    record = RunRecordCallback(run_dir, stats, cfg.sample_every, show_progress)
-    peft_config = None
-    if not cfg.full_finetune:
-        peft_config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules,
-            task_type="CAUSAL_LM",
-        )
-    Trainer = _make_trainer_class()
-    trainer = Trainer(
-        model=str(hf_dir),
-        reward_funcs=rewards,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[control, record],
-    )
-    trainer.temperature_schedule = cfg.temperature_schedule
-    trainer.stop_strings = fmt.stop_sequences() or None
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    control.trainer = trainer
-
-    _write_run_json(cfg, run_dir, model_info, problems, status="running", resume=resume)
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - t0
-
-    adapter_dir = run_dir / ("model" if cfg.full_finetune else "adapter")
-    tmp = run_dir / f".{adapter_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    os.replace(tmp, adapter_dir)
-
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    metrics = summarise_metrics(rows)
-    steps = trainer.state.global_step
-    stop_reason = control.stop_reason or ("max_steps" if steps >= cfg.max_steps else "stopped")
-    timing = {
-        "wall_seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / max(steps - (int(resume.name.split("-")[-1]) if resume else 0), 1), 2),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-    }
-    _write_run_json(
-        cfg, run_dir, model_info, problems, status=FINISHED, resume=resume,
-        extra={"steps": steps, "stop_reason": stop_reason, "final_metrics": metrics, **timing},
-    )
-    write_report(run_dir, cfg, rows, metrics, stop_reason, timing)
-    return RunResult(run_dir, adapter_dir, steps, stop_reason, metrics, seconds)
-
-
 def _reward_ceiling(cfg: TrainConfig) -> float:
     """Highest weighted total reward (for saturation detection)."""
-    from edgereason.train.rewards import FORMAT_EXACT, PROCESS_ARITHMETIC_WEIGHT, PROCESS_STEPS_WEIGHT
     from edgereason.grading import EXACT_CREDIT
+    from edgereason.train.rewards import FORMAT_EXACT, PROCESS_ARITHMETIC_WEIGHT, PROCESS_STEPS_WEIGHT
 
     best = {
         "format": FORMAT_EXACT,
@@ -429,44 +487,69 @@ def _reward_ceiling(cfg: TrainConfig) -> float:
     return sum(w * best[k] for k, w in cfg.reward_weights.items())
 
 
-def _write_run_json(cfg, run_dir, model_info, problems, status, resume, extra: dict[str, Any] | None = None):
-    hf = model_info.hf_dir
+def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = None) -> None:
+    cfg, hf = prep.cfg, prep.model.hf_dir
     record = {
         "name": cfg.name,
         "status": status,
         "config": cfg.model_dump(mode="json"),
-        "versions": versions("torch", "transformers", "trl", "peft", "accelerate", "edgereason", python=True),
-        "base_model": {"name": model_info.name, "source": model_info.source, "hash": _dir_hash(hf) if hf else None},
-        "data": {"dataset": cfg.dataset, "problems": len(problems), "hash": dataset_hash(problems)},
+        "versions": versions("torch", "transformers", "trl", "peft", "accelerate", "llama-cpp-python", "edgereason",
+                             python=True),
+        "base_model": {"name": prep.model.name, "source": prep.model.source, "hash": _dir_hash(hf) if hf else None},
+        "data": {"dataset": cfg.dataset, "problems": len(prep.problems), "hash": dataset_hash(prep.problems)},
         "seed": cfg.seed,
-        "resumed_from": str(resume) if resume else None,
+        "resumed_from": str(prep.resume) if prep.resume else None,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         **(extra or {}),
     }
-    tmp = run_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, run_dir / "run.json")
+    write_text_atomic(prep.run_dir / "run.json", json.dumps(record, indent=2))
 
 
-def measure_difficulty(cfg: TrainConfig, problems: list[Problem]) -> tuple[list[Problem], list[Problem]]:
-    """The curriculum pre-pass for data without levels: sample the base model `difficulty_samples`
-    times per problem; (hard, easy) = solved at most / more than `hard_max_pass_rate` of the time."""
-    from edgereason.backends.base import SamplingParams
-    from edgereason.backends import create_backend
+def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str | None) -> RunResult:
+    from edgereason.train.callbacks import read_metrics, summarise_metrics
+    from edgereason.train.report import write_report
 
-    fmt = get_format(cfg.format)
-    pool = problems[: cfg.difficulty_pool]
-    backend = create_backend("transformers", cfg.model)
-    params = SamplingParams(
-        max_tokens=cfg.max_completion_length, temperature=1.0, n=cfg.difficulty_samples,
-        seed=cfg.seed, stop=fmt.stop_sequences(), prefix=fmt.prefill if cfg.prefill else "",
-    )
+    cfg, run_dir, trainer = prep.cfg, prep.run_dir, built.trainer
+    adapter_dir = run_dir / ("model" if cfg.full_finetune else "adapter")
+    with atomic_output(adapter_dir) as tmp:
+        trainer.save_model(str(tmp))
+        built.tokenizer.save_pretrained(str(tmp))
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    metrics = summarise_metrics(rows)
+    steps = trainer.state.global_step
+    reason = stop_reason or ("max_steps" if steps >= cfg.max_steps else "stopped")
+    done_before = int(prep.resume.name.split("-")[-1]) if prep.resume else 0
+    timing = {
+        "wall_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(steps - done_before, 1), 2),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+    extra: dict[str, Any] = {"steps": steps, "stop_reason": reason, "final_metrics": metrics,
+                             "rollout_engine": built.engine_name, "bf16": built.bf16[0], "precision_note": built.bf16[1],
+                             **timing}
+    if built.pool is not None:
+        extra["curriculum"] = built.pool.sizes()
+    write_run_json(prep, FINISHED, extra)
+    write_report(run_dir, cfg, rows, metrics, reason, timing)
+    return RunResult(run_dir, adapter_dir, steps, reason, metrics, seconds)
 
-    def sample(p: Problem, k: int) -> list[str]:
-        return [c.text for c in backend.chat([fmt.messages(p.question)], params)[0]]
 
-    rates = measure_pass_rates(pool, sample, cfg.difficulty_samples, fmt.name)
-    backend.close()
-    hard = filter_by_pass_rate(pool, rates, cfg.hard_max_pass_rate)
-    easy = [p for p in pool if p not in hard]
-    return hard, easy
+def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
+    """Train (or resume) the run described by `cfg` and write adapter, run.json, report and plot."""
+    from rich.console import Console
+
+    prep = prepare_run(cfg)
+    console = Console(quiet=not show_progress)
+    prep.run_dir.mkdir(parents=True, exist_ok=True)
+    (prep.run_dir / "config.key").write_text(_config_key(cfg))
+    (prep.run_dir / "config.yaml").write_text(cfg.to_yaml())
+    built = build_trainer(prep, show_progress, log=console.print)
+    write_run_json(prep, "running")
+    t0 = time.perf_counter()
+    try:
+        built.trainer.train(resume_from_checkpoint=str(prep.resume) if prep.resume else None)
+    finally:
+        if built.engine is not None:
+            built.engine.close()
+    control = next(c for c in built.trainer.callback_handler.callbacks if hasattr(c, "stop_reason"))
+    return finalize_run(prep, built, time.perf_counter() - t0, control.stop_reason)

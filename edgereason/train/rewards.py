@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from edgereason.formats import ReasoningFormat, get_format
-from edgereason.grading import answers_equal, extract_answer, partial_credit
+from edgereason.grading import EQUIVALENT_CREDIT, answers_equal, extract_answer, partial_credit
 
 # ---- format adherence ------------------------------------------------------------------------
 
@@ -196,12 +196,13 @@ def make_trl_rewards(
     fmt: ReasoningFormat | str | None,
     prefix: str = "",
     cosine: CosineLengthParams = CosineLengthParams(),
-    on_batch: Callable[[list[str], list[str], dict[str, list[float]]], None] | None = None,
+    on_batch: Callable[..., None] | None = None,
 ) -> list[Callable[..., list[float]]]:
     """Reward functions in REWARD_NAMES order, in TRL's calling convention.
 
     `prefix` is the format prefill the prompt ended with; it is put back in front of each completion
-    before grading. `on_batch(prompts, texts, scores)` sees every scored batch (sample logging).
+    before grading. `on_batch(prompts, texts, scores, ids=, correct=)` sees every scored batch
+    (sample logging, format compliance, the curriculum's measurements).
     """
     f = get_format(fmt)
 
@@ -214,11 +215,13 @@ def make_trl_rewards(
     def process(completions, **kw):
         return [process_reward(t, f) for t in full(completions)]
 
-    def accuracy(completions, answer, prompts=None, **kw):
+    def accuracy(completions, answer, prompts=None, id=None, **kw):  # noqa: A002 - TRL passes dataset columns by name
         texts = full(completions)
         scores = [accuracy_reward(t, g, f) for t, g in zip(texts, answer)]
         if on_batch is not None:
-            on_batch(list(prompts or []), texts, {"accuracy": scores})
+            correct = [s >= EQUIVALENT_CREDIT for s in scores]  # exact (3.0) or equivalent (1.5)
+            on_batch(list(prompts or []), texts, {"accuracy": scores}, ids=list(id) if id is not None else None,
+                     correct=correct)
         return scores
 
     def correctness(completions, answer, **kw):

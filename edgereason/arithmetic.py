@@ -1,0 +1,122 @@
+"""A seeded generator of arithmetic word problems with one, two and three steps.
+
+The curriculum's floor: problems a 0.1B model sometimes solves, so GRPO has a signal before it can
+touch GSM8K. Each problem is built from a chain of operations on small whole numbers (every
+intermediate result a whole number >= 0), worded as a short story; the answer is the chain's value.
+`subject` is "1-step", "2-step" or "3-step" (reported separately by eval).
+
+The same seed always gives the same problems. `arith` (seed 0, 600 problems, 200 of each depth) is
+an evaluation benchmark; `arith-train` (seed 1) is for training and never contains a question of
+`arith` (checked as the problems are drawn).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgereason.problems import Problem
+
+NAMES = ("Tom", "Sara", "Ali", "Mia", "Ben", "Lena", "Omar", "Ivy", "Raj", "Zoe", "Leo", "Nora", "Sam", "Ada")
+THINGS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "shells", "cards", "coins", "balloons",
+          "stamps", "beads", "toy cars", "flowers", "eggs", "buttons")
+CONTAINERS = ("boxes", "bags", "jars", "baskets", "packs", "crates")
+DEPTHS = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class _Step:
+    text: str  # a sentence applying the operation to the running amount
+    apply: Callable[[int], int]
+
+
+def _add(rng: random.Random, who: str, what: str, amount: int) -> _Step:
+    n = rng.randint(2, 30)
+    verb = rng.choice((f"{who} buys {n} more {what}", f"{who} finds {n} more {what}",
+                       f"A friend gives {who} {n} {what}", f"{who} gets {n} more {what} as a gift"))
+    return _Step(verb + ".", lambda x: x + n)
+
+
+def _sub(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
+    if amount < 3:
+        return None
+    n = rng.randint(1, amount - 1)
+    verb = rng.choice((f"{who} gives away {n} {what}", f"{who} loses {n} {what}", f"{who} uses {n} {what}",
+                       f"{who} sells {n} {what}"))
+    return _Step(verb + ".", lambda x: x - n)
+
+
+def _mul(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
+    if amount > 40:
+        return None
+    n = rng.randint(2, 5)
+    verb = rng.choice((f"Then the number of {what} {who} has is multiplied by {n}",
+                       f"{who} gets {n - 1} more groups of the same size, so {who} has {n} times as many {what}"))
+    return _Step(verb + ".", lambda x: x * n)
+
+
+def _div(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
+    factors = [d for d in range(2, 7) if amount % d == 0 and amount // d >= 1]
+    if not factors:
+        return None
+    d = rng.choice(factors)
+    verb = rng.choice((f"{who} splits the {what} into {d} equal piles and keeps one pile",
+                       f"{who} puts the {what} into {d} equal groups and keeps one group"))
+    return _Step(verb + ".", lambda x: x // d)
+
+
+_OPS = (_add, _sub, _mul, _div)
+
+
+def _start(rng: random.Random, who: str, what: str) -> tuple[str, int]:
+    if rng.random() < 0.3:
+        groups, each = rng.randint(2, 6), rng.randint(2, 9)
+        box = rng.choice(CONTAINERS)
+        return f"{who} has {groups} {box} with {each} {what} in each.", groups * each
+    n = rng.randint(3, 40)
+    return f"{who} has {n} {what}.", n
+
+
+def _problem(rng: random.Random, depth: int) -> tuple[str, int]:
+    """A story of `depth` operations (a grouped start counts as one) and its whole-number answer."""
+    who, what = rng.choice(NAMES), rng.choice(THINGS)
+    while True:
+        start, amount = _start(rng, who, what)
+        steps = 1 if " in each" in start else 0
+        sentences = [start]
+        while steps < depth:
+            step = rng.choice(_OPS)(rng, who, what, amount)
+            if step is None:
+                continue
+            amount = step.apply(amount)
+            sentences.append(step.text)
+            steps += 1
+        if steps == depth and 0 <= amount <= 1000:
+            break
+    sentences.append(f"How many {what} does {who} have now?")
+    return " ".join(sentences), amount
+
+
+def generate_arithmetic(n: int = 600, seed: int = 0, depths: tuple[int, ...] = DEPTHS,
+                        exclude: frozenset[str] = frozenset()) -> list[Problem]:
+    """`n` problems, depths in rotation (balanced), fully determined by `seed`; questions in
+    `exclude` (another split's) are skipped, as are repeats."""
+    rng = random.Random(seed)
+    problems: list[Problem] = []
+    seen = set(exclude)
+    while len(problems) < n:
+        depth = depths[len(problems) % len(depths)]
+        question, answer = _problem(rng, depth)
+        if question in seen:
+            continue
+        seen.add(question)
+        problems.append(Problem(f"arith-s{seed}-{len(problems)}", question, str(answer), source="arith",
+                                subject=f"{depth}-step", level=depth))
+    return problems
+
+
+def arithmetic_train(n: int = 5000) -> list[Problem]:
+    """The training split: seed 1, with every question of the `arith` benchmark excluded."""
+    test = frozenset(p.question for p in generate_arithmetic(600, 0))
+    return generate_arithmetic(n, 1, exclude=test)
