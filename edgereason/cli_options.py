@@ -125,6 +125,9 @@ def stage_command(config_cls: type[C], run: Callable[[C], None], *, help: str,
     """A typer command: flags from `config_cls`, then `run(config)`. `errors` are the exceptions
     that mean bad input: printed as one line, exit status 2."""
     specs = option_specs(config_cls, short, exclude)
+    clash = {s.param for s in specs} & {"config", "set_"}
+    if clash:
+        raise ValueError(f"{config_cls.__name__}: field(s) {sorted(clash)} clash with the --config/--set options")
     console = Console(stderr=True)
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [

@@ -40,6 +40,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "math500": ("math500/test.jsonl", "math"),
     "aime24": ("aime24/test.jsonl", "competition"),
     "amc23": ("amc23/test.jsonl", "competition"),
+    "arc-easy": ("arc/easy-test.jsonl", "table"),
+    "arc-challenge": ("arc/challenge-test.jsonl", "table"),
 }
 
 
@@ -53,8 +55,9 @@ GENERATED: dict[str, tuple[str, Callable[[], list[Problem]]]] = {
 
 
 def is_test_split(path: str | Path) -> bool:
-    """True for evaluation files (never to be trained on)."""
-    return Path(path).name.startswith("test")
+    """True for evaluation files (never to be trained on): "test" as a part of the file name
+    (test.jsonl, easy-test.jsonl, gsm8k_test.parquet)."""
+    return re.search(r"(?:^|[-_.])test(?:[-_.]|$)", Path(path).name) is not None
 
 
 def is_eval_only(name_or_path: str | Path, root: str | Path | None = None) -> bool:
@@ -99,7 +102,7 @@ def load_benchmark(name_or_path: str | Path, root: str | Path | None = None, **m
         return list(load_math(path, source=source))
     if reader == "competition":
         return list(load_competition(path, source=source))
-    return load_table(path, **mapping)
+    return load_table(path, source=source if name in BENCHMARKS else None, **mapping)
 
 
 # ---- readers --------------------------------------------------------------------------------

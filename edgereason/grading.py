@@ -289,3 +289,143 @@ def is_correct(answer: str | None, gold: str, choices: Sequence[str] | None = No
     if choices:
         return choice_letter(answer, choices) == gold
     return answers_equal(answer, gold)
+
+
+# ---- strict and flexible extraction (eval) ---------------------------------------------------
+#
+# An accuracy that only counts answers found in the format's answer field rises whenever a model
+# learns the tags, whether or not its reasoning improved. So eval reports two accuracies side by
+# side, as lm-evaluation-harness does with `strict-match` and `flexible-extract`:
+# - strict: the answer in the format's answer field (the <answer> tag, or \boxed{} for the boxed
+#   format); no field, no answer;
+# - flexible: the answer found anywhere in the completion by one documented rule per answer type,
+#   the same rule whatever the format (FLEXIBLE_RULES).
+
+AnswerType = Literal["number", "math", "yes_no", "true_false", "choice", "set"]
+
+FLEXIBLE_RULES: dict[str, str] = {
+    "number": "\\boxed{} if present, else GSM8K's '#### N', else the number after the last 'answer is', "
+              "else the last number in the completion (a fraction a/b or \\frac{a}{b} counts as one number)",
+    "math": "\\boxed{} if present, else the last $...$ expression, else the last number",
+    "yes_no": "the last standalone 'yes' or 'no' (any case)",
+    "true_false": "the last standalone 'true' or 'false' (any case)",
+    "choice": "the last option the completion commits to: 'answer is X', '(X)', 'X)' or a lone letter, "
+              "or the text of an option, whichever comes last",
+    "set": "the last {...} in the completion",
+}
+
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_TRUE_FALSE = re.compile(r"\b(true|false)\b", re.IGNORECASE)
+# A number as written in an answer: \frac{a}{b}, a/b, or a plain (signed, decimal, grouped) number.
+_NUMERIC = r"-?\\[dt]?frac\{-?\d+\}\{-?\d+\}|(?:" + _NUMBER + r")(?:\s*/\s*(?:" + _NUMBER + r"))?"
+_NUMERIC_RE = re.compile(_NUMERIC)
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:|=)\s*\$?\s*(" + _NUMERIC + ")", re.IGNORECASE)
+_DOLLARS = re.compile(r"\$([^$]+)\$")
+_SET = re.compile(r"\{[^{}]*\}")
+
+
+def answer_type(gold: str, choices: Sequence[str] | None = None) -> AnswerType:
+    """The kind of answer a problem expects, from its gold answer."""
+    if choices:
+        return "choice"
+    g = normalize_answer(gold)
+    if g in ("yes", "no"):
+        return "yes_no"
+    if g in ("true", "false"):
+        return "true_false"
+    if to_number(gold) is not None:
+        return "number"
+    if re.fullmatch(r"\s*\{[^{}]*\}\s*", gold):
+        return "set"
+    return "math"
+
+
+def strict_answer(completion: str, fmt: ReasoningFormat | str | None = None) -> str | None:
+    """The format's answer field, or None (an unclosed answer tag counts when the text ends in it)."""
+    if not completion:
+        return None
+    f = get_format(fmt)
+    if f.kind == "boxed":
+        return last_boxed(completion)
+    parsed = f.parse(completion)
+    if parsed.tags_present.get("answer_open") and parsed.answer:
+        return parsed.answer
+    return None
+
+
+def _last(pattern: re.Pattern[str], text: str) -> str | None:
+    found = pattern.findall(text)
+    return found[-1] if found else None
+
+
+def _choice_from_text(text: str, choices: Sequence[str]) -> str | None:
+    letters = "ABCDEFGHIJ"[: len(choices)]
+    candidates: list[tuple[int, str]] = []
+    for m in re.finditer(rf"answer\s*(?:is|:)?\s*\(?([{letters}])\)?(?![A-Za-z])", text, re.IGNORECASE):
+        candidates.append((m.start(1), m.group(1).upper()))
+    for m in re.finditer(rf"(?:^|[\s(])\(?([{letters}])\)(?=\s|$|[.,:])", text):
+        candidates.append((m.start(1), m.group(1)))
+    for m in re.finditer(rf"(?:^|\n)\s*([{letters}])\s*(?:$|\n|\.)", text):
+        candidates.append((m.start(1), m.group(1)))
+    lowered = text.lower()
+    for i, c in enumerate(choices):
+        c_norm = c.strip().lower()
+        if len(c_norm) >= 3:
+            pos = lowered.rfind(c_norm)
+            if pos >= 0:
+                candidates.append((pos, letters[i]))
+    return max(candidates)[1] if candidates else None
+
+
+def flexible_answer(completion: str, kind: AnswerType, choices: Sequence[str] | None = None) -> str | None:
+    """The answer found anywhere in `completion` by FLEXIBLE_RULES[kind], whatever its format."""
+    if not completion:
+        return None
+    text = completion
+    if kind == "choice":
+        return _choice_from_text(text, choices or ())
+    if kind == "yes_no":
+        found = _last(_YES_NO, text)
+        return found.lower() if found else None
+    if kind == "true_false":
+        found = _last(_TRUE_FALSE, text)
+        return found.lower() if found else None
+    if kind == "set":
+        return _last(_SET, text)
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed
+    if kind == "number":
+        m = None
+        for m in _GSM8K_RE.finditer(text):
+            pass
+        if m is not None and m.group(1).strip():
+            return m.group(1).strip()
+        found = _last(_ANSWER_IS, text)
+        if found:
+            return found
+    if kind == "math":
+        found = _last(_DOLLARS, text)
+        if found:
+            return found
+    return _last(_NUMERIC_RE, text)
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Strict and flexible grading of one completion."""
+
+    kind: AnswerType
+    strict_answer: str | None
+    strict_correct: bool
+    flexible_answer: str | None
+    flexible_correct: bool
+
+
+def grade_completion(completion: str, gold: str, choices: Sequence[str] | None = None,
+                     fmt: ReasoningFormat | str | None = None) -> Verdicts:
+    """Both verdicts for one completion (the eval's grader)."""
+    kind = answer_type(gold, choices)
+    strict = strict_answer(completion, fmt)
+    flexible = flexible_answer(completion, kind, choices)
+    return Verdicts(kind, strict, is_correct(strict, gold, choices), flexible, is_correct(flexible, gold, choices))

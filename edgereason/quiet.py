@@ -37,6 +37,14 @@ def quiet_libraries() -> None:
     # transformers deprecates `is_gradient_checkpointing` in favour of a new name; TRL still reads the
     # old one, once per step. TRL's pinned release is what calls it, not edgereason.
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    # transformers draws a progress bar for loading a checkpoint's weights: under a second for these
+    # models, and one more line in every stage's log.
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     # tokenizers warns when a process forks after using its thread pool (the eval's worker processes);
     # the forked children do not tokenize.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,9 +1,15 @@
-"""A real bench run with tiny sizes; device-profile arithmetic from GGUF metadata; memory limits."""
+"""A real bench run with tiny sizes; device-profile arithmetic from GGUF metadata; memory limits;
+the server benchmark against raw llama-server."""
 
 import json
 
+import pytest
+
 from edgereason.evalsuite.bench import PROFILES, BenchConfig, _run_worker, fit, run_bench, write_bench
 from edgereason.gguf_meta import gguf_info
+
+
+pytestmark = pytest.mark.model
 
 
 def test_kv_cache_size_from_gguf_metadata(default_model):
@@ -46,13 +52,20 @@ def test_tiny_real_bench_writes_json_markdown_and_plots(tmp_path, default_model)
         assert (tmp_path / png).stat().st_size > 5000
 
 
-def test_server_bench_measures_overhead_and_load(default_model):
-    from edgereason.evalsuite.serve_bench import run_serve_bench, serve_bench_markdown
+def test_server_bench_against_raw_llama_server(default_model, tmp_path):
+    from edgereason.evalsuite.serve_bench import run_serve_bench, serve_bench_markdown, write_serve_plot
 
-    r = run_serve_bench(default_model.gguf_path, threads=2, clients=6, seconds=6, tokens=16, repeats=1, max_queue=2)
-    assert r["overhead"]["raw_tok_s"] > 1 and r["overhead"]["http_tok_s"] > 1
+    r = run_serve_bench(default_model.gguf_path, threads=2, slots=2, clients=(1, 2), tokens=16, requests_each=1,
+                        vote_ks=(2,), load_clients=8, load_seconds=6, max_queue=1)
+    for t in r["throughput"]:
+        assert t["raw_tok_s"] > 1 and t["gateway_tok_s"] > 1 and t["gateway_over_raw"] > 0
+    assert r["ttft"]["raw_s"] > 0 and r["ttft"]["gateway_s"] > 0
+    vote = r["voting"]["2"]
+    assert vote["tokens"] == 2 * 16 and vote["x_single"] > 0 and vote["raw_limit_x"] > 0
     load = r["load"]
     assert load["ok"] >= 1 and load["errors_other_than_429"] == 0
-    assert load["statuses"].get("429", 0) >= 1  # 6 clients on a queue of 2: the bound is enforced
+    assert load["statuses"].get("429", 0) >= 1  # 8 clients on 2 slots and a queue of 1: the bound is enforced
     assert load["p99_s"] >= load["p50_s"] > 0 and load["rss_mb_peak"] > 50
-    assert "Gateway overhead" in "\n".join(serve_bench_markdown(r))
+    text = "\n".join(serve_bench_markdown(r))
+    assert "raw llama-server" in text and "llama-batched-bench" in text
+    assert write_serve_plot(r, tmp_path).stat().st_size > 5000

@@ -27,6 +27,7 @@ def test_answer_card_flags_invalid_and_split_votes():
     assert "could not answer" in render_answer(Outcome("q", error="The tutor could not answer: boom"))
 
 
+@pytest.mark.model
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
 def test_demo_in_a_real_browser():
     from live_server import Server, free_port
@@ -34,7 +35,7 @@ def test_demo_in_a_real_browser():
 
     from edgereason.serve.demo import launch
 
-    server = Server(n_ctx=1024, max_tokens=256)
+    server = Server(llama_cpp={"ctx_per_slot": 1024}, limits={"max_tokens": 256})
     port = free_port()
     demo = launch(f"{server.base}/v1", "smollm2-135m", None, "127.0.0.1", port, prevent_thread_lock=True)
     SHOTS.mkdir(parents=True, exist_ok=True)

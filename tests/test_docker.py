@@ -10,7 +10,7 @@ import httpx
 import pytest
 from live_server import free_port
 
-from edgereason.evalsuite.serve_bench import wait_healthy
+from edgereason.servers import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +26,7 @@ def test_hadolint_passes():
         assert needle in text
 
 
+@pytest.mark.model
 def test_edge_install_steps_build_a_working_server(tmp_path, default_model):
     venv = tmp_path / "venv"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
@@ -42,7 +43,7 @@ def test_edge_install_steps_build_a_working_server(tmp_path, default_model):
         health = wait_healthy(f"http://127.0.0.1:{port}")
         if health is None:
             pytest.fail("the edge install's server never became healthy: " + server.stdout.read1(4000).decode(errors="replace"))
-        assert health["backend"] == "llama.cpp"
+        assert health["backend"] == "llama-server" and health["ready"]
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120, json={
             "model": health["model"], "max_tokens": 48, "messages": [{"role": "user", "content": "What is 2 + 3?"}]})
         assert r.status_code == 200 and "reasoning_content" in r.json()["choices"][0]["message"]

@@ -10,9 +10,10 @@ from edgereason.grading import choice_letter, is_correct
 from edgereason.logic import CATEGORIES, equivalent, evaluate, generate_logic
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact
-from edgereason.evalsuite.report import write_report
-from edgereason.evalsuite.runner import EvalError, run_eval
+from edgereason.evalsuite.report import write_report, write_transfer_report
+from edgereason.evalsuite.runner import EvalError, baseline_of, run_eval
 from edgereason.evalsuite.targets import parse_target
+from edgereason.results import EvalSummary
 
 
 # ---- metric math -------------------------------------------------------------------------------
@@ -89,13 +90,30 @@ def test_multiple_choice_loader_and_scorer(tmp_path):
         load_benchmark(str(f))
 
 
-def test_targets_parse():
+def test_targets_parse(tmp_path):
     assert parse_target("smollm2-135m").backend == "transformers"
     t = parse_target("smollm2-135m+runs/x/adapter")
     assert t.backend == "transformers" and str(t.adapter) == "runs/x/adapter"
     assert parse_target("exports/x/model-q4_k_m.gguf").backend == "llama.cpp"
+    t = parse_target("base.gguf+adapter-lora-f16.gguf")
+    assert t.backend == "llama.cpp" and str(t.adapter) == "adapter-lora-f16.gguf"
+    (tmp_path / "manifest.json").write_text("{}")
+    assert parse_target(str(tmp_path)).backend == "llama.cpp"  # an export folder
     t = parse_target("http://127.0.0.1:8000/v1#smol")
     assert (t.backend, t.url, t.model) == ("server", "http://127.0.0.1:8000/v1", "smol")
+
+
+def test_baselines_by_hand():
+    logic = load_benchmark("logic")
+    b = baseline_of(logic)
+    yes_no = [p for p in logic if p.gold_answer in ("yes", "no")]
+    true_false = [p for p in logic if p.gold_answer in ("true", "false")]
+    most = max(sum(p.gold_answer == a for p in yes_no) for a in ("yes", "no"))
+    most_tf = max(sum(p.gold_answer == a for p in true_false) for a in ("true", "false"))
+    assert b.rate == pytest.approx((most + most_tf) / len(logic)) and b.kind == "mixed"
+    arc = load_benchmark("arc-easy")[:40]
+    assert baseline_of(arc).rate == pytest.approx(sum(1 / len(p.choices) for p in arc) / 40)
+    assert baseline_of(load_benchmark("gsm8k")[:10]).kind == "none"
 
 
 # ---- real evals --------------------------------------------------------------------------------
@@ -105,27 +123,48 @@ def _cfg(tmp_path, name, **kw):
     return EvalConfig(**{**base, **kw})
 
 
-def test_real_eval_through_transformers_and_llamacpp_writes_everything(tmp_path, default_model):
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.model
+def test_real_eval_through_transformers_and_llama_server_writes_everything(tmp_path, default_model):
     hf = run_eval(_cfg(tmp_path, "hf"), show_progress=False)
     cpp = run_eval(_cfg(tmp_path, "cpp", model=str(default_model.gguf_path), samples=3), show_progress=False)
-    for s in (hf, cpp):
-        assert s.n == 5 and not s.partial and 0 <= s.accuracy <= 1
-        rows = [json.loads(line) for line in (tmp_path / ("hf" if s is hf else "cpp") / "samples.jsonl").read_text().splitlines()]
+    for s, name in ((hf, "hf"), (cpp, "cpp")):
+        assert s.n == 5 and not s.partial and 0 <= s.strict.value <= s.flexible.value <= 1
+        rows = _rows(tmp_path / name / "samples.jsonl")
         assert len(rows) == 5
-        assert {"question", "completion", "answer", "correct", "format_valid", "completion_tokens", "latency_s"} <= set(rows[0])
-        assert json.loads((tmp_path / ("hf" if s is hf else "cpp") / "summary.json").read_text())["n"] == 5
-    assert hf.backend == "transformers" and cpp.backend == "llama.cpp"
-    assert cpp.samples_per_problem == 3 and set(cpp.maj_at_k) == {"1", "2", "3"}
-    assert all(0 <= cpp.pass_at_k[k] <= 1 for k in cpp.pass_at_k)
-    assert cpp.pass_at_k["3"] >= cpp.pass_at_k["1"]  # pass@k never falls with k
+        assert {"question", "completion", "strict_answer", "strict_correct", "flexible_answer", "flexible_correct",
+                "answer_type", "format_valid", "completion_tokens"} <= set(rows[0])
+        # The flexible verdict is at least the strict one on every problem (a strict answer is also found).
+        assert all(r["flexible_correct"] >= r["strict_correct"] or r["flexible_answer"] != r["strict_answer"] for r in rows)
+        assert EvalSummary.read(tmp_path / name / "summary.json").n == 5
+    assert hf.backend == "transformers" and cpp.backend == "llama.cpp" and cpp.baseline.kind == "none"
+    assert cpp.samples_per_problem == 3 and set(cpp.maj_at_k["flexible"]) == {"1", "2", "3"}
+    assert cpp.pass_at_k["flexible"]["3"] >= cpp.pass_at_k["flexible"]["1"]  # pass@k never falls with k
     assert cpp.generation["sampled"]["temperature"] == 0.7 and cpp.generation["greedy"]["temperature"] == 0.0
     report = write_report([hf, cpp], tmp_path / "report")
     text = report.read_text()
-    assert "paired p (McNemar)" in text and "maj@3" in text
+    assert "Δ strict (p)" in text and "Δ flexible (p)" in text and "maj@3" in text and "Baseline" in text
     for png in ("models.png", "accuracy_by_k.png"):
         assert (tmp_path / "report" / png).stat().st_size > 5000
 
 
+@pytest.mark.model
+def test_transfer_report_over_benchmarks_flags_the_baseline(tmp_path, default_model):
+    by = {}
+    for bench in ("logic", "arc-easy"):
+        by[bench] = [run_eval(_cfg(tmp_path, f"{bench}-{i}", benchmark=bench, limit=6, model=str(default_model.gguf_path),
+                                   max_tokens=32, seed=i), show_progress=False) for i in (0, 1)]
+    report = write_transfer_report(by, tmp_path / "t")
+    text = report.read_text()
+    assert "| logic |" in text and "| arc-easy |" in text and "baseline" in text.lower()
+    assert by["arc-easy"][0].baseline.kind == "chance" and by["logic"][0].baseline.rate > 0.3
+    assert (tmp_path / "t" / "transfer.png").stat().st_size > 5000
+
+
+@pytest.mark.model
 def test_eval_resumes_and_refuses_other_settings(tmp_path, default_model):
     cfg = _cfg(tmp_path, "r", model=str(default_model.gguf_path), limit=3, max_tokens=24)
     first = run_eval(cfg, show_progress=False)
@@ -135,23 +174,23 @@ def test_eval_resumes_and_refuses_other_settings(tmp_path, default_model):
     again = run_eval(cfg, show_progress=False)
     assert again.resumed == 1 and again.n == 3 and not again.partial
     assert [json.loads(x)["id"] for x in samples.read_text().splitlines()] == [json.loads(x)["id"] for x in lines]
-    assert again.accuracy == first.accuracy  # greedy decoding: the redone problems give the same verdicts
+    assert again.flexible.value == first.flexible.value  # greedy decoding: the redone problems give the same verdicts
     with pytest.raises(EvalError, match="other settings"):
         run_eval(cfg.model_copy(update={"max_tokens": 30}), show_progress=False)
     assert run_eval(cfg.model_copy(update={"max_tokens": 30, "fresh": True}), show_progress=False).resumed == 0
 
 
+@pytest.mark.model
 def test_eval_against_a_live_server_and_a_dead_one(tmp_path):
     from live_server import Server, free_port
 
-    server = Server(n_ctx=1024, max_tokens=128)
+    server = Server(llama_cpp={"ctx_per_slot": 1024}, limits={"max_tokens": 128})
     try:
         s = run_eval(_cfg(tmp_path, "srv", model=f"{server.base}/v1", limit=3, concurrency=2, samples=2),
                      show_progress=False)
     finally:
         server.stop()
     assert s.backend == "server" and s.n == 3 and s.samples_per_problem == 2 and not s.partial
-    rows = [json.loads(line) for line in (tmp_path / "srv" / "samples.jsonl").read_text().splitlines()]
-    assert all(r["completion"] for r in rows)
+    assert all(r["completion"] for r in _rows(tmp_path / "srv" / "samples.jsonl"))
     with pytest.raises(EvalError, match="cannot open"):
         run_eval(_cfg(tmp_path, "dead", model=f"http://127.0.0.1:{free_port()}/v1", limit=2), show_progress=False)

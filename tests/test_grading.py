@@ -125,3 +125,49 @@ def test_grading_is_time_bounded_in_worker_thread():
     (slow, elapsed), (fast, _) = results
     assert slow is False and elapsed < 30
     assert fast is True
+
+
+# ---- strict and flexible (eval) ----------------------------------------------------------------
+
+from edgereason.grading import answer_type, flexible_answer, grade_completion, strict_answer  # noqa: E402
+
+
+def test_answer_types_from_the_gold():
+    assert [answer_type(g) for g in ("18", "0.75", "\\frac{1}{2}", "yes", "False", "{1, 3}", "x^2+1")] == [
+        "number", "number", "number", "yes_no", "true_false", "set", "math"]
+    assert answer_type("B", ["a", "b"]) == "choice"
+
+
+def test_strict_needs_the_answer_field_and_flexible_does_not():
+    tagged = "<reasoning>\n5 + 6 = 11\n</reasoning>\n<answer>\n11\n</answer>"
+    free = "5 + 6 = 11, so she has 11."
+    assert strict_answer(tagged) == "11" and strict_answer(free) is None
+    assert flexible_answer(tagged, "number") == "11" == flexible_answer(free, "number")
+    v = grade_completion(free, "11")
+    assert (v.strict_correct, v.flexible_correct) == (False, True)
+    # The same rule whatever the format: a boxed completion is read by both.
+    boxed = "We get $\\boxed{11}$."
+    assert strict_answer(boxed, "boxed") == "11" and flexible_answer(boxed, "number") == "11"
+
+
+@pytest.mark.parametrize("text, kind, choices, expected", [
+    ("The answer is 18 dollars. Check: 18 - 9 = 9.", "number", None, "18"),
+    ("#### 1,200", "number", None, "1,200"),
+    ("so she eats 3/4 of it", "number", None, "3/4"),
+    ("No, it does not follow.", "yes_no", None, "no"),
+    ("It is true that p, so the formula is FALSE.", "true_false", None, "false"),
+    ("A ∪ B = {1, 4}", "set", None, "{1, 4}"),
+    ("I think (C) is right", "choice", ["x", "y", "z"], "C"),
+    ("Plants need sunlight to grow.", "choice", ["water", "sunlight"], "B"),
+    ("nothing here", "number", None, None),
+])
+def test_flexible_rules(text, kind, choices, expected):
+    assert flexible_answer(text, kind, choices) == expected
+
+
+def test_the_grader_agrees_with_every_hand_labelled_case():
+    from edgereason.evalsuite.grader_bench import run_grader_bench
+
+    cases = run_grader_bench()
+    assert len(cases) >= 25 and {c["kind"] for c in cases} >= {"number", "yes_no", "true_false", "set", "choice"}
+    assert [c["note"] for c in cases if not c["agrees"]] == []

@@ -1,4 +1,6 @@
-"""Real GRPO runs on the default model with tiny lengths, resume after kill -9, and setup errors."""
+"""Real GRPO on the default model with tiny sizes: the llama.cpp rollout engine against the policy,
+per-sequence temperatures, the TRL contract the trainer relies on, resume after kill -9, the bf16
+fallback, and setup errors before compute."""
 
 import json
 import os
@@ -6,14 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from edgereason.servers import python_module
 from edgereason.train.config import TrainConfig
-from edgereason.train.grpo import TrainSetupError, check_setup, run_training
+from edgereason.train.grpo import TrainSetupError, prepare_run, run_training
+from edgereason.train.precision import choose_bf16
 
 TINY = dict(
-    max_completion_length=12,
+    max_completion_length=16,
     per_device_train_batch_size=4,
     num_generations=4,
     max_samples=16,
@@ -21,6 +26,7 @@ TINY = dict(
     logging_steps=1,
     lora_r=4,
     lora_alpha=8,
+    dataset="arith-train",
 )
 
 
@@ -28,69 +34,155 @@ def tiny(tmp_path, **kw) -> TrainConfig:
     return TrainConfig(output_root=tmp_path, **{**TINY, **kw})
 
 
-def test_two_step_run_writes_an_adapter_that_loads_and_generates(tmp_path, default_model):
+def _adapter_model(hf_dir: Path, seed: int = 0):
+    """A PEFT LoRA on the base with non-zero B, so it changes the model (and the comparison means something)."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
-    result = run_training(tiny(tmp_path, name="two", max_steps=2), show_progress=False)
-    assert result.steps == 2
-    run = json.loads((result.run_dir / "run.json").read_text())
-    assert run["status"] == "finished" and run["steps"] == 2
-    assert run["base_model"]["hash"] and run["data"]["hash"] and run["versions"]["trl"]
-    assert run["seconds_per_step"] > 0 and run["peak_rss_mb"] > 0
-    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
-    for key in ("rewards/format/mean", "rewards/process/mean", "rewards/accuracy/mean", "rewards/cosine_length/mean", "kl", "beta", "epsilon"):
-        assert key in rows[-1], key
-    assert (result.run_dir / "metrics.png").stat().st_size > 10_000
-    assert "GRPO run" in (result.run_dir / "report.md").read_text()
-
-    tok = AutoTokenizer.from_pretrained(result.adapter_dir)
-    base = AutoModelForCausalLM.from_pretrained(default_model.hf_dir)
-    model = PeftModel.from_pretrained(base, result.adapter_dir)
-    ids = tok("<reasoning>\n2 + 2 =", return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
-    assert out.shape[1] == ids["input_ids"].shape[1] + 4
-
-    # A finished run is never replaced implicitly.
-    with pytest.raises(TrainSetupError, match="finished run"):
-        check_setup(tiny(tmp_path, name="two", max_steps=2))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model.eval()
 
 
-def test_row_temperatures_reach_generation(default_model):
-    """The per-row temperature processor is applied inside generate: a row at a near-zero
-    temperature samples exactly the greedy continuation."""
+# ---- the fast rollout engine ---------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_lora_writer_matches_llama_cpps_converter(tmp_path, default_model):
+    import numpy as np
+    from gguf import GGUFReader
+
+    from edgereason.export.llama_tools import convert_lora_to_gguf
+    from edgereason.train.lora_gguf import LoraLayout, write_lora_gguf
+
+    model = _adapter_model(default_model.hf_dir)
+    model.save_pretrained(tmp_path / "adapter")
+    convert_lora_to_gguf(tmp_path / "adapter", default_model.hf_dir, tmp_path / "conv.gguf", tmp_path / "c.log", "f32")
+    write_lora_gguf(model.state_dict(), LoraLayout.from_hf_config(model.config), 8, tmp_path / "ours.gguf")
+    theirs = {t.name: np.array(t.data) for t in GGUFReader(str(tmp_path / "conv.gguf")).tensors}
+    ours = {t.name: np.array(t.data) for t in GGUFReader(str(tmp_path / "ours.gguf")).tensors}
+    assert set(ours) == set(theirs) and len(ours) == 2 * 7 * 30
+    assert max(float(np.abs(ours[k] - theirs[k]).max()) for k in ours) == 0.0
+
+
+@pytest.mark.model
+def test_rollout_engine_matches_the_policy_and_schedules_temperatures(tmp_path, default_model):
+    """The engine (llama.cpp on the Q4_1 base + the LoRA as GGUF) gives the PEFT model's greedy tokens
+    (the HF copy is the Q4_1 weights dequantized, so only llama.cpp's activation rounding differs),
+    its logprobs are the policy's within that rounding, and each row samples at its own temperature."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+    from transformers import AutoTokenizer
 
-    from edgereason.train.grpo import extra_generate_kwargs
+    from edgereason.formats import get_format
+    from edgereason.train.lora_gguf import LoraLayout
+    from edgereason.train.rollouts import LlamaCppRollouts
 
     tok = AutoTokenizer.from_pretrained(default_model.hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(default_model.hf_dir)
-    ids = tok(["The capital of France is"] * 2, return_tensors="pt")
-    greedy = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    model = _adapter_model(default_model.hf_dir)
+    fmt = get_format()
+    prompt = tok.apply_chat_template(fmt.messages("Tom has 12 apples and buys 7 more. How many apples?"),
+                                     add_generation_prompt=True, tokenize=False) + fmt.prefill
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
 
-    from transformers import LogitsProcessor
+    class Trainer:  # what the engine reads from TRL's trainer
+        class accelerator:
+            process_index = 0
 
-    class RowTemperature(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            return scores / torch.tensor([1e-4, 50.0]).unsqueeze(1)
+        class state:
+            global_step = 0
 
-    torch.manual_seed(0)
-    with extra_generate_kwargs(model, logits_processor=LogitsProcessorList([RowTemperature()])):
-        sampled = model.generate(**ids, max_new_tokens=8, do_sample=True, top_k=0, top_p=1.0)
-    assert "generate" not in model.__dict__  # restored
-    assert torch.equal(sampled[0], greedy[0])  # cold row = greedy
-    assert not torch.equal(sampled[1], greedy[1])  # hot row = near-uniform noise
+    Trainer.model = model
+    engine = LlamaCppRollouts(default_model.gguf_path, tok, LoraLayout.from_hf_config(model.config), 8, 4, 24, [],
+                              [1e-4, 50.0, 1e-4, 50.0], 1.0, 1.0, seed=3, threads=2, max_seqs=8)
+    try:
+        out = engine.rollout([prompt] * 4, Trainer)
+        with torch.no_grad():
+            greedy = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+            logits = model(torch.tensor([ids + out["completion_ids"][0]])).logits[0, len(ids) - 1:-1]
+        cold = out["completion_ids"]
+        assert cold[0] == cold[2]  # both near-zero-temperature rows: the greedy path
+        agree = sum(a == b for a, b in zip(cold[0], greedy))
+        assert agree >= 22, (cold[0], greedy)  # the same greedy tokens, but for llama.cpp's rounding
+        assert cold[1] != cold[0] and cold[3] != cold[0]  # the hot rows (T=50) are near-uniform noise
+        policy = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(cold[0]).unsqueeze(1)).squeeze(1)
+        assert torch.allclose(policy, torch.tensor(out["logprobs"][0]), atol=0.35)
+        assert out["prompt_ids"][0] == ids
+        engine.decoder.set_lora(None)  # without the adapter the greedy path changes: it was applied
+        again = engine.rollout([prompt] * 4, Trainer)
+        assert again["completion_ids"][0] != cold[0]
+    finally:
+        engine.close()
 
 
+@pytest.mark.model
+def test_compact_scoring_gives_trls_log_probs(default_model):
+    """TRL's fused head scores only the labelled positions under `score_completions_only`; the
+    per-token log-probabilities are the ones of its full path (and the patched name still exists)."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from edgereason.train.trainer import score_completions_only
+
+    assert hasattr(trl_utils, "_use_triton")
+    model = AutoModelForCausalLM.from_pretrained(str(default_model.hf_dir), dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs",))
+    ids = torch.randint(100, 30000, (2, 40))
+    labels = ids.clone()
+    labels[:, :30] = -100  # only the last 10 positions are scored
+
+    def logps():
+        with torch.no_grad():
+            return model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs[:, -10:]
+
+    saved = trl_utils._use_triton
+    full = logps()
+    try:
+        score_completions_only()
+        assert trl_utils._use_triton(torch.device("cpu"))
+        compact = logps()
+    finally:
+        trl_utils._use_triton = saved
+        trl_utils._edgereason_compact = False
+    assert torch.allclose(full, compact, atol=1e-5)
+
+
+@pytest.mark.model
+def test_a_short_run_with_the_fast_engine_and_the_curriculum(tmp_path, default_model):
+    cfg = tiny(tmp_path, name="fast", max_steps=2, curriculum="pass-rate", curriculum_pool=8, curriculum_refresh_steps=1,
+               curriculum_refresh_size=2, rollout_engine="llama.cpp", temperature_schedule=[0.7, 1.0])
+    result = run_training(cfg, show_progress=False)
+    assert result.steps == 2
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["status"] == "finished" and run["rollout_engine"] == "llama.cpp" and run["curriculum"]
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("rewards/format/mean", "rewards/correctness/mean", "frac_reward_zero_std", "curriculum/active",
+                "curriculum/frac_correctness_tied", "sampling/importance_sampling_ratio/mean"):
+        assert key in rows[-1], key  # the last: TRL's engine-mismatch correction ran on our engine
+    assert json.loads((result.run_dir / "curriculum.json").read_text())["history"]
+    assert (result.run_dir / "metrics.png").stat().st_size > 10_000 and "GRPO run" in (result.run_dir / "report.md").read_text()
+    from safetensors import safe_open
+
+    with safe_open(str(result.adapter_dir / "adapter_model.safetensors"), "pt") as fh:
+        assert any("lora_A" in k for k in fh.keys())
+    with pytest.raises(TrainSetupError, match="finished run"):  # a finished run is never replaced implicitly
+        prepare_run(cfg)
+
+
+@pytest.mark.model
 def test_resume_after_kill_continues_without_losing_steps(tmp_path, default_model):
-    cfg = tiny(tmp_path, name="resume", max_steps=4)
+    cfg = tiny(tmp_path, name="resume", max_steps=4, rollout_engine="llama.cpp")
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(cfg.to_yaml())
-    cmd = [sys.executable, "-m", "edgereason.cli", "train", "--config", str(cfg_file)]
+    cmd = python_module("edgereason.cli", "train", "--config", str(cfg_file))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpts = tmp_path / "resume" / "checkpoints"
     deadline = time.time() + 600
@@ -100,18 +192,35 @@ def test_resume_after_kill_continues_without_losing_steps(tmp_path, default_mode
     proc.wait()
     assert (ckpts / "checkpoint-2").exists(), "training never reached step 2"
     assert not (tmp_path / "resume" / "adapter").exists()
-
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     run = json.loads((tmp_path / "resume" / "run.json").read_text())
-    assert run["status"] == "finished" and run["steps"] == 4
+    assert run["status"] == "finished" and run["steps"] == 4 and run["rollout_engine"] == "llama.cpp"
     assert run["resumed_from"] and int(run["resumed_from"].rsplit("-", 1)[-1]) >= 2
     steps = [json.loads(line)["step"] for line in (tmp_path / "resume" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
-    from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "resume" / "adapter" / "adapter_model.safetensors"), "pt") as fh:
-        assert any("lora_A" in k for k in fh.keys())
+
+@pytest.mark.model
+def test_fp32_fallback_trains(tmp_path, default_model):
+    result = run_training(tiny(tmp_path, name="fp32", max_steps=1, bf16=False, rollout_engine="transformers"),
+                          show_progress=False)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["bf16"] is False and run["rollout_engine"] == "transformers" and run["steps"] == 1
+
+
+@pytest.mark.parametrize("requested, gpu, flags, expected", [
+    (None, False, {"avx512_bf16", "avx2"}, True),
+    (None, False, {"avx2"}, False),  # no bf16 instructions: fp32
+    (True, False, {"avx2"}, False),  # asked for, but it would be emulated: fp32 with a reason
+    (False, False, {"amx_bf16"}, False),
+    (None, True, set(), True),
+])
+def test_bf16_choice(requested, gpu, flags, expected):
+    use, why = choose_bf16(requested, gpu, flags)
+    assert use is expected and why
+    if requested and not use:
+        assert "requested" in why
 
 
 def test_incomplete_checkpoint_is_set_aside(tmp_path):
@@ -125,18 +234,22 @@ def test_incomplete_checkpoint_is_set_aside(tmp_path):
     assert any(p.name.startswith("incomplete-checkpoint-3") for p in root.iterdir())
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "kw, message",
     [
         ({"model": "no-such-model"}, "unknown model"),
         ({"dataset": "gsm8k"}, "evaluation split"),
+        ({"dataset": "arith"}, "evaluation split"),
         ({"dataset": "math500-not-a-file"}, "unknown benchmark or file"),
         ({"dataset": "gsm8k-train", "levels": [5]}, "leaves no problems"),
+        ({"dataset": "gsm8k-train", "curriculum": "hard-only"}, "needs MATH levels"),
     ],
 )
+@pytest.mark.model
 def test_setup_errors_before_compute(tmp_path, kw, message):
     with pytest.raises(TrainSetupError, match=message):
-        check_setup(tiny(tmp_path, **kw))
+        prepare_run(tiny(tmp_path, **kw))
 
 
 def test_config_errors(tmp_path):
@@ -144,31 +257,35 @@ def test_config_errors(tmp_path):
         TrainConfig(per_device_train_batch_size=6, num_generations=4)
     with pytest.raises(ValueError, match="all reward weights are 0"):
         TrainConfig(reward_weights={"format": 0.0})
+    with pytest.raises(ValueError, match="curriculum_band"):
+        TrainConfig(curriculum_band=(0.5, 0.2))
+    with pytest.raises(ValueError, match="dataset_weights"):
+        TrainConfig(dataset=["arith-train", "logic-train"], dataset_weights=[1.0])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(TrainSetupError, match="no problems"):
-        check_setup(tiny(tmp_path, dataset=str(empty)))
+        prepare_run(tiny(tmp_path, dataset=str(empty)))
 
 
+@pytest.mark.model
 def test_output_dir_holding_another_run(tmp_path, default_model):
     run = tmp_path / "other"
     run.mkdir()
     (run / "config.key").write_text("somethingelse")
     with pytest.raises(TrainSetupError, match="holds another run"):
-        check_setup(tiny(tmp_path, name="other"))
+        prepare_run(tiny(tmp_path, name="other"))
 
 
 def test_cli_reports_setup_errors(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "edgereason.cli", "train", "--model", "nope", "--output-root", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 2 and "unknown model" in out.stdout
+    out = subprocess.run(python_module("edgereason.cli", "train", "--model", "nope", "--output-root", str(tmp_path)),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown model" in out.stdout + out.stderr
 
 
+@pytest.mark.model
 def test_runs_under_accelerate_launch(tmp_path, default_model):
     """The documented scale-out entry point, here with one CPU process."""
-    cfg = tiny(tmp_path, name="accel", max_steps=1)
+    cfg = tiny(tmp_path, name="accel", max_steps=1, rollout_engine="transformers")
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(cfg.to_yaml())
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")

@@ -5,21 +5,24 @@ its own venv: `.ci/run` builds one (scripts/setup-vllm-venv.sh) and runs this fi
 main venv vLLM is absent and these tests skip with that reason.
 """
 
+import concurrent.futures as cf
+
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here; scripts/setup-vllm-venv.sh makes a venv that has it")
 
-from edgereason.formats import get_format  # noqa: E402
 from edgereason.backends.base import SamplingParams  # noqa: E402
+from edgereason.formats import get_format  # noqa: E402
 
-QUESTION = "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?"
+pytestmark = pytest.mark.model
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
 
 
 @pytest.fixture(scope="module")
 def backend():
     from edgereason.backends.vllm import VLLMBackend
 
-    b = VLLMBackend("smollm2-135m", n_ctx=2048)
+    b = VLLMBackend("smollm2-135m", n_ctx=2048, serving=True)  # the async engine the server uses
     yield b
     b.close()
 
@@ -35,28 +38,27 @@ def test_vllm_generates_in_the_reasoning_format_under_the_grammar(backend):
         assert 0 < c.completion_tokens <= 128
 
 
-def test_vllm_behind_the_http_api(backend):
-    import threading
-    import time
-
+def test_vllm_behind_the_http_api_serves_concurrent_requests(backend):
+    import httpx
     import openai
-    import uvicorn
-    from live_server import free_port
 
-    from edgereason.serve.app import create_app
-    from edgereason.serve.engine import EngineLimits, ReasoningEngine
+    from edgereason.serve.app import create_app, serve_in_thread
+    from edgereason.serve.config import EngineLimits
+    from edgereason.serve.engine import ReasoningEngine
 
-    port = free_port()
-    app = create_app(ReasoningEngine(backend, get_format(), EngineLimits(max_tokens=256)), "smollm2-135m")
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    engine = ReasoningEngine(backend, get_format(), EngineLimits(max_tokens=256))
+    server = serve_in_thread(create_app(engine, "smollm2-135m"), startup_timeout_s=300)
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0)
         r = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": QUESTION}],
-                                           max_tokens=128, extra_body={"voting": {"k": 4, "temperature": 0.7}})
+                                           max_tokens=128, extra_body={"voting": {"k": 4, "temperature": 0.7,
+                                                                                  "early_stop": False}})
         vote = r.model_extra["voting"]
         assert vote["samples"] == 4 and r.choices[0].message.model_extra.get("reasoning_content") is not None
+        body = {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 32, "ignore_eos": True}
+        with cf.ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: httpx.post(f"{server.base}/v1/completions", json=body, timeout=300), range(4)))
+        assert all(x.status_code == 200 and x.json()["usage"]["completion_tokens"] == 32 for x in replies)
+        assert engine.peak_in_flight >= 2  # no lock: vLLM had several requests at once
     finally:
-        server.should_exit = True
+        server.stop()

@@ -30,7 +30,7 @@ from edgereason.gguf_meta import gguf_info
 from edgereason.models import DEFAULT_MODEL, resolve_model
 from edgereason.servers import python_module
 from edgereason.versions import versions
-from edgereason.evalsuite.plots import pyplot, save_figure
+from edgereason.plots import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,9 @@ class BenchConfig(StageConfig):
     answer_tokens: int = Field(192, ge=1, description="Max tokens of those answers.")
     vote_ks: list[int] = Field(default_factory=lambda: [1, 4, 8, 16],
                                description="maj@k costs measured (k samples decoded together); [] to skip.")
-    serve: bool = Field(False, description="Also benchmark the HTTP server: gateway overhead and a load test.")
+    serve: bool = Field(False, description="Also benchmark the server against raw llama-server: throughput at 1-16 "
+                        "clients, TTFT, maj@k against llama-batched-bench, and a load test.")
+    slots: int = Field(8, ge=1, description="llama-server slots in the server benchmark.")
     load_clients: int = Field(64, ge=1, description="Concurrent clients in the server load test.")
     load_seconds: float = Field(60.0, gt=0, description="Duration of the server load test.")
     device_profile: str | None = Field(None, description="edge-4gb, edge-8gb or cloud-gpu: check the fit.")
@@ -179,7 +181,8 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         if progress:
             progress(f"server: overhead and {cfg.load_clients} clients for {cfg.load_seconds:.0f} s")
         first = resolve_model(cfg.models[0]).require_gguf()
-        results["serve"] = run_serve_bench(first, max(cfg.threads), cfg.load_clients, cfg.load_seconds)
+        results["serve"] = run_serve_bench(first, max(cfg.threads), slots=cfg.slots, load_clients=cfg.load_clients,
+                                           load_seconds=cfg.load_seconds)
     return results
 
 
@@ -226,11 +229,12 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
                          f"{f['estimated_mb']} | {'yes' if f['fits'] else 'no'} | "
                          f"{f.get('confirmed_under_limit', 'n/a')} ({f.get('confirm_detail', '')}) | {f['max_context']} | "
                          f"{f['max_parallel_sequences_at_n_ctx']} |")
+    plots = _plots(results, out)
     if "serve" in results:
-        from edgereason.evalsuite.serve_bench import serve_bench_markdown
+        from edgereason.evalsuite.serve_bench import serve_bench_markdown, write_serve_plot
 
         lines += serve_bench_markdown(results["serve"])
-    plots = _plots(results, out)
+        plots.append(write_serve_plot(results["serve"], out))
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     report = out / "bench.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")

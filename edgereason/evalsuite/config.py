@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
 from edgereason.models import DEFAULT_MODEL
+
+
+#: The transfer set: math word problems, the arithmetic floor, logic, and science multiple choice.
+TRANSFER = ("gsm8k", "arith", "logic", "arc-easy", "arc-challenge")
 
 
 class EvalConfig(StageConfig):
@@ -27,9 +31,13 @@ class EvalConfig(StageConfig):
     compare: list[str] = Field(
         default_factory=list, description="Further targets evaluated on the same problems, compared side by side."
     )
-    benchmark: str = Field(
-        "gsm8k", description="gsm8k, math500, aime24, amc23, logic, gsm8k-train, logic-train, a data file, or hf:<name>."
-    )
+    benchmark: list[str] = Field(
+        ["gsm8k"], description="Benchmark (repeatable): gsm8k, arith, logic, arc-easy, arc-challenge, math500, aime24, "
+        "amc23, a data file, or hf:<name>.")
+    transfer: bool = Field(False, description=f"Run the transfer set ({', '.join(TRANSFER)}) and write one table "
+                           "across them.")
+    grader_bench: bool = Field(False, description="Grade the bundled hand-labelled completions with both rules and "
+                               "report disagreements with the expected verdicts (nothing is generated).")
     data_dir: Path | None = Field(None, description="Folder with the benchmark JSONL files (default: ../shared/data).")
     limit: int | None = Field(20, ge=1, description="Evaluate at most this many problems.")
     seed: int | None = Field(None, description="Sample `limit` problems at random with this seed (default: the first ones).")
@@ -46,6 +54,16 @@ class EvalConfig(StageConfig):
     keep_sample_text: bool = Field(False, description="Also store every sampled completion's text in samples.jsonl.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")
     threads: int | None = Field(None, ge=1, description="CPU threads for in-process backends (default: all cores).")
-    concurrency: int = Field(4, ge=1, le=1024, description="Requests in flight at once against a server target.")
+    concurrency: int = Field(4, ge=1, le=1024, description="Requests in flight at once: llama-server slots for a GGUF, "
+                             "requests against a server URL.")
+    @field_validator("benchmark", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return list(TRANSFER) if self.transfer else list(self.benchmark)
+
     fresh: bool = Field(False, description="Discard earlier results in the output folder instead of resuming.")
     out: Path | None = Field(None, description="Output folder (default: results/<target>-<benchmark>-<n>).")

@@ -1,9 +1,10 @@
-"""Run one target over a benchmark and grade it: greedy accuracy, maj@k and pass@k from sampled
-completions, format compliance, reasoning length, per-category breakdowns, tokens and latency.
+"""Run one target over a benchmark and grade it: strict and flexible accuracy (see
+edgereason.grading), the benchmark's baseline, maj@k and pass@k from sampled completions, format
+compliance, reasoning length, per-category breakdowns, tokens and latency.
 
 Results go to `<out>/samples.jsonl` (one line per problem, appended as it finishes, so an
 interrupted eval resumes where it stopped), `<out>/settings.json` (what produced them) and
-`<out>/summary.json`.
+`<out>/summary.json` (`edgereason.results.EvalSummary`).
 """
 
 from __future__ import annotations
@@ -11,58 +12,37 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgereason.backends.base import Completion, SamplingParams
 from edgereason.data import Problem, load_benchmark, sample_problems
-from edgereason.formats import ReasoningFormat, get_format
-from edgereason.grading import extract_answer, is_correct
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, pass_at_k, wilson_interval
-from edgereason.backends.base import Completion, SamplingParams
 from edgereason.evalsuite.targets import Target, open_target, parse_target
+from edgereason.formats import ReasoningFormat, get_format
+from edgereason.grading import answer_type, grade_completion, normalize_answer
+from edgereason.results import Accuracy, Baseline, EvalSummary
+
+RULES = ("strict", "flexible")
 
 
 class EvalError(RuntimeError):
     """An eval could not start or had to stop; the message says why."""
 
 
-@dataclass
-class EvalSummary:
-    model: str
-    target: str
-    backend: str
-    benchmark: str
-    n: int
-    accuracy: float
-    accuracy_ci95: tuple[float, float]
-    format_compliance: float
-    format_ci95: tuple[float, float]
-    mean_completion_tokens: float
-    mean_reasoning_words: float
-    seconds: float
-    generation: dict[str, Any]
-    out_dir: str
-    samples_per_problem: int = 0
-    maj_at_k: dict[str, float] = field(default_factory=dict)
-    maj_at_k_ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
-    pass_at_k: dict[str, float] = field(default_factory=dict)
-    sample_format_compliance: float | None = None
-    categories: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    partial: bool = False
-    error: str | None = None
-    resumed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def single_benchmark(cfg: EvalConfig) -> str:
+    names = cfg.benchmarks
+    if len(names) != 1:
+        raise EvalError(f"one benchmark per run_eval call, got {names}")
+    return names[0]
 
 
 def default_out_dir(cfg: EvalConfig, target: Target) -> Path:
-    return Path("results") / f"{target.slug}-{Path(cfg.benchmark).stem}-{cfg.limit or 'all'}"
+    return Path("results") / f"{target.slug}-{Path(single_benchmark(cfg)).stem}-{cfg.limit or 'all'}"
 
 
 def ks_for(samples: int) -> list[int]:
@@ -71,13 +51,43 @@ def ks_for(samples: int) -> list[int]:
     return ks + ([samples] if samples and samples not in ks else [])
 
 
+def baseline_of(problems: list[Problem]) -> Baseline:
+    """The accuracy of answering without reasoning: for multiple choice the chance rate (1 / options),
+    for yes/no and true/false the most common answer of that kind in this benchmark; numbers, sets
+    and expressions add nothing (a guess is almost never right)."""
+    if not problems:
+        return Baseline(rate=0.0, kind="none")
+    kinds = [answer_type(p.gold_answer, p.choices) for p in problems]
+    expected = 0.0
+    parts = []
+    for kind in ("choice", "yes_no", "true_false"):
+        members = [p for p, k in zip(problems, kinds) if k == kind]
+        if not members:
+            continue
+        if kind == "choice":
+            expected += sum(1 / len(p.choices or ("",)) for p in members)
+            parts.append(f"chance on {len(members)} multiple-choice")
+        else:
+            counts = Counter(normalize_answer(p.gold_answer) for p in members)
+            answer, count = counts.most_common(1)[0]
+            expected += count
+            parts.append(f"always '{answer}' on {len(members)} {kind.replace('_', '/')}")
+    if not parts:
+        return Baseline(rate=0.0, kind="none", note="numeric answers: no guessing baseline")
+    kind = "chance" if parts[0].startswith("chance") and len(parts) == 1 else (
+        "majority-class" if len(parts) == 1 else "mixed")
+    return Baseline(rate=expected / len(problems), kind=kind, note="; ".join(parts))
+
+
 def _grade(c: Completion, p: Problem, fmt: ReasoningFormat, keep_text: bool) -> dict[str, Any]:
     parsed = fmt.parse(c.text)
-    extracted = extract_answer(c.text, fmt)
+    v = grade_completion(c.text, p.gold_answer, p.choices, fmt)
     rec = {
-        "answer": extracted.text,
-        "answer_rule": extracted.rule,
-        "correct": is_correct(extracted.text, p.gold_answer, p.choices),
+        "answer_type": v.kind,
+        "strict_answer": v.strict_answer,
+        "strict_correct": v.strict_correct,
+        "flexible_answer": v.flexible_answer,
+        "flexible_correct": v.flexible_correct,
         "format_valid": parsed.valid,
         "reasoning_words": len((parsed.reasoning or "").split()),
         "completion_tokens": c.completion_tokens,
@@ -94,13 +104,13 @@ def _settings(cfg: EvalConfig, target: Target, problems: list[Problem], greedy: 
               sampled: SamplingParams | None, fmt: ReasoningFormat) -> dict[str, Any]:
     ids = hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest()[:16]
     return {
-        "target": target.spec, "backend": target.backend, "benchmark": cfg.benchmark, "problems": len(problems),
+        "target": target.spec, "backend": target.backend, "benchmark": single_benchmark(cfg), "problems": len(problems),
         "problem_ids_sha": ids, "format": fmt.name, "greedy": greedy.to_dict(),
-        "sampled": sampled.to_dict() if sampled else None,
+        "sampled": sampled.to_dict() if sampled else None, "grading": "strict+flexible v1",
     }
 
 
-def _load_done(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, dict]:
+def _load_done(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, dict[str, Any]]:
     samples, saved = out / "samples.jsonl", out / "settings.json"
     if fresh or not samples.is_file():
         samples.unlink(missing_ok=True)
@@ -123,16 +133,21 @@ def _load_done(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, di
     return done
 
 
-def run_eval(cfg: EvalConfig, target: Target | None = None, backend=None, show_progress: bool = True) -> EvalSummary:
-    """Evaluate one target on `cfg.benchmark` (resuming finished problems); see the module doc."""
-    fmt = get_format(cfg.format)
-    target = target or parse_target(cfg.model, cfg.backend, cfg.adapter)
+def load_problems(cfg: EvalConfig) -> list[Problem]:
     try:
-        problems = sample_problems(load_benchmark(cfg.benchmark, cfg.data_dir), cfg.limit, cfg.seed)
+        problems = sample_problems(load_benchmark(single_benchmark(cfg), cfg.data_dir), cfg.limit, cfg.seed)
     except (ValueError, FileNotFoundError) as e:
         raise EvalError(str(e)) from None
     if not problems:
-        raise EvalError(f"benchmark {cfg.benchmark!r} has no problems")
+        raise EvalError(f"benchmark {single_benchmark(cfg)!r} has no problems")
+    return problems
+
+
+def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None, show_progress: bool = True) -> EvalSummary:
+    """Evaluate one target on `cfg.benchmark` (resuming finished problems); see the module doc."""
+    fmt = get_format(cfg.format)
+    target = target or parse_target(cfg.model, cfg.backend, cfg.adapter)
+    problems = load_problems(cfg)
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg, target)
     out.mkdir(parents=True, exist_ok=True)
     prefix = fmt.prefill if cfg.prefill else ""
@@ -158,7 +173,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend=None, show_p
         except Exception as e:  # a model that fails to load or a server that is down
             raise EvalError(f"cannot open {target.spec}: {e}") from None
     model_name = getattr(backend, "model_name", target.model) if backend else target.model
-    step = cfg.batch_size if target.backend == "transformers" else (cfg.concurrency if target.backend == "server" else 1)
+    step = cfg.batch_size if target.backend == "transformers" else cfg.concurrency
     records = dict(done)
     with (out / "samples.jsonl").open("a", encoding="utf-8") as fh, Progress(
         TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -184,54 +199,67 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend=None, show_p
                 fh.flush()
             progress.advance(task, len(chunk))
             graded = list(records.values())
-            progress.update(task, description=f"{target.spec}  acc {sum(r['correct'] for r in graded) / len(graded):.1%}"
-                            f"  format {sum(r['format_valid'] for r in graded) / len(graded):.1%}")
+            progress.update(task, description=f"{target.spec}  strict {_rate(graded, 'strict_correct'):.1%}"
+                            f"  flexible {_rate(graded, 'flexible_correct'):.1%}"
+                            f"  format {_rate(graded, 'format_valid'):.1%}")
     if backend is not None and hasattr(backend, "close"):
         backend.close()
     ordered = [records[p.id] for p in problems if p.id in records]
-    summary = summarise(ordered, cfg, target, model_name, settings, out, time.perf_counter() - t0)
+    summary = summarise(ordered, problems, cfg, target, model_name, settings, out, time.perf_counter() - t0)
     summary.resumed = len(done)
     summary.partial = len(ordered) < len(problems)
     summary.error = error
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+    summary.write(out / "summary.json")
     return summary
 
 
-def _rate(records: list[dict], key: str) -> float:
+def _rate(records: list[dict[str, Any]], key: str) -> float:
     return sum(bool(r[key]) for r in records) / len(records) if records else 0.0
 
 
-def summarise(records: list[dict], cfg: EvalConfig, target: Target, model: str, settings: dict, out: Path,
-              seconds: float) -> EvalSummary:
+def _accuracy(records: list[dict[str, Any]], key: str) -> Accuracy:
     n = len(records)
-    correct = sum(r["correct"] for r in records)
+    correct = sum(bool(r[key]) for r in records)
+    return Accuracy(value=correct / n if n else 0.0, ci95=wilson_interval(correct, n), correct=correct)
+
+
+def summarise(records: list[dict[str, Any]], problems: list[Problem], cfg: EvalConfig, target: Target, model: str,
+              settings: dict[str, Any], out: Path, seconds: float) -> EvalSummary:
+    n = len(records)
     valid = sum(r["format_valid"] for r in records)
     k_max = min((len(r["samples"]) for r in records), default=0)
-    maj, maj_ci, pak = {}, {}, {}
-    for k in ks_for(k_max):
-        per = [majority_correct([s["answer"] for s in r["samples"]], [s["format_valid"] for s in r["samples"]],
-                                [s["correct"] for s in r["samples"]], k) for r in records]
-        maj[str(k)] = sum(per) / n
-        maj_ci[str(k)] = wilson_interval(round(sum(per)), n)
-        pak[str(k)] = sum(pass_at_k(len(r["samples"]), sum(s["correct"] for s in r["samples"]), k) for r in records) / n
+    maj: dict[str, dict[str, float]] = {rule: {} for rule in RULES}
+    pak: dict[str, dict[str, float]] = {rule: {} for rule in RULES}
+    for rule in RULES:
+        answer, ok = f"{rule}_answer", f"{rule}_correct"
+        for k in ks_for(k_max):
+            per = [majority_correct([s[answer] for s in r["samples"]],
+                                    [s["format_valid"] or rule == "flexible" for s in r["samples"]],
+                                    [s[ok] for s in r["samples"]], k) for r in records]
+            maj[rule][str(k)] = sum(per) / n
+            pak[rule][str(k)] = sum(pass_at_k(len(r["samples"]), sum(s[ok] for s in r["samples"]), k)
+                                    for r in records) / n
     all_samples = [s for r in records for s in r["samples"]]
     categories: dict[str, dict[str, dict[str, float]]] = {}
     for key in ("subject", "level", "source"):
-        groups: dict[str, list[dict]] = defaultdict(list)
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in records:
             if r.get(key) is not None:
                 groups[str(r[key])].append(r)
         if len(groups) > 1:
-            categories[key] = {g: {"n": len(rs), "accuracy": _rate(rs, "correct"), "format": _rate(rs, "format_valid")}
+            categories[key] = {g: {"n": len(rs), "strict": _rate(rs, "strict_correct"),
+                                   "flexible": _rate(rs, "flexible_correct"), "format": _rate(rs, "format_valid")}
                                for g, rs in sorted(groups.items())}
+    done = {r["id"] for r in records}
     return EvalSummary(
-        model=model, target=target.spec, backend=target.backend, benchmark=cfg.benchmark, n=n,
-        accuracy=correct / n if n else 0.0, accuracy_ci95=wilson_interval(correct, n),
+        model=model, target=target.spec, backend=target.backend, benchmark=single_benchmark(cfg), n=n,
+        strict=_accuracy(records, "strict_correct"), flexible=_accuracy(records, "flexible_correct"),
+        baseline=baseline_of([p for p in problems if p.id in done]),
         format_compliance=valid / n if n else 0.0, format_ci95=wilson_interval(valid, n),
         mean_completion_tokens=sum(r["completion_tokens"] for r in records) / n if n else 0.0,
         mean_reasoning_words=sum(r["reasoning_words"] for r in records) / n if n else 0.0,
         seconds=round(seconds, 2), generation=settings, out_dir=str(out), samples_per_problem=k_max,
-        maj_at_k=maj, maj_at_k_ci95=maj_ci, pass_at_k=pak,
+        maj_at_k=maj if k_max else {}, pass_at_k=pak if k_max else {},
         sample_format_compliance=_rate(all_samples, "format_valid") if all_samples else None,
         categories=categories,
     )

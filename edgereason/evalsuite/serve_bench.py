@@ -1,127 +1,250 @@
-"""Benchmarks of the HTTP server itself (`edgereason bench --serve`), measured as a client.
+"""Benchmarks of the server itself (`edgereason bench --serve`), measured as a client, each against an
+anchor measured in the same run:
 
-- gateway overhead: generation tokens/s through `/v1/completions` vs raw llama-cpp-python with the
-  same prompt and settings (greedy, no grammar), one request at a time;
-- load: many concurrent clients for a fixed time against `/v1/chat/completions`: status counts
-  (429s are the bounded queue doing its job), latency p50/p99, and the server's RSS over time.
-The server runs as its own process (`edgereason serve`), exactly as deployed.
+- **throughput**: aggregate completion tokens/s at 1, 4, 8 and 16 concurrent clients through
+  `edgereason serve` (the gateway in front of its managed llama-server), against raw `llama-server`
+  on the same GGUF with the same slots and threads, driven by the same load generator;
+- **maj@k**: the wall time of k samples of one prompt through the gateway (one n=k request), as a
+  multiple of one sample, beside the limit of this CPU: llama.cpp's own `llama-batched-bench` on the
+  same file (k sequences sharing one prompt) against one sequence;
+- **TTFT**: time to the first streamed token through the gateway against raw llama-server;
+- **load**: many clients for a fixed time: status counts (429s are the bounded queue doing its job),
+  answers per minute, latency p50/p99, and the RSS of the gateway and its llama-server over time.
+Each server runs alone (never two at once on the same cores).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import json
+import re
 import statistics
 import subprocess
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from edgereason.servers import free_port, python_module, wait_healthy
 
-PROMPT = ("<|im_start|>user\nWrite a short story about a robot who learns to count, "
-          "step by step.<|im_end|>\n<|im_start|>assistant\n")
+PROMPT = "<|im_start|>user\nWrite a short story about a robot who learns to count.<|im_end|>\n<|im_start|>assistant\n"
 
 
-def _raw_tokens_per_s(model: Path, tokens: int, threads: int, repeats: int) -> float:
-    from llama_cpp import Llama
+def _drive(base: str, clients: int, requests_each: int, tokens: int, model: str) -> dict[str, float]:
+    """`clients` threads, each sending `requests_each` completions of `tokens` tokens (EOS ignored, so
+    every request does the same work); aggregate completion tokens/s over the wall time."""
+    def client(c: int) -> int:
+        done = 0
+        with httpx.Client(timeout=600) as http:
+            for r in range(requests_each):
+                body = {"model": model, "prompt": PROMPT + f"Story {c}.{r}:", "max_tokens": tokens, "ignore_eos": True,
+                        "temperature": 0.8, "seed": c * 100 + r}
+                resp = http.post(f"{base}/v1/completions", json=body)
+                resp.raise_for_status()
+                done += resp.json()["usage"]["completion_tokens"]
+        return done
 
-    llm = Llama(model_path=str(model), n_ctx=1024, n_threads=threads, verbose=False)
-    rates = []
-    for _ in range(repeats + 1):
-        t = time.perf_counter()
-        r = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0)
-        rates.append(r["usage"]["completion_tokens"] / (time.perf_counter() - t))
-    llm.close()
-    return statistics.median(rates[1:])
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        total = sum(pool.map(client, range(clients)))
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "tokens": total, "seconds": wall, "tok_s": total / wall}
 
 
-def run_serve_bench(model: Path, threads: int, clients: int = 64, seconds: float = 60.0, tokens: int = 128,
-                    repeats: int = 3, max_queue: int = 32) -> dict:
+def _ttft(base: str, model: str, repeats: int = 5) -> float:
+    times = []
+    with httpx.Client(timeout=120) as http:
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            with http.stream("POST", f"{base}/v1/completions", json={"model": model, "prompt": PROMPT + f"Story {i}:",
+                                                                     "max_tokens": 8, "stream": True}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:") and '"text"' in line:
+                        times.append(time.perf_counter() - t0)
+                        break
+    return statistics.median(times[1:])
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of a process and its children (the gateway and its llama-server)."""
     import psutil
 
+    try:
+        p = psutil.Process(pid)
+        return sum(x.memory_info().rss for x in [p, *p.children(recursive=True)]) / 2**20
+    except psutil.Error:
+        return 0.0
+
+
+def _batched_bench_limit(model: Path, threads: int, ks: list[int], tokens: int, prompt_tokens: int) -> dict[str, float]:
+    """llama.cpp's own batched decode on this file: wall time of k sequences sharing one prompt,
+    as a multiple of one sequence (the best any server can do here)."""
+    from edgereason.native import tool
+
+    npl = ",".join(str(k) for k in sorted({1, *ks}))
+    out = subprocess.run([str(tool("llama-batched-bench")), "-m", str(model), "-c", str(max(ks) * (tokens + prompt_tokens) + 512),
+                          "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(tokens), "-npl", npl, "-pps",
+                          "-t", str(threads), "-tb", str(threads)], capture_output=True, text=True, timeout=1200)
+    times: dict[int, float] = {}
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and re.fullmatch(r"\d+", cells[0] or ""):
+            times[int(cells[2])] = float(cells[8])  # B, T s (prompt + generation)
+    if 1 not in times:
+        raise RuntimeError(f"llama-batched-bench gave no result: {out.stderr[-300:]}")
+    return {str(k): times[k] / times[1] for k in ks if k in times}
+
+
+def _maj_costs(base: str, model: str, ks: list[int], tokens: int) -> dict[str, dict[str, float]]:
+    """Wall time of k samples of one prompt as one n=k request through the gateway, x one sample."""
+    out: dict[str, dict[str, float]] = {}
+    with httpx.Client(timeout=1200) as http:
+        for k in [1, *ks]:
+            body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "n": k, "ignore_eos": True,
+                    "temperature": 0.7, "seed": 1}
+            http.post(f"{base}/v1/completions", json={**body, "n": 1, "max_tokens": 4})  # warm the prompt cache alike
+            t0 = time.perf_counter()
+            r = http.post(f"{base}/v1/completions", json=body)
+            r.raise_for_status()
+            out[str(k)] = {"seconds": time.perf_counter() - t0, "tokens": r.json()["usage"]["completion_tokens"]}
+    for v in out.values():
+        v["x_single"] = v["seconds"] / out["1"]["seconds"]
+    return out
+
+
+def _load(base: str, model: str, clients: int, seconds: float, pid: int) -> dict[str, Any]:
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    rss: list[tuple[float, float]] = []
+    stop = time.time() + seconds
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(timeout=300) as http:
+            while time.time() < stop:
+                t = time.perf_counter()
+                try:
+                    r = http.post(f"{base}/v1/chat/completions", json={
+                        "model": model, "max_tokens": 32, "messages": [{"role": "user", "content": "What is 7 + 5?"}]})
+                    code = r.status_code
+                except httpx.HTTPError:
+                    code = 0  # a connection error: counted, never hidden
+                with lock:
+                    statuses[code] += 1
+                    if code == 200:
+                        latencies.append(time.perf_counter() - t)
+                if code == 429:
+                    time.sleep(0.2)  # a polite client backs off
+
+    workers = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    t0 = time.time()
+    for w in workers:
+        w.start()
+    while any(w.is_alive() for w in workers):
+        rss.append((round(time.time() - t0, 1), _rss_mb(pid)))
+        time.sleep(1.0)
+    lat = sorted(latencies)
+
+    def q(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
+
+    rss_mb = [m for _, m in rss]
+    return {"clients": clients, "seconds": seconds, "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "ok": statuses[200], "answers_per_min": statuses[200] * 60 / seconds,
+            "errors_other_than_429": sum(v for k, v in statuses.items() if k not in (200, 429)),
+            "p50_s": q(0.5), "p99_s": q(0.99), "rss_mb_start": rss_mb[0] if rss_mb else None,
+            "rss_mb_end": rss_mb[-1] if rss_mb else None, "rss_mb_peak": max(rss_mb) if rss_mb else None,
+            "rss_series": rss}
+
+
+def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[int, ...] = (1, 4, 8, 16), tokens: int = 128,
+                    requests_each: int = 2, vote_ks: tuple[int, ...] = (8, 16), load_clients: int = 64,
+                    load_seconds: float = 60.0, max_queue: int = 32) -> dict[str, Any]:
+    from edgereason.backends.llama_server import LlamaServerBackend
+
+    result: dict[str, Any] = {"model": str(model), "threads": threads, "slots": slots, "tokens": tokens}
+    # 1. the anchor: raw llama-server, same file, slots and threads (managed here only to start and stop it)
+    raw = LlamaServerBackend(str(model), slots=slots, threads=threads, ctx_per_slot=1024)
+    try:
+        name = raw.model_name
+        raw_runs = [_drive(raw.url, c, requests_each, tokens, name) for c in clients]
+        raw_ttft = _ttft(raw.url, name)
+    finally:
+        raw.close()
+    # 2. the same through `edgereason serve`, as deployed: its own process and llama-server
     port = free_port()
-    proc = subprocess.Popen(
-        python_module("edgereason.cli", "serve", "--model", str(model), "--port", str(port), "--threads", str(threads),
-                      "--max-queue", str(max_queue), "--timeout-s", "120"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(python_module("edgereason.cli", "serve", "--model", str(model), "--port", str(port),
+                                          "--threads", str(threads), "--slots", str(slots), "--ctx-per-slot", "1024",
+                                          "--max-queue", str(max_queue), "--timeout-s", "300", "--max-tokens", "512"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        health = wait_healthy(base)
+        health = wait_healthy(base, 300, process=proc)
         if health is None:
-            raise RuntimeError("the server did not start")
-        name = health["model"]
-        served = psutil.Process(proc.pid)
-
-        rates = []
-        with httpx.Client(timeout=300) as http:
-            for _ in range(repeats + 1):
-                t = time.perf_counter()
-                r = http.post(f"{base}/v1/completions", json={"model": name, "prompt": PROMPT, "max_tokens": tokens,
-                                                              "temperature": 0})
-                rates.append(r.json()["usage"]["completion_tokens"] / (time.perf_counter() - t))
-        http_rate = statistics.median(rates[1:])
-
-        statuses: Counter[int] = Counter()
-        latencies: list[float] = []
-        rss: list[tuple[float, float]] = []
-        stop = time.time() + seconds
-        lock = threading.Lock()
-
-        def client() -> None:
-            with httpx.Client(timeout=300) as http:
-                while time.time() < stop:
-                    t = time.perf_counter()
-                    try:
-                        r = http.post(f"{base}/v1/chat/completions", json={
-                            "model": name, "max_tokens": 32,
-                            "messages": [{"role": "user", "content": "What is 7 + 5?"}]})
-                        code = r.status_code
-                    except httpx.HTTPError:
-                        code = 0  # a connection error: counted, never hidden
-                    with lock:
-                        statuses[code] += 1
-                        if code == 200:
-                            latencies.append(time.perf_counter() - t)
-                    if code == 429:
-                        time.sleep(0.2)  # a polite client backs off
-
-        workers = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-        t0 = time.time()
-        for w in workers:
-            w.start()
-        while any(w.is_alive() for w in workers):
-            rss.append((round(time.time() - t0, 1), served.memory_info().rss / 2**20))
-            time.sleep(1.0)
-        for w in workers:
-            w.join()
+            raise RuntimeError("edgereason serve did not start")
+        gw_name = health["model"]
+        gw_runs = [_drive(base, c, requests_each, tokens, gw_name) for c in clients]
+        gw_ttft = _ttft(base, gw_name)
+        maj = _maj_costs(base, gw_name, list(vote_ks), tokens)
+        load = _load(base, gw_name, load_clients, load_seconds, proc.pid)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
-    raw_rate = _raw_tokens_per_s(model, tokens, threads, repeats)
-    lat = sorted(latencies)
-    q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]) if lat else (lambda p: float("nan"))
-    rss_mb = [m for _, m in rss]
-    return {
-        "model": str(model), "threads": threads,
-        "overhead": {"raw_tok_s": raw_rate, "http_tok_s": http_rate, "http_over_raw": http_rate / raw_rate},
-        "load": {"clients": clients, "seconds": seconds, "statuses": {str(k): v for k, v in sorted(statuses.items())},
-                 "ok": statuses[200], "errors_other_than_429": sum(v for k, v in statuses.items() if k not in (200, 429)),
-                 "p50_s": q(0.5), "p99_s": q(0.99),
-                 "rss_mb_start": rss_mb[0] if rss_mb else None, "rss_mb_end": rss_mb[-1] if rss_mb else None,
-                 "rss_mb_peak": max(rss_mb) if rss_mb else None, "rss_series": rss},
-    }
+        proc.wait(timeout=60)
+    limit = _batched_bench_limit(model, threads, list(vote_ks), tokens, 60)
+    result["throughput"] = [{"clients": r["clients"], "raw_tok_s": r["tok_s"], "gateway_tok_s": g["tok_s"],
+                             "gateway_over_raw": g["tok_s"] / r["tok_s"]} for r, g in zip(raw_runs, gw_runs)]
+    result["ttft"] = {"raw_s": raw_ttft, "gateway_s": gw_ttft, "overhead_s": gw_ttft - raw_ttft}
+    result["voting"] = {k: {**v, "raw_limit_x": limit.get(k)} for k, v in maj.items() if k != "1"}
+    result["load"] = load
+    return result
 
 
-def serve_bench_markdown(r: dict) -> list[str]:
-    o, load = r["overhead"], r["load"]
-    return [
-        "", "## Server", "",
-        f"Gateway overhead ({r['threads']} threads, greedy, 128 tokens): raw llama-cpp-python {o['raw_tok_s']:.1f} tok/s, "
-        f"through HTTP {o['http_tok_s']:.1f} tok/s = **{100 * o['http_over_raw']:.1f}%**.", "",
-        f"Load: {load['clients']} concurrent clients for {load['seconds']:.0f} s: statuses {load['statuses']} "
-        f"(errors other than 429: {load['errors_other_than_429']}), latency p50 {load['p50_s']:.2f} s / p99 {load['p99_s']:.2f} s, "
-        f"server RSS {load['rss_mb_start']:.0f} → {load['rss_mb_end']:.0f} MB (peak {load['rss_mb_peak']:.0f} MB).",
-    ]
+def serve_bench_markdown(r: dict[str, Any]) -> list[str]:
+    lines = ["", "## Server", "",
+             f"`edgereason serve` (gateway + managed llama-server) against raw llama-server on the same file, "
+             f"{r['slots']} slots, {r['threads']} threads, {r['tokens']}-token completions (EOS ignored).", "",
+             "| clients | raw llama-server tok/s | through edgereason tok/s | ratio |", "|---|---|---|---|"]
+    lines += [f"| {t['clients']} | {t['raw_tok_s']:.1f} | {t['gateway_tok_s']:.1f} | {100 * t['gateway_over_raw']:.0f}% |"
+              for t in r["throughput"]]
+    tt = r["ttft"]
+    lines += ["", f"TTFT: raw {1000 * tt['raw_s']:.0f} ms, through edgereason {1000 * tt['gateway_s']:.0f} ms "
+              f"(+{1000 * tt['overhead_s']:.0f} ms).", "",
+              "| maj@k (one n=k request) | wall s | × one sample | llama-batched-bench limit × one | × the limit |",
+              "|---|---|---|---|---|"]
+    for k, v in r["voting"].items():
+        lim = v.get("raw_limit_x")
+        lines.append(f"| {k} | {v['seconds']:.1f} | {v['x_single']:.2f} | {lim:.2f} | {v['x_single'] / lim:.2f} |"
+                     if lim else f"| {k} | {v['seconds']:.1f} | {v['x_single']:.2f} | | |")
+    load = r["load"]
+    lines += ["", f"Load: {load['clients']} clients for {load['seconds']:.0f} s: statuses {load['statuses']} (errors other "
+              f"than 429: {load['errors_other_than_429']}), {load['answers_per_min']:.0f} answers/min, latency p50 "
+              f"{load['p50_s']:.2f} s / p99 {load['p99_s']:.2f} s, RSS (gateway + llama-server) "
+              f"{load['rss_mb_start']:.0f} → {load['rss_mb_end']:.0f} MB (peak {load['rss_mb_peak']:.0f} MB)."]
+    return lines
+
+
+def write_serve_plot(r: dict[str, Any], out: Path) -> Path:
+    from edgereason.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    cl = [t["clients"] for t in r["throughput"]]
+    axes[0].plot(cl, [t["raw_tok_s"] for t in r["throughput"]], "o-", label="raw llama-server")
+    axes[0].plot(cl, [t["gateway_tok_s"] for t in r["throughput"]], "s--", label="through edgereason")
+    axes[0].set_xlabel("concurrent clients")
+    axes[0].set_ylabel("completion tokens/s")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("aggregate throughput")
+    series = r["load"]["rss_series"]
+    axes[1].plot([t for t, _ in series], [m for _, m in series])
+    axes[1].set_xlabel("seconds")
+    axes[1].set_ylabel("RSS MB (gateway + llama-server)")
+    axes[1].set_title(f"{r['load']['clients']}-client load")
+    return save_figure(fig, out / "serve.png")
+
+
+def dumps(r: dict[str, Any]) -> str:
+    return json.dumps(r, indent=2)

@@ -3,7 +3,9 @@
 Target strings (for `--model` and `--compare`):
   smollm2-135m                      an embedded/local/hub model on the transformers backend
   smollm2-135m+runs/x/adapter       the same with a PEFT LoRA adapter
-  exports/x/model-q4_k_m.gguf       a GGUF on llama.cpp
+  exports/x/model-q4_k_m.gguf       a GGUF on llama.cpp (llama-server, `concurrency` slots: the engine that serves)
+  base.gguf+adapter-lora-f16.gguf   a GGUF with a GGUF LoRA on top (llama-server --lora)
+  exports/x                         an export folder: its chosen GGUF
   http://127.0.0.1:8000/v1#name     an OpenAI-compatible server (model `name`; default: its first)
 """
 
@@ -39,7 +41,8 @@ def parse_target(spec: str, backend: str | None = None, adapter: Path | None = N
     if plus:
         adapter = Path(extra)
     if backend in (None, "server"):
-        backend = "llama.cpp" if model.endswith(".gguf") else "transformers"
+        is_export = Path(model).is_dir() and (Path(model) / "manifest.json").is_file()
+        backend = "llama.cpp" if model.endswith(".gguf") or is_export else "transformers"
     return Target(spec, backend, model, adapter)
 
 
@@ -51,5 +54,6 @@ def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, th
         client = create_backend("openai", target.url, target.model, concurrency=concurrency, reasoning_format=fmt)
         return client.connect()  # type: ignore[attr-defined,no-any-return]
     if target.backend == "llama.cpp":
-        return create_backend("llama-cpp-python", target.model, n_ctx=n_ctx, threads=threads, lora_path=target.adapter)
+        return create_backend("llama-server", target.model, adapter=target.adapter, slots=concurrency,
+                              ctx_per_slot=n_ctx, threads=threads)
     return create_backend("transformers", target.model, adapter=target.adapter, batch_size=batch_size, threads=threads)

@@ -105,7 +105,7 @@ class CurriculumCallback(TrainerCallback):
         if self.refresh is not None and every and state.global_step % every == 0:
             problems = self.pool.to_refresh(self.cfg.curriculum_refresh_size, state.global_step)
             before = len(self.pool.active)
-            self.pool.apply(self.refresh(problems, state.global_step))
+            self.pool.apply(self.refresh(problems, state.global_step), samples=self.cfg.curriculum_samples)
             self.pool.history.append({"step": state.global_step, "measured": len(problems),
                                       "joined_band": len(self.pool.active) - before, **self.pool.sizes()})
         sizes = self.pool.sizes()

@@ -109,6 +109,8 @@ class TrainConfig(StageConfig):
     bf16: bool | None = Field(None, description="bf16 autocast for the policy's forward and backward (default: on with a "
                               "GPU or a CPU with bf16 instructions; requested on a CPU without them, fp32 with a warning).")
     threads: int | None = Field(None, ge=1, description="CPU threads for training and rollouts (default: all cores).")
+    compact_scoring: bool = Field(True, description="Score only completion positions in TRL's fused LM head off-GPU "
+                                  "too (TRL scores every position there; the prompt is most of each row).")
 
     # ---- run management ----
     save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resume picks the last complete one).")

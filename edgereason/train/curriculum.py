@@ -8,10 +8,11 @@ Open-RS and Qwen3 studies keep 0 < pass rate < 1 for this reason). So:
    inference path, graded like the reward grades them (`measure`).
 2. **Keep the band**: problems with `low < rate < high` (`in_band`); the rest are parked (never
    solved) or retired (always solved).
-3. **Re-measure as training moves**: every group of rollouts is a fresh measurement of its problem
-   (all G right: retired; all G wrong: parked), and every `refresh_steps` steps a sample of the
-   parked, retired and not-yet-measured problems is measured again with the current adapter, and
-   those now in the band come back (`CurriculumPool`).
+3. **Re-measure as training moves**: every group of rollouts adds to its problem's evidence (older
+   evidence decays, so the estimate follows the model); a problem leaves the band only when the
+   evidence says it is (almost) never or always solved, and every `refresh_steps` steps a sample of
+   the parked, retired and not-yet-measured problems is measured again with the current adapter,
+   and those now in the band come back (`CurriculumPool`).
 
 The pool feeds TRL through an `IterableDataset` that reads it live (`stream`), so changes apply to
 the next step without rebuilding the dataloader.
@@ -66,6 +67,12 @@ class CurriculumPool:
     high: float = 1.0
     seed: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Evidence per problem: (successes, samples), older groups weighted by `decay` each time a new
+    # group arrives. One all-wrong group of 4 happens 41% of the time at a true rate of 0.2, so a
+    # single group must not decide; `min_evidence` samples' worth of it must.
+    evidence: dict[str, tuple[float, float]] = field(default_factory=dict)
+    decay: float = 0.7
+    min_evidence: float = 6.0
 
     @classmethod
     def build(cls, candidates: Sequence[Problem], rates: dict[str, float], render: Callable[[Problem], str],
@@ -75,24 +82,38 @@ class CurriculumPool:
         pool.apply(rates)
         return pool
 
-    def apply(self, rates: dict[str, float]) -> None:
-        """Place measured problems by their new rates."""
+    def _place(self, pid: str, rate: float, margin: float = 0.0) -> None:
+        """Active unless the rate is within `margin` of an edge of the band."""
+        for group in (self.active, self.parked, self.retired, self.unmeasured):
+            if pid in group:
+                group.remove(pid)
+        self.rates[pid] = rate
+        if rate <= self.low + margin:
+            self.parked.append(pid)
+        elif rate >= self.high - margin:
+            self.retired.append(pid)
+        else:
+            self.active.append(pid)
+
+    def apply(self, rates: dict[str, float], samples: float | None = None) -> None:
+        """Place problems by fresh measurements (a measurement replaces the evidence: it is what the
+        model does now). With `samples` unknown the rate alone decides."""
         for pid, rate in rates.items():
-            for group in (self.active, self.parked, self.retired, self.unmeasured):
-                if pid in group:
-                    group.remove(pid)
-            self.rates[pid] = rate
-            if self.low < rate < self.high:
-                self.active.append(pid)
-            elif rate <= self.low:
-                self.parked.append(pid)
-            else:
-                self.retired.append(pid)
+            if samples is not None:
+                self.evidence[pid] = (rate * samples, samples)
+            self._place(pid, rate)
 
     def observe(self, pid: str, correct: Sequence[bool]) -> None:
-        """A group of rollouts of one problem: its pass rate now."""
-        if pid in self.problems and correct:
-            self.apply({pid: sum(correct) / len(correct)})
+        """A group of rollouts of one problem, added to its evidence."""
+        if pid not in self.problems or not correct:
+            return
+        s, n = self.evidence.get(pid, (0.0, 0.0))
+        s, n = s * self.decay + sum(correct), n * self.decay + len(correct)
+        self.evidence[pid] = (s, n)
+        if n >= self.min_evidence:
+            self._place(pid, s / n, margin=0.05)
+        else:  # too little evidence decides nothing: it stays where the last decision put it
+            self.rates[pid] = s / n
 
     def to_refresh(self, n: int, step: int) -> list[Problem]:
         """Up to n problems to measure again: parked, retired and unmeasured, in fair shares."""
@@ -124,7 +145,7 @@ class CurriculumPool:
     # ---- persistence (resume) ----------------------------------------------------------------
     def save(self, path: Path) -> None:
         state = {"active": self.active, "parked": self.parked, "retired": self.retired, "unmeasured": self.unmeasured,
-                 "rates": self.rates, "history": self.history}
+                 "rates": self.rates, "evidence": self.evidence, "history": self.history}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state), encoding="utf-8")
         tmp.replace(path)
@@ -136,4 +157,5 @@ class CurriculumPool:
         for key in ("active", "parked", "retired", "unmeasured"):
             setattr(self, key, [pid for pid in state[key] if pid in self.problems])
         self.rates, self.history = state["rates"], state.get("history", [])
+        self.evidence = {k: (float(v[0]), float(v[1])) for k, v in state.get("evidence", {}).items()}
         return True

@@ -179,13 +179,14 @@ def _level_curriculum(cfg: TrainConfig, hard: list[Problem], easy: list[Problem]
 
 
 def prepare_run(cfg: TrainConfig) -> Prepared:
-    """Everything that can fail cheaply, in one place, before any compute is spent."""
+    """Everything that can fail, in one place, before any compute is spent (cheapest first: the data,
+    then the model, which may be converted to a cached HF copy on first use, then the output folder)."""
+    problems = load_training_problems(cfg)
     try:
         model = resolve_model(cfg.model, need_hf=True)
         model.require_hf()
     except LookupError as e:
         raise TrainSetupError(str(e)) from None
-    problems = load_training_problems(cfg)
     resume = check_output_dir(cfg)
     return Prepared(cfg, model, problems, resume, get_format(cfg.format))
 
@@ -260,7 +261,7 @@ def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, engin
 
     same_name = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
                  "max_completion_length", "top_p", "loss_type", "epsilon", "epsilon_high", "beta", "scale_rewards",
-                 "learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "max_grad_norm", "gradient_checkpointing",
+                 "learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "max_grad_norm",
                  "logging_steps", "save_steps", "save_total_limit", "seed", "use_vllm", "vllm_mode", "vllm_server_base_url")
     # With a per-generation schedule the engine applies each row's temperature; the loss then scores
     # tokens under the untempered policy (temperature 1), as the GRPO studies' recipes do.
@@ -268,6 +269,7 @@ def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, engin
     return GRPOConfig(
         **{name: getattr(cfg, name) for name in same_name},
         output_dir=str(run_dir / "checkpoints"),
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers' current name for it
         temperature=1.0 if scheduled else cfg.temperature,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         lr_scheduler_type=cfg.lr_scheduler,
@@ -328,7 +330,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
 
     pool = None
     if cfg.curriculum == "pass-rate":
-        pool = _build_pool(cfg, prep, problems, render, engine, tokenizer, log)
+        pool = _build_pool(cfg, prep, problems, render, engine, tokenizer, log, show_progress)
         dataset = IterableDataset.from_generator(pool.stream)
     else:
         dataset = Dataset.from_list([{"prompt": render(p), "answer": p.gold_answer, "id": p.id} for p in problems])
@@ -351,7 +353,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
         target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
     trainer = EdgeGRPOTrainer(
         model=str(hf_dir), reward_funcs=rewards, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=peft_config, callbacks=callbacks,
+        peft_config=peft_config, callbacks=callbacks, compact_scoring=cfg.compact_scoring,
         rollout_engine=engine if engine_name in ("llama.cpp", "transformers") else None,
     )
     trainer.remove_callback(ProgressCallback)
@@ -380,14 +382,21 @@ def _make_engine(name: str, cfg: TrainConfig, prep: Prepared, tokenizer: Any, mo
     return None
 
 
-def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, render: Any, seed: int) -> Any:
+def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, render: Any, seed: int,
+             show_progress: bool = False) -> Any:
     """problems, k -> k sampled completions each (prefill included), decoded together by llama.cpp."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     fmt = prep.fmt
     prefix = fmt.prefill if cfg.prefill else ""
 
     def sample(problems: list[Problem], k: int) -> list[list[str]]:
         per_call = max(1, decoder.max_seqs // k)
         out: list[list[str]] = []
+        progress = Progress(TextColumn("[bold]pass rates[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), disable=not show_progress, transient=True)
+        task = progress.add_task("", total=len(problems))
+        progress.start()
         for start in range(0, len(problems), per_call):
             chunk = problems[start:start + per_call]
             ids = [tokenizer(render(p), add_special_tokens=False)["input_ids"] for p in chunk for _ in range(k)]
@@ -396,13 +405,15 @@ def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, ren
                                                 cfg.max_completion_length, cfg.top_p, fmt.stop_sequences())
             texts = [prefix + tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
             out += [texts[i * k:(i + 1) * k] for i in range(len(chunk))]
+            progress.advance(task, len(chunk))
+        progress.stop()
         return out
 
     return sample
 
 
 def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], render: Any, engine: Any,
-                tokenizer: Any, log: Any) -> Any:
+                tokenizer: Any, log: Any, show_progress: bool = True) -> Any:
     """The curriculum pool: restored on resume, else the first `curriculum_pool` problems measured
     (with the rollout engine's decoder, or llama.cpp on the base when the engine has none)."""
     from edgereason.train.curriculum import CurriculumPool, measure
@@ -426,13 +437,26 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
         decoder = ParallelDecoder(owned, 16, 16 * (cfg.max_prompt_length + cfg.max_completion_length),
                                   cfg.threads or os.cpu_count() or 1)
     t0 = time.perf_counter()
-    log(f"measuring pass rates: {len(candidates)} problems x {cfg.curriculum_samples} samples")
-    rates = measure(candidates, _sampler(cfg, prep, decoder, tokenizer, render, cfg.seed), cfg.curriculum_samples,
-                    prep.fmt)
+    # The base model's pass rates do not depend on the run: a measurement is cached by model, problems
+    # and sampling settings, so a second run (or a re-run) starts at once.
+    from edgereason.paths import cache_dir
+
+    key = hashlib.sha256(json.dumps([prep.model.name, _dir_hash(prep.model.require_hf()), [p.id for p in candidates],
+                                     cfg.curriculum_samples, cfg.curriculum_temperature, cfg.max_completion_length,
+                                     cfg.top_p, cfg.seed, cfg.format, cfg.prefill]).encode()).hexdigest()[:20]
+    cached = cache_dir() / "pass-rates" / f"{key}.json"
+    if cached.is_file():
+        rates = json.loads(cached.read_text())
+        log(f"pass rates of {len(rates)} problems from {cached}")
+    else:
+        log(f"measuring pass rates: {len(candidates)} problems x {cfg.curriculum_samples} samples")
+        rates = measure(candidates, _sampler(cfg, prep, decoder, tokenizer, render, cfg.seed, show_progress),
+                        cfg.curriculum_samples, prep.fmt)
+        write_text_atomic(cached, json.dumps(rates))
     if owned is not None:
         decoder.close()
         owned.close()
-    pool.apply(rates)
+    pool.apply(rates, samples=cfg.curriculum_samples)
     pool.history.append({"step": 0, "measured": len(rates), "seconds": round(time.perf_counter() - t0, 1), **pool.sizes()})
     log(f"curriculum: {pool.sizes()} after {time.perf_counter() - t0:.0f} s (band {low} < pass rate < {high})")
     if not pool.active:

@@ -9,11 +9,9 @@ from typing import Any
 def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
     if not rows:
         return None
-    import matplotlib
+    from edgereason.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps = [r["step"] for r in rows]
     reward_keys = sorted(k for k in rows[-1] if k.startswith("rewards/") and k.endswith("/mean"))
     panels = [
@@ -23,8 +21,10 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
         ("KL to reference / β", ["kl", "beta"]),
         ("Completion length (tokens)", ["completions/mean_length"]),
         ("Clip ε and grad norm", ["epsilon", "grad_norm"]),
+        ("Curriculum: problems in the band", ["curriculum/active", "curriculum/parked", "curriculum/retired"]),
+        ("Groups with tied correctness / zero reward std", ["curriculum/frac_correctness_tied", "frac_reward_zero_std"]),
     ]
-    fig, axes = plt.subplots(3, 2, figsize=(12, 10))
+    fig, axes = plt.subplots(4, 2, figsize=(12, 13))
     for ax, (title, keys) in zip(axes.flat, panels):
         for k in keys:
             ys = [r.get(k) for r in rows]
@@ -36,10 +36,7 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         if len(keys) > 1:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_report(run_dir: Path, cfg, rows: list[dict[str, Any]], metrics: dict[str, float], stop_reason: str, timing: dict) -> Path:
