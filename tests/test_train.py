@@ -47,7 +47,7 @@ def _adapter_model(hf_dir: Path, seed: int = 0):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.02)
+                p.normal_(0, 0.15)
     return model.eval()
 
 
@@ -117,6 +117,15 @@ def test_rollout_engine_matches_the_policy_and_schedules_temperatures(tmp_path, 
         engine.decoder.set_lora(None)  # without the adapter the greedy path changes: it was applied
         again = engine.rollout([prompt] * 4, Trainer)
         assert again["completion_ids"][0] != cold[0]
+        # A stop string ends the row with the EOS token (so TRL counts it terminated), forced but
+        # with the model's own log-probability of it.
+        path = again["completion_ids"][0]
+        stop = tok.decode(path[2:4])
+        (row,), _ = engine.decoder.generate_batch([ids], [0.0], [0], 24, stop=[stop], logprobs=True,
+                                                  end_token=tok.eos_token_id)
+        assert row.token_ids[-1] == tok.eos_token_id and row.token_ids[:-1] == path[:len(row.token_ids) - 1]
+        assert len(row.token_ids) <= 5 and row.finish_reason == "stop"
+        assert len(row.logprobs) == len(row.token_ids) and row.logprobs[-1] < 0
     finally:
         engine.close()
 

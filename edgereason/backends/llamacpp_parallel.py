@@ -48,6 +48,7 @@ class _Seq:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: str | None = None
+    forced: int | None = None  # the next token, decided already (EOS after a stop string)
     pos: int = 0  # position of the next token in this sequence
 
 
@@ -144,10 +145,12 @@ class ParallelDecoder:
     def generate_batch(self, prompts: Sequence[Sequence[int]], temperatures: Sequence[float], seeds: Sequence[int],
                        max_tokens: int, top_p: float = 1.0, stop: Sequence[str] = (), grammar: str | None = None,
                        should_stop: Callable[[], bool] | None = None,
-                       logprobs: bool = False) -> tuple[list[ParallelSample], float]:
+                       logprobs: bool = False, end_token: int | None = None) -> tuple[list[ParallelSample], float]:
         """One completion per (prompt, temperature, seed) row, all decoded together; rows with the
         same prompt share its evaluation. With `logprobs`, each token's log-probability under the
-        untempered model is returned too."""
+        untempered model is returned too. With `end_token` (the EOS id), a sequence that hits a stop
+        string ends with that token (forced; its model log-probability reported): a trainer then sees
+        a terminated completion and learns to end there."""
         n = len(prompts)
         if n > self.max_seqs:
             raise ValueError(f"{n} sequences exceed this context's {self.max_seqs}")
@@ -178,7 +181,7 @@ class ParallelDecoder:
             given) and decide whether the sequence is done."""
             if tok is None:
                 assert s.sampler is not None
-                tok = self._sample(s.sampler, s.grammar, ctx, idx)
+                tok = s.forced if s.forced is not None else self._sample(s.sampler, s.grammar, ctx, idx)
                 if logprobs:
                     row = self._logits(ctx, idx).astype(np.float64)
                     m = row.max()
@@ -191,7 +194,10 @@ class ParallelDecoder:
                 return
             s.text += self.llm.detokenize([tok])
             if any(st in s.text for st in stop_bytes):
-                s.finish = "stop"
+                if end_token is not None and s.forced is None and len(s.ids) < max_tokens:
+                    s.forced = end_token
+                else:
+                    s.finish = "stop"
             elif len(s.ids) >= max_tokens:
                 s.finish = "length"
 
@@ -266,7 +272,9 @@ class ParallelDecoder:
         top = logits.max(axis=1, keepdims=True)
         log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))  # untempered normaliser
         for k, s in enumerate(seqs):
-            if s.temperature <= 0:
+            if s.forced is not None:
+                tok = s.forced
+            elif s.temperature <= 0:
                 tok = int(logits[k].argmax())
             else:
                 z = (logits[k] - top[k]) / s.temperature

@@ -105,7 +105,8 @@ class LlamaCppRollouts:
         for start in range(0, rows, self.decoder.max_seqs):
             chunk = slice(start, start + self.decoder.max_seqs)
             samples, _ = self.decoder.generate_batch(ids[chunk], temps[chunk], seeds[chunk], self.max_tokens,
-                                                     self.top_p, self.stop, logprobs=True)
+                                                     self.top_p, self.stop, logprobs=True,
+                                                     end_token=self.tokenizer.eos_token_id)
             out["completion_ids"] += [s.token_ids for s in samples]
             out["logprobs"] += [s.logprobs for s in samples]
         return out
