@@ -92,8 +92,10 @@ def doctor() -> None:
     stages = Table(title="Stages")
     stages.add_column("stage")
     stages.add_column("can use")
-    stages.add_row("train", ("TRL GRPO + PEFT LoRA" + (" on GPU" if gpus else " on CPU")) if have("trl", "peft", "torch") else "[red]needs trl, peft, torch[/]")
-    stages.add_row("export", "merge + GGUF convert/quantize" if have("transformers", "llama-cpp-python") else "[red]needs transformers, llama-cpp-python[/]")
+    stages.add_row("train", ("TRL GRPO + PEFT LoRA" + (" on GPU" if gpus else " on CPU"))
+                   if have("trl", "peft", "torch") else "[red]needs trl, peft, torch[/]")
+    stages.add_row("export", "merge + GGUF convert/quantize"
+                   if have("transformers", "llama-cpp-python") else "[red]needs transformers, llama-cpp-python[/]")
     serve = [b for b, ok in (("llama.cpp", have("llama-cpp-python")), ("vLLM", vllm), ("transformers", have("transformers"))) if ok]
     stages.add_row("serve", ", ".join(serve) or "[red]no backend installed[/]")
     stages.add_row("eval/bench", ", ".join(serve) or "[red]no backend installed[/]")

@@ -87,7 +87,7 @@ def option_specs(config_cls: type[BaseModel], short: dict[str, str] | None = Non
             flag = str(extra.get("flag") or f"--{flag_prefix}{name.replace('_', '-')}")
             annotation, repeatable = cli
             is_bool = _unwrap_optional(f.annotation) is bool
-            decls = (f"{flag}/--no-{flag[2:]}",) if is_bool else (flag,)
+            decls: tuple[str, ...] = (f"{flag}/--no-{flag[2:]}",) if is_bool else (flag,)
             if dotted in short:
                 decls = (*decls, short[dotted])
             default = f.default if f.default_factory is None else None
@@ -144,7 +144,7 @@ def stage_command(config_cls: type[C], run: Callable[[C], None], *, help: str,
         try:
             cfg = config_cls.load(values.pop("config"), values.pop("set_"), explicit=explicit_values(specs, values))
             run(cfg)
-        except (ConfigError, *errors) as e:
+        except (ConfigError, *errors) as e:  # type: ignore[misc]  # mypy cannot type a starred tuple here
             console.print(f"[red]error:[/] {e}")
             raise typer.Exit(2) from None
 

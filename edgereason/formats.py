@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 
-class FormatError(str, Enum):
+class FormatError(StrEnum):
     """Why a completion fails its format; the value is a stable machine-readable code."""
 
     MISSING_REASONING_OPEN = "missing_reasoning_open"

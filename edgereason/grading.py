@@ -51,15 +51,19 @@ def extract_answer(completion: str, fmt: ReasoningFormat | str | None = None) ->
     boxed = last_boxed(completion)
     if boxed:
         return ExtractedAnswer(boxed, "boxed")
-    m = None
-    for m in _GSM8K_RE.finditer(completion):
-        pass
-    if m is not None and m.group(1).strip():
-        return ExtractedAnswer(m.group(1).strip(), "gsm8k")
+    marked = _last_gsm8k_marker(completion)
+    if marked:
+        return ExtractedAnswer(marked, "gsm8k")
     numbers = _NUMBER_RE.findall(completion)
     if numbers:
         return ExtractedAnswer(numbers[-1], "last_number")
     return ExtractedAnswer(None, "none")
+
+
+def _last_gsm8k_marker(text: str) -> str | None:
+    """The answer after the last GSM8K `#### answer` marker, if any."""
+    matches = list(_GSM8K_RE.finditer(text))
+    return (matches[-1].group(1).strip() or None) if matches else None
 
 
 def last_boxed(text: str) -> str | None:
@@ -167,7 +171,7 @@ def answers_equal(pred: str | None, gold: str | None, timeout_s: float = DEFAULT
         return True
     fp, fg = to_number(np_), to_number(ng)
     if fp is not None and fg is not None:
-        return abs(fp - fg) <= _NUMERIC_TOLERANCE * max(1, abs(fg))
+        return abs(fp - fg) <= _NUMERIC_TOLERANCE * max(Fraction(1), abs(fg))
     return _bounded_verify(np_, ng, timeout_s)
 
 
@@ -181,8 +185,8 @@ def _verify_in_process(pred: str, gold: str, timeout_s: float | None) -> bool:
 
     t = None if timeout_s is None else max(1, int(round(timeout_s)))
     try:
-        g = parse(_wrap_latex(gold), parsing_timeout=t)  # type: ignore[arg-type]
-        p = parse(_wrap_latex(pred), parsing_timeout=t)  # type: ignore[arg-type]
+        g = parse(_wrap_latex(gold), parsing_timeout=t)
+        p = parse(_wrap_latex(pred), parsing_timeout=t)
         if not g or not p:
             return False
         return bool(verify(g, p, timeout_seconds=t))
@@ -259,7 +263,7 @@ def partial_credit(pred: str | None, gold: str | None, timeout_s: float = DEFAUL
     fp, fg = to_number(pred), to_number(gold)
     if fp is None or fg is None:
         return WRONG_CREDIT
-    ratio = abs(fp - fg) / max(abs(fg), 1)
+    ratio = abs(fp - fg) / max(abs(fg), Fraction(1))
     if ratio <= Fraction(1, 10):
         return WITHIN_10_PERCENT_CREDIT
     if ratio <= Fraction(1, 5):
@@ -396,11 +400,9 @@ def flexible_answer(completion: str, kind: AnswerType, choices: Sequence[str] | 
     if boxed:
         return boxed
     if kind == "number":
-        m = None
-        for m in _GSM8K_RE.finditer(text):
-            pass
-        if m is not None and m.group(1).strip():
-            return m.group(1).strip()
+        marked = _last_gsm8k_marker(text)
+        if marked:
+            return marked
         found = _last(_ANSWER_IS, text)
         if found:
             return found

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -163,7 +163,7 @@ def gguf_to_hf(gguf_path: Path, name: str, chat_template: str | None = None) -> 
         )
         # The weights are already dequantised; drop the GGUF quantizer so the copy saves as a
         # plain checkpoint.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

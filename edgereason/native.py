@@ -27,6 +27,7 @@ import sysconfig
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: The llama-cpp-python release whose vendored llama.cpp is built; pyproject.toml pins the same.
@@ -116,7 +117,7 @@ def _complete(bin_dir: Path) -> bool:
     return all((bin_dir / t).is_file() for t in TOOLS) and (bin_dir / "libllama.so").exists()
 
 
-def build(jobs: int | None = None, log=print) -> Path:  # type: ignore[no-untyped-def]
+def build(jobs: int | None = None, log: Callable[[str], object] = print) -> Path:
     """Configure and compile (skipped when the cached build is complete); returns its bin folder."""
     out = build_dir()
     if _complete(out / "bin"):
@@ -150,7 +151,7 @@ def bindings_lib_dir() -> Path:
     return Path(sysconfig.get_paths()["purelib"]) / "llama_cpp" / "lib"
 
 
-def install(log=print) -> Path:  # type: ignore[no-untyped-def]
+def install(log: Callable[[str], object] = print) -> Path:
     """Copy the built libraries and tools into this environment's llama_cpp/lib."""
     bin_dir = build_dir() / "bin"
     if not _complete(bin_dir):

@@ -214,17 +214,17 @@ def write_pipeline_report(cfg: PipelineConfig, timings: dict[str, float], benche
                   + ", ".join(f"maj@{k} {_pct(s.maj_at_k['flexible'][k])} / pass@{k} {_pct(s.pass_at_k['flexible'][k])}"
                               for k in ks) + f"; greedy {_pct(s.flexible.value)}.", ""]
 
-    bench = BenchResults.read(results / "bench" / "bench.json")
-    m = bench.machine
+    measured = BenchResults.read(results / "bench" / "bench.json")
+    m = measured.machine
     lines += [f"## Bench: {m['cpu']}, {m['cores']} cores", "",
               "| threads | load s | pp tok/s | tg tok/s | TTFT s | answer s | peak RSS MB |", "|---|---|---|---|---|---|---|"]
-    for r in bench.artifacts[0]["runs"]:
+    for r in measured.artifacts[0]["runs"]:
         if "error" in r:
             continue
         lines.append(f"| {r['threads']} | {r['load_s']:.2f} | {r['pp_tok_s']['median']:.0f} | {r['tg_tok_s']['median']:.1f} | "
                      + (f"{r['ttft_s']['median']:.2f} | {r['answer_s']['median']:.1f}" if "ttft_s" in r else " | ")
                      + f" | {r['peak_rss_mb']:.0f} |")
-    fit = bench.artifacts[0].get("device_profile")
+    fit = measured.artifacts[0].get("device_profile")
     if fit:
         lines += ["", f"Device profile {fit['profile']}: fits = {fit['fits']} (estimated {fit['estimated_mb']} MB at "
                   f"n_ctx {fit['n_ctx']}, confirmed under the limit: {fit.get('confirmed_under_limit')}); "

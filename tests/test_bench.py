@@ -8,7 +8,6 @@ import pytest
 from edgereason.evalsuite.bench import PROFILES, BenchConfig, _run_worker, fit, run_bench, write_bench
 from edgereason.gguf_meta import gguf_info
 
-
 pytestmark = pytest.mark.model
 
 

@@ -6,15 +6,14 @@ import json
 import pytest
 
 from edgereason.data import DataError, load_benchmark
-from edgereason.grading import choice_letter, is_correct
-from edgereason.logic import CATEGORIES, equivalent, evaluate, generate_logic
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact
 from edgereason.evalsuite.report import write_report, write_transfer_report
 from edgereason.evalsuite.runner import EvalError, baseline_of, run_eval
 from edgereason.evalsuite.targets import parse_target
+from edgereason.grading import choice_letter, is_correct
+from edgereason.logic import CATEGORIES, equivalent, evaluate, generate_logic
 from edgereason.results import EvalSummary
-
 
 # ---- metric math -------------------------------------------------------------------------------
 

@@ -6,11 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from edgereason.formats import get_format
+from edgereason.config import ConfigError
+from edgereason.export.config import GGUFExportConfig, Int4ExportConfig
 from edgereason.export.files import ExportError, atomic_output, require_free_space, sha256_file
 from edgereason.export.gguf_export import export_gguf
 from edgereason.export.llama_tools import convert_hf_to_gguf, quantize_gguf
 from edgereason.export.merge import load_hf
+from edgereason.formats import get_format
+
+pytestmark = pytest.mark.model
+
+
+def export(out: Path, **kw):
+    """export gguf on the default model with small checks (4 answer problems, 8 calibration problems)."""
+    kw = {"base": "smollm2-135m", "format": "reasoning-answer", "answer_problems": 4, "calibration_problems": 8, **kw}
+    return export_gguf(GGUFExportConfig(out=out, **kw))
 
 
 def _make_adapter(base_hf: Path, out: Path, seed: int = 0) -> Path:
@@ -39,7 +49,7 @@ def adapter(default_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(adapter, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "x"
-    result = export_gguf(out, base="smollm2-135m", adapter=adapter, quants="q8_0,q4_k_m", format_name="reasoning-answer")
+    result = export(out, adapter=adapter, quant="q8_0,q4_k_m")
     return out, result
 
 
@@ -110,6 +120,62 @@ def test_manifest_records_every_file_with_hashes_and_verification(exported, adap
     assert sizes == sorted(sizes, reverse=True)
     assert arts["q4_k_m"]["bits_per_weight"] < 7
     assert not (out / ".staging").exists()
+    # q4_k_m was calibrated (imatrix on by default below q8_0), q8_0 was not; both answered the check.
+    assert arts["q4_k_m"]["imatrix"] is True and arts["q8_0"]["imatrix"] is False
+    imatrix = m["imatrix"]
+    assert imatrix["sha256"] == sha256_file(out / "imatrix.gguf") and imatrix["calibration"]["traces"] == 16
+    assert len(m["answer_check"]["problems"]) == 4
+    for name in ("f16", "q8_0", "q4_k_m", "lora"):
+        answers = arts[name]["verification"]["answers"]
+        assert set(answers) == {"answer_agreement", "format_agreement", "format_compliance", "answer_accuracy"}
+    assert arts["f16"]["verification"]["answers"]["answer_agreement"] >= 0.75  # f16 answers like the merged model
+
+
+def test_the_imatrix_reaches_the_quantizer(exported, tmp_path):
+    """The same F16 quantized with and without the importance matrix gives different weights; an IQ
+    type without one is refused before llama-quantize runs."""
+    out, _ = exported
+    plain, calibrated = tmp_path / "plain.gguf", tmp_path / "calibrated.gguf"
+    quantize_gguf(out / "model-f16.gguf", plain, "q4_k_m", tmp_path / "a.log")
+    quantize_gguf(out / "model-f16.gguf", calibrated, "q4_k_m", tmp_path / "b.log", imatrix=out / "imatrix.gguf")
+    assert sha256_file(plain) != sha256_file(calibrated)
+    assert "imatrix" in (tmp_path / "b.log").read_text().lower()
+    with pytest.raises(ExportError, match="needs an importance matrix"):
+        quantize_gguf(out / "model-f16.gguf", tmp_path / "iq.gguf", "iq4_xs", tmp_path / "c.log")
+    # A per-tensor override changes that tensor's type.
+    from gguf import GGUFReader
+
+    kept = tmp_path / "kept.gguf"
+    quantize_gguf(out / "model-f16.gguf", kept, "q4_0", tmp_path / "d.log", tensor_types={"token_embd": "q8_0"})
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(kept)).tensors}
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_q.weight"] != "Q8_0"
+
+
+def test_ladder_keeps_the_smallest_candidate_that_meets_the_target(exported, adapter, tmp_path):
+    out = tmp_path / "ladder"
+    shutil.copytree(exported[0], out)
+    result = export(out, adapter=adapter, ladder="q8_0,q4_0", target_agreement=0.99, lora=False)
+    m = json.loads((out / "manifest.json").read_text())
+    candidates = {c["quant"]: c for c in m["ladder"]["candidates"]}
+    assert candidates["q8_0"]["passed"] and not candidates["q4_0"]["passed"]  # 4 bits lose agreement on 135M
+    assert result.chosen == m["chosen"] == "model-q8_0.gguf" and result.rejected == ["q4_0"]
+    assert m["artifacts"]["q4_0"]["status"] == "rejected" and not (out / "model-q4_0.gguf").exists()
+    assert (out / "ladder.png").stat().st_size > 10_000
+    from edgereason.models import resolve_model
+
+    assert resolve_model(str(out)).gguf_path == out / "model-q8_0.gguf"  # serve and bench load the chosen one
+    # A target nothing meets: an error naming it, and nothing verified is removed.
+    with pytest.raises(ExportError, match="no candidate"):
+        export(out, adapter=adapter, ladder="q8_0,q4_0", target_kl=1e-9, lora=False)
+    assert (out / "model-q8_0.gguf").exists() and json.loads((out / "manifest.json").read_text())["chosen"] == "model-q8_0.gguf"
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="unknown type"):
+        GGUFExportConfig(out=tmp_path, quant="q4_k_m,q9_9")
+    assert GGUFExportConfig(out=tmp_path, quant=["q8_0,q4_k_m", "q6_k"]).quant == ["q8_0", "q4_k_m", "q6_k"]
+    with pytest.raises(ConfigError, match="out"):
+        GGUFExportConfig.load(None)
 
 
 def test_lora_gguf_loads_with_lora_path_and_changes_the_output(exported, default_model):
@@ -132,7 +198,7 @@ def test_lora_gguf_loads_with_lora_path_and_changes_the_output(exported, default
 def test_rerun_skips_verified_artifacts(exported, adapter):
     out, _ = exported
     before = (out / "model-q4_k_m.gguf").stat().st_mtime_ns
-    result = export_gguf(out, base="smollm2-135m", adapter=adapter, quants="q4_k_m", format_name="reasoning-answer")
+    result = export(out, adapter=adapter, quant="q4_k_m")
     assert {"merged-hf", "f16", "q4_k_m", "lora"} <= set(result.skipped)
     assert (out / "model-q4_k_m.gguf").stat().st_mtime_ns == before
 
@@ -165,13 +231,15 @@ def test_clear_errors_before_any_damage(tmp_path, default_model):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     with pytest.raises(ExportError, match="does not exist"):
-        export_gguf(tmp_path / "o", base="smollm2-135m", adapter=tmp_path / "missing")
+        export(tmp_path / "o", adapter=tmp_path / "missing")
     not_adapter = tmp_path / "not-adapter"
     not_adapter.mkdir()
     with pytest.raises(ExportError, match="no adapter_config.json"):
-        export_gguf(tmp_path / "o", base="smollm2-135m", adapter=not_adapter)
-    with pytest.raises(ExportError, match="unknown quant"):
-        export_gguf(tmp_path / "o", base="smollm2-135m", quants="q4_k_m,q9_9")
+        export(tmp_path / "o", adapter=not_adapter)
+    with pytest.raises(ExportError, match="need an importance matrix"):
+        export(tmp_path / "o", quant="iq4_xs", imatrix=False)
+    with pytest.raises(ValueError, match="evaluation only"):
+        export(tmp_path / "o", quant="q4_k_m", calibration_data=["gsm8k"])
     with pytest.raises(ExportError, match="not enough disk space"):
         require_free_space(tmp_path, shutil.disk_usage(tmp_path).free + 2**40, "a test")
 
@@ -183,7 +251,7 @@ def test_clear_errors_before_any_damage(tmp_path, default_model):
     shutil.copy(default_model.hf_dir / "tokenizer_config.json", tiny_dir)
     wrong = _make_adapter(tiny_dir, tmp_path / "wrong-adapter")
     with pytest.raises(ExportError, match="does not fit base model"):
-        export_gguf(tmp_path / "o2", base="smollm2-135m", adapter=wrong)
+        export(tmp_path / "o2", adapter=wrong)
     assert not (tmp_path / "o2" / "model-f16.gguf").exists()
 
     # An architecture llama.cpp's converter does not know: its message comes through, no output file.
@@ -205,7 +273,8 @@ def test_int4_checkpoint_reloads_with_transformers_and_is_recorded(exported, ada
     from edgereason.export.int4 import export_int4
 
     out, _ = exported
-    entry = export_int4(out, base="smollm2-135m", adapter=adapter, format_name="reasoning-answer")
+    entry = export_int4(Int4ExportConfig(out=out, base="smollm2-135m", adapter=adapter, format="reasoning-answer",
+                                         answer_problems=4, compute_dtype="fp32"))
     assert entry["status"] == "ok" and entry["quant"] == "bnb-nf4"
     assert entry["verification"]["top1_agreement"] >= 0.75
     folder = out / entry["file"]

@@ -15,7 +15,8 @@ def test_default_model_generates_with_transformers(default_model):
     model = AutoModelForCausalLM.from_pretrained(default_model.hf_dir)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
-    ids = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
@@ -59,7 +60,8 @@ def test_concurrent_first_use_builds_one_valid_cache(tmp_path):
         "m = resolve_model('smollm2-135m', need_hf=True); print(m.hf_dir)"
     )
     env = {**__import__("os").environ, "EDGEREASON_CACHE_DIR": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(2)]
     outs = [p.communicate(timeout=600)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert outs[0] == outs[1]

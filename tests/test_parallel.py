@@ -2,9 +2,9 @@
 
 import pytest
 
-from edgereason.formats import get_format
-from edgereason.backends.llamacpp import LlamaCppBackend
 from edgereason.backends.base import SamplingParams
+from edgereason.backends.llamacpp import LlamaCppBackend
+from edgereason.formats import get_format
 
 QUESTION = "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?"
 
@@ -36,3 +36,15 @@ def test_greedy_parallel_samples_agree(backend):
     params = SamplingParams(max_tokens=32, temperature=0.0, n=3, seed=1, stop=fmt.stop_sequences(), prefix=fmt.prefill)
     (row,) = backend.chat([fmt.messages(QUESTION)], params)
     assert len({c.text for c in row}) == 1
+
+
+def test_several_prompts_are_decoded_together_like_one_at_a_time(backend):
+    """Greedy rows of different prompts in one batch give what each prompt gives alone (the path
+    eval and export's answer check use)."""
+    fmt = get_format()
+    questions = [QUESTION, "What is 7 times 8?", "A bus has 40 seats and 12 are empty. How many people sit?"]
+    params = SamplingParams(max_tokens=24, temperature=0.0, prefix=fmt.prefill)
+    together = backend.chat([fmt.messages(q) for q in questions], params)
+    alone = [backend.chat([fmt.messages(q)], params)[0] for q in questions]
+    assert [r[0].text for r in together] == [r[0].text for r in alone]
+    assert all(r[0].completion_tokens == 24 or r[0].finish_reason == "stop" for r in together)

@@ -237,3 +237,60 @@ def test_gateway_over_two_replicas_spreads_concurrent_requests():
     finally:
         for s in (a, b, gw):
             s.stop()
+
+
+def test_gateway_sends_the_upstream_key_and_makes_up_an_n_shortfall(tmp_path, default_model):
+    """Behind llama-cpp-python's own OpenAI server (it ignores `n` and here requires a key), a vote of
+    k=4 still gets 4 samples, and the gateway's key opens the upstream."""
+    from edgereason.servers import ManagedProcess, free_port, python_module
+
+    port = free_port()
+    upstream = ManagedProcess(
+        python_module("llama_cpp.server", "--model", str(default_model.gguf_path), "--host", "127.0.0.1",
+                      "--port", str(port), "--n_ctx", "2048", "--api_key", "upstream-secret"),
+        f"http://127.0.0.1:{port}", tmp_path / "llama-cpp-python-server.log", health_path="/docs",  # keyless page
+        restart=False, name="llama_cpp.server",
+    )
+    upstream.start()
+    gw = keyless = None
+    try:
+        keyless = Server(backend="upstream", upstream={"urls": [upstream.base_url]})
+        c = openai.OpenAI(base_url=keyless.base + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as err:
+            c.completions.create(model="smollm2-135m", prompt="2 + 2 =", max_tokens=4)
+        assert err.value.status_code in (401, 502)  # the upstream refused the gateway without its key
+        gw = Server(backend="upstream", upstream={"urls": [upstream.base_url], "api_key": "upstream-secret"})
+        c = openai.OpenAI(base_url=gw.base + "/v1", api_key="unused", max_retries=0)
+        r = c.completions.create(model="smollm2-135m", prompt="Once upon a time", max_tokens=8, temperature=0.9,
+                                 n=4, seed=3)
+        assert len(r.choices) == 4 and sorted(ch.index for ch in r.choices) == [0, 1, 2, 3]
+        vote = c.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=96, temperature=0.8,
+                                         extra_body={"voting": {"k": 4}})
+        assert vote.model_extra["voting"]["samples"] == 4
+    finally:
+        for s in (gw, keyless):
+            if s is not None:
+                s.stop()
+        upstream.stop()
+
+
+def test_tools_pass_through_to_llama_server_and_come_back_as_tool_calls(client):
+    """llama-server's Jinja templates parse tool calls; `tool_choice: required` constrains the answer
+    to a call, so the shape is forced whatever the model would say."""
+    tools = [{"type": "function", "function": {
+        "name": "add", "description": "Add two integers.",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                       "required": ["a", "b"]}}}]
+    r = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "What is 3 + 4?"}],
+                                       tools=tools, tool_choice="required", max_tokens=96, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "add" and set(json.loads(call.function.arguments)) >= {"a", "b"}
+    # The tool's result goes back in history as a `tool` message and the model answers from it.
+    follow = client.chat.completions.create(model="smollm2-135m", max_tokens=32, temperature=0, tools=tools, messages=[
+        {"role": "user", "content": "What is 3 + 4?"},
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "7"},
+    ], tool_choice="none")
+    assert follow.choices[0].message.content

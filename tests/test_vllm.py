@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here; scripts/setup-vllm-venv.sh makes a venv that has it")
 
-from edgereason.backends.base import SamplingParams  # noqa: E402
-from edgereason.formats import get_format  # noqa: E402
+from edgereason.backends.base import SamplingParams
+from edgereason.formats import get_format
 
 pytestmark = pytest.mark.model
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"

@@ -49,7 +49,7 @@ def backend_class(name: str) -> type[Backend]:
         module, _, cls = _REGISTRY[name].partition(":")
     except KeyError:
         raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), cls)
 
 
 def create_backend(name: str, *args: Any, **kwargs: Any) -> Backend:

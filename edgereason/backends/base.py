@@ -19,11 +19,13 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 Messages = list[dict[str, Any]]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -203,13 +205,13 @@ class Backend(ABC):
         with self._serial:
             yield from self.stream(prompt, params)
 
-    def _serialised(self, fn):  # type: ignore[no-untyped-def]
+    def _serialised(self, fn: Callable[[], T]) -> T:
         if self.max_concurrency > 1:
             return fn()
         with self._serial:
             return fn()
 
-    async def asamples(self, prompt: str, params: SamplingParams, k: int) -> AsyncIterator[tuple[int, Completion]]:
+    async def asamples(self, prompt: str, params: SamplingParams, k: int) -> AsyncGenerator[tuple[int, Completion], None]:
         """k samples of one prompt, each yielded as (index, completion) when it finishes. Closing the
         iterator early cancels the samples still running (early-stopped votes).
 

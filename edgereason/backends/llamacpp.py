@@ -26,6 +26,7 @@ MAX_PARALLEL_SAMPLES = 16
 class LlamaCppBackend(Backend):
     name = "llama-cpp-python"
     supports = frozenset({"penalties", "grammar"})
+    parallel_samples = True
 
     def __init__(
         self,
@@ -45,8 +46,7 @@ class LlamaCppBackend(Backend):
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=self.threads,
                          lora_path=str(lora_path) if lora_path else None, verbose=False)
         self.context_length = self.llm.n_ctx()
-        # A GGUF LoRA is applied to the main context only, so with one the samples go one at a time.
-        self.parallel_samples = lora_path is None
+        self.lora_path = lora_path  # applied to the batched decoder's context as well
         self._parallel: ParallelDecoder | None = None
         self.template = ChatTemplate.from_gguf_metadata(self.llm, resolved.chat_template, str(gguf))
 
@@ -80,20 +80,40 @@ class LlamaCppBackend(Backend):
         if self._parallel is None:  # sized for up to 16 samples of a full-length answer
             self._parallel = ParallelDecoder(self.llm, MAX_PARALLEL_SAMPLES,
                                              (self.context_length or 2048) + MAX_PARALLEL_SAMPLES * 512, self.threads)
+            if self.lora_path is not None:
+                self._parallel.set_lora(Path(self.lora_path))
         return self._parallel
 
-    def _complete_parallel(self, prompt: str, params: SamplingParams, first_seed: int) -> list[Completion]:
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        seeds = [first_seed + j for j in range(params.n)]
-        samples, seconds = self._decoder().generate(tokens, params.n, params.max_tokens, params.temperature,
-                                                     params.top_p, seeds, params.stop, params.grammar,
-                                                     params.should_stop)
-        return [Completion(s.text, len(tokens), s.tokens, s.finish_reason, seconds) for s in samples]
+    @staticmethod
+    def _batchable(params: SamplingParams) -> bool:
+        """What the batched decoder implements: temperature, top-p, stop strings, a grammar."""
+        return not (params.ignore_eos or params.logit_bias or params.frequency_penalty or params.presence_penalty)
+
+    def _complete_batched(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Every (prompt, sample) row decoded together, up to MAX_PARALLEL_SAMPLES rows at a time."""
+        base = params.seed if params.seed is not None else random.randrange(2**31)
+        tokens = [self.llm.tokenize(p.encode("utf-8"), add_bos=False, special=True) for p in prompts]
+        rows = [(i, base + i * params.n + j) for i in range(len(prompts)) for j in range(params.n)]
+        decoder = self._decoder()
+        out: list[list[Completion]] = [[] for _ in prompts]
+        start = 0
+        while start < len(rows):
+            size = MAX_PARALLEL_SAMPLES
+            while size > 1 and sum(len(tokens[i]) for i in {i for i, _ in rows[start:start + size]}) \
+                    + size * params.max_tokens > decoder.n_ctx:
+                size //= 2  # long prompts or answers: fewer rows per batch
+            chunk = rows[start:start + size]
+            samples, seconds = decoder.generate_batch(
+                [tokens[i] for i, _ in chunk], [params.temperature] * len(chunk), [seed for _, seed in chunk],
+                params.max_tokens, params.top_p, params.stop, params.grammar, params.should_stop)
+            for (i, _), s in zip(chunk, samples):
+                out[i].append(Completion(s.text, len(tokens[i]), s.tokens, s.finish_reason, seconds))
+            start += size
+        return out
 
     def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        if params.n > 1 and self.parallel_samples and params.n <= MAX_PARALLEL_SAMPLES and not params.ignore_eos:
-            base = params.seed if params.seed is not None else random.randrange(2**31)
-            return [self._complete_parallel(p, params, base + i * params.n) for i, p in enumerate(prompts)]
+        if (params.n > 1 or len(prompts) > 1) and self._batchable(params):
+            return self._complete_batched(prompts, params)
         results: list[list[Completion]] = []
         for i, prompt in enumerate(prompts):
             row = []
@@ -113,7 +133,8 @@ class LlamaCppBackend(Backend):
         ttft = None
         text, finish, n_tokens = "", None, 0
         prompt_tokens = self.count_tokens(prompt)
-        for chunk in self.llm.create_completion(prompt, stream=True, **self._kwargs(params, seed)):
+        chunks: Any = self.llm.create_completion(prompt, stream=True, **self._kwargs(params, seed))
+        for chunk in chunks:
             choice = chunk["choices"][0]
             delta = choice.get("text") or ""
             finish = choice.get("finish_reason") or finish

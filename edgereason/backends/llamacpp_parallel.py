@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -280,7 +281,7 @@ class ParallelDecoder:
                 z = (logits[k] - top[k]) / s.temperature
                 p = np.exp(z)
                 cdf = np.cumsum(p)
-                tok = int(np.searchsorted(cdf, s.rng.random() * cdf[-1], side="right"))  # type: ignore[union-attr]
+                tok = int(np.searchsorted(cdf, s.rng.random() * cdf[-1], side="right"))  # type: ignore[union-attr,call-overload]
                 tok = min(tok, self.n_vocab - 1)
             step(s, batch_idx[k], tok, float(logits[k, tok] - log_z[k]))
 
@@ -291,7 +292,7 @@ class ParallelDecoder:
         self.ctx.close()
 
 
-def _put(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seqs: list[int], logits: bool) -> None:
+def _put(batch: Any, i: int, token: int, pos: int, seqs: list[int], logits: bool) -> None:
     batch.token[i] = token
     batch.pos[i] = pos
     batch.n_seq_id[i] = len(seqs)

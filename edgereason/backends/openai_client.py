@@ -18,7 +18,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -157,7 +157,7 @@ class OpenAIBackend(Backend):
                 raise BackendRejected(f"the engine refused the request: {message}")
             kind = BackendUnavailable if r.status_code in (429, 503) else BackendError
             raise kind(f"{self.url} answered HTTP {r.status_code}: {message}")
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
     # ---- blocking ------------------------------------------------------------------------------
     def _complete_one(self, prompt: str, params: SamplingParams) -> list[Completion]:
@@ -260,7 +260,7 @@ class OpenAIBackend(Backend):
                           ttft, logprobs or None, cached)
         yield Delta("", done.finish_reason, done)
 
-    async def asamples(self, prompt: str, params: SamplingParams, k: int) -> AsyncIterator[tuple[int, Completion]]:
+    async def asamples(self, prompt: str, params: SamplingParams, k: int) -> AsyncGenerator[tuple[int, Completion], None]:
         """k samples as one streamed n=k request (the server evaluates the prompt once); each sample
         is yielded when its choice finishes, and closing early closes the stream, which stops the
         rest on the server. Choices a server did not return (it ignores n) are made up one by one."""
@@ -289,9 +289,9 @@ class OpenAIBackend(Backend):
                             finished.add(i)
                             # llama-server closes each choice with that choice's own usage; text chunks
                             # undercount (a held-back stop string or partial UTF-8 is a token without text).
-                            prompt, tokens, cached = (self._usage(data, 1) if data.get("usage")
-                                                      else (0, counts[i], None))
-                            yield i, Completion(texts[i], prompt, tokens, _finish(c["finish_reason"]),
+                            n_prompt, tokens, cached = (self._usage(data, 1) if data.get("usage")
+                                                        else (0, counts[i], None))
+                            yield i, Completion(texts[i], n_prompt, tokens, _finish(c["finish_reason"]),
                                                 time.perf_counter() - t0, cached_tokens=cached)
         except httpx.HTTPError as e:
             raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None

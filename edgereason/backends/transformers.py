@@ -34,24 +34,40 @@ class TransformersBackend(Backend):
             torch.set_num_threads(threads)
         resolved = resolve_model(model, need_hf=True)
         hf_dir = resolved.require_hf()
-        self.format = resolved.format
-        self.model_name = resolved.name if adapter is None else f"{resolved.name}+{Path(adapter).name}"
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-        if resolved.chat_template and not self.tokenizer.chat_template:
-            self.tokenizer.chat_template = resolved.chat_template
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
-        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(self.device)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        if resolved.chat_template and not tokenizer.chat_template:
+            tokenizer.chat_template = resolved.chat_template
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        hf_model: Any = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype)
+        hf_model = hf_model.to(device)
         if adapter is not None:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(adapter)).to(self.device)
-        self.model.eval()
+            hf_model = PeftModel.from_pretrained(hf_model, str(adapter)).to(device)
+        self._setup(hf_model, tokenizer, resolved.name if adapter is None else f"{resolved.name}+{Path(adapter).name}",
+                    batch_size)
+        self.format = resolved.format
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, name: str, batch_size: int = 8) -> TransformersBackend:
+        """A backend on a model already in memory (export's merged model: no second copy)."""
+        self = cls.__new__(cls)
+        Backend.__init__(self)
+        self._setup(model, tokenizer, name, batch_size)
+        return self
+
+    def _setup(self, model: Any, tokenizer: Any, name: str, batch_size: int) -> None:
+        self.model_name = name
+        self.format = None
+        self.device = str(next(model.parameters()).device)
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = model.eval()
         self.batch_size = batch_size
-        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        self.context_length = getattr(model.config, "max_position_embeddings", None)
 
     def render(self, messages: Messages, prefix: str = "", tools: list[dict[str, Any]] | None = None) -> str:
         text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,8 @@ class VLLMBackend(Backend):
             self.model_name = f"{resolved.name}+{Path(adapter).name}"
 
     def render(self, messages: Messages, prefix: str = "", tools: list[dict[str, Any]] | None = None) -> str:
-        text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,  # type: ignore[arg-type]
+                                                   tokenize=False)
         return str(text) + prefix
 
     def count_tokens(self, text: str) -> int:
@@ -172,7 +173,7 @@ class VLLMBackend(Backend):
             c.ttft_s = ttft
             yield Delta("", c.finish_reason, c)
 
-    async def asamples(self, prompt: str, params: SamplingParams, k: int) -> AsyncIterator[tuple[int, Completion]]:
+    async def asamples(self, prompt: str, params: SamplingParams, k: int) -> AsyncGenerator[tuple[int, Completion], None]:
         """k samples as one vLLM request (one prompt evaluation), each yielded when it finishes;
         closing early aborts the rest."""
         if not self.serving:

@@ -28,9 +28,9 @@ from edgereason.data import load_benchmark
 from edgereason.formats import get_format
 from edgereason.gguf_meta import gguf_info
 from edgereason.models import DEFAULT_MODEL, resolve_model
+from edgereason.plots import pyplot, save_figure
 from edgereason.servers import python_module
 from edgereason.versions import versions
-from edgereason.plots import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,8 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
     m = results["machine"]
     lines = ["# edgereason bench", "", f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; "
              f"llama-cpp-python {m['libraries'].get('llama-cpp-python')}; Python {m['python']}", "",
-             "| artifact | size MB | threads | load s | pp tok/s | tg tok/s (min–max) | ms/token | TTFT s | answer s | problems/min | peak RSS MB |",
+             "| artifact | size MB | threads | load s | pp tok/s | tg tok/s (min–max) | ms/token | TTFT s | answer s "
+             "| problems/min | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in results["artifacts"]:
         for r in a["runs"]:
@@ -204,7 +205,8 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
             lines.append(
                 f"| {Path(a['file']).name} | {a['size_mb']} | {r['threads']} | {r['load_s']:.2f} | {r['pp_tok_s']['median']:.0f} | "
                 f"{tg['median']:.1f} ({tg['min']:.1f}–{tg['max']:.1f}) | {r['ms_per_token']:.1f} | "
-                + (f"{r['ttft_s']['median']:.2f} | {r['answer_s']['median']:.1f} | {r['problems_per_min']:.1f}" if "ttft_s" in r else " | | ")
+                + (f"{r['ttft_s']['median']:.2f} | {r['answer_s']['median']:.1f} | {r['problems_per_min']:.1f}"
+                   if "ttft_s" in r else " | | ")
                 + f" | {r['peak_rss_mb']:.0f} |")
     vote_rows = [(a, r) for a in results["artifacts"] for r in a["runs"] if r.get("voting")]
     if vote_rows:

@@ -49,7 +49,7 @@ def measure(spec: dict) -> dict:
             t = time.perf_counter()
             first = None
             n = 0
-            for chunk in llm.create_completion(messages, max_tokens=spec["answer_tokens"], temperature=0.0,
+            for _chunk in llm.create_completion(messages, max_tokens=spec["answer_tokens"], temperature=0.0,
                                                stream=True, stop=spec.get("stop")):
                 if first is None:
                     first = time.perf_counter() - t

@@ -11,7 +11,6 @@ from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
 from edgereason.models import DEFAULT_MODEL
 
-
 #: The transfer set: math word problems, the arithmetic floor, logic, and science multiple choice.
 TRANSFER = ("gsm8k", "arith", "logic", "arc-easy", "arc-challenge")
 

@@ -82,7 +82,7 @@ def baseline_of(problems: list[Problem]) -> Baseline:
 def _grade(c: Completion, p: Problem, fmt: ReasoningFormat, keep_text: bool) -> dict[str, Any]:
     parsed = fmt.parse(c.text)
     v = grade_completion(c.text, p.gold_answer, p.choices, fmt)
-    rec = {
+    rec: dict[str, Any] = {
         "answer_type": v.kind,
         "strict_answer": v.strict_answer,
         "strict_correct": v.strict_correct,

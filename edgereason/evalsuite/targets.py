@@ -52,7 +52,7 @@ def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, th
     model (+ adapter), or an OpenAI-compatible server (checked to answer and serve the model)."""
     if target.backend == "server":
         client = create_backend("openai", target.url, target.model, concurrency=concurrency, reasoning_format=fmt)
-        return client.connect()  # type: ignore[attr-defined,no-any-return]
+        return client.connect()  # type: ignore[attr-defined]
     if target.backend == "llama.cpp":
         return create_backend("llama-server", target.model, adapter=target.adapter, slots=concurrency,
                               ctx_per_slot=n_ctx, threads=threads)

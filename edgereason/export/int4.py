@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 from rich.console import Console
 
+from edgereason.export.answers import training_problems
+from edgereason.export.config import Int4ExportConfig
 from edgereason.export.files import ExportError, atomic_output, require_free_space
 from edgereason.export.manifest import Manifest, resolve_source
 from edgereason.export.merge import load_hf, parameter_count
@@ -25,32 +26,31 @@ from edgereason.export.verify import Reference, verify_hf
 INT4_DIR = "int4-nf4"
 
 
-def export_int4(
-    out_dir: Path,
-    base: str | None = None,
-    adapter: str | Path | None = None,
-    format_name: str | None = None,
-    force: bool = False,
-    console: Console | None = None,
-) -> dict:
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def export_int4(cfg: Int4ExportConfig, console: Console | None = None) -> dict:
     console = console or Console()
+    out_dir, force = cfg.out, cfg.force
     try:
         import bitsandbytes  # noqa: F401
         import torch
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     except ImportError as e:
         raise ExportError(f"INT4 export needs bitsandbytes: pip install 'edgereason[export]' ({e.name} missing)") from None
-    src = resolve_source(base, adapter, format_name)
+    src = resolve_source(cfg.base, cfg.adapter, cfg.format)
     manifest = Manifest.open(out_dir)
     final = out_dir / INT4_DIR
-    if not force and final.is_dir() and manifest.done("int4", src.key):
+    key = f"{src.key}+nf4+dq:{cfg.double_quant}+{cfg.compute_dtype}"
+    if not force and final.is_dir() and manifest.done("int4", key):
         console.print(f"[dim]skip {INT4_DIR}: already exported and verified[/]")
         return manifest.data["artifacts"]["int4"]
     params = parameter_count(src.base.require_hf())
     require_free_space(out_dir, params * 6, "the merged checkpoint and its INT4 copy")
     model, tok = load_hf(src.base, src.adapter)
     manifest.start(src, params, tok.chat_template)
-    reference = Reference(model, tok, src.format_name)
+    reference = Reference(model, tok, src.format_name,
+                          training_problems(cfg.answer_problems) if cfg.answer_problems else None)
     t0 = time.perf_counter()
     staging = out_dir / ".staging-int4"
     shutil.rmtree(staging, ignore_errors=True)
@@ -60,8 +60,8 @@ def export_int4(
         tok.save_pretrained(staging / "merged")
         del model
         qconfig = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, _DTYPES[cfg.compute_dtype]),
         )
         qmodel = AutoModelForCausalLM.from_pretrained(
             str(staging / "merged"), quantization_config=qconfig, device_map="cuda" if torch.cuda.is_available() else "cpu",
@@ -74,8 +74,9 @@ def export_int4(
             tok.save_pretrained(tmp)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    entry = manifest.record("int4", target, "int4", "bnb-nf4", src.key, "ok" if ver.passed else "failed",
-                            wall_s=wall, verification=ver.to_dict(),
+    entry = manifest.record("int4", target, "int4", "bnb-nf4", key, "ok" if ver.passed else "failed",
+                            wall_s=wall, verification=ver.to_dict(), double_quant=cfg.double_quant,
+                            compute_dtype=cfg.compute_dtype,
                             serve_with="vllm serve {dir} --quantization bitsandbytes")
     colour = "green" if ver.passed else "red"
     console.print(f"  [{colour}]{'verified' if ver.passed else 'verification failed'}[/] top-1 {ver.top1_agreement:.3f}, "

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgereason.formats import DEFAULT_FORMAT
-from edgereason.models import ResolvedModel, resolve_model
 from edgereason.export.files import ExportError, sha256_dir, sha256_file, write_text_atomic
 from edgereason.export.merge import read_adapter_config
+from edgereason.formats import DEFAULT_FORMAT
+from edgereason.models import ResolvedModel, resolve_model
 from edgereason.native import LLAMA_CPP_PYTHON_VERSION
 from edgereason.versions import versions
 

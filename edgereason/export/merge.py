@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from edgereason.models import ResolvedModel
 from edgereason.export.files import ExportError, atomic_output
+from edgereason.models import ResolvedModel
 
 
 def read_adapter_config(adapter_dir: Path) -> dict:
@@ -30,7 +31,7 @@ def load_hf(base: ResolvedModel, adapter_dir: Path | None = None, merge: bool = 
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     if base.chat_template and not tok.chat_template:
         tok.chat_template = base.chat_template
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     if adapter_dir is not None:
         from peft import PeftModel
 

@@ -9,6 +9,8 @@ The reference is the merged HF model in float32. For every artifact we measure, 
   figures llama.cpp's `llama-perplexity --kl-divergence` reports for quantization quality.
 Both models read the same token ids, so tokenizer drift cannot hide in the numbers; whether the
 GGUF's own tokenizer agrees with the HF one is checked separately (`tokenizer_match`).
+- `answers`: the answer-level check (edgereason.export.answers): greedy answers to training
+  problems compared with the merged model's.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgereason.export.answers import AnswerSheet
 from edgereason.formats import get_format
+from edgereason.problems import Problem
 
 GREEDY_TOKENS = 32
 VERIFY_QUESTIONS = (
@@ -73,6 +77,7 @@ class Verification:
     sample_answer: str
     thresholds: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    answers: dict[str, float] | None = None  # answer_agreement, format_agreement, format_compliance, answer_accuracy
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,10 +92,17 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 class Reference:
     """Reference outputs of the merged HF model, computed once and compared with every artifact."""
 
-    def __init__(self, model, tokenizer, format_name: str | None = None) -> None:
+    def __init__(self, model, tokenizer, format_name: str | None = None,
+                 answer_problems: list[Problem] | None = None) -> None:
         import torch
 
+        from edgereason.backends.transformers import TransformersBackend
+
         fmt = get_format(format_name)
+        self.format = fmt
+        self.answer_problems = answer_problems or []
+        self.answers = (AnswerSheet.answer(TransformersBackend.from_model(model, tokenizer, "merged"),
+                                           self.answer_problems, fmt) if self.answer_problems else None)
         self.tokenizer = tokenizer
         self.chat_template = tokenizer.chat_template
         self.prompts: list[list[int]] = []
@@ -129,7 +141,7 @@ def verify_gguf(
                 lora_path=str(lora_path) if lora_path else None, verbose=False)
     try:
         agree = total = 0
-        prefix_shares = []
+        prefix_shares: list[float] = []
         for prompt, cont in zip(ref.prompts, ref.continuations):
             llm.reset()
             llm.eval(prompt + cont)
@@ -151,17 +163,26 @@ def verify_gguf(
         template = llm.metadata.get("tokenizer.chat_template")
     finally:
         llm.close()
+    answers = None
+    if ref.answers is not None:
+        from edgereason.backends.llamacpp import LlamaCppBackend
+
+        backend = LlamaCppBackend(str(path), n_ctx=1024, threads=threads, lora_path=lora_path)
+        try:
+            answers = AnswerSheet.answer(backend, ref.answer_problems, ref.format).compare(ref.answers)
+        finally:
+            backend.close()
     return _judge(
         quant, agree / max(1, total), float(np.mean(prefix_shares)), ppl, ref.perplexity, kl,
         tokenizer_match=list(gguf_ids) == list(ref.text_ids),
         chat_template_match=(template == ref.chat_template) if ref.chat_template else None,
-        sample=sample,
+        sample=sample, answers=answers,
     )
 
 
 def _greedy(llm, prompt: list[int], n: int) -> list[int]:
     llm.reset()
-    out = []
+    out: list[int] = []
     for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
         if tok == llm.token_eos() or len(out) >= n:
             break
@@ -193,12 +214,19 @@ def verify_hf(model, ref: Reference, quant: str) -> Verification:
         logprobs = _log_softmax(model(torch.tensor([ref.text_ids])).logits[0, :-1].float().numpy())
     ppl = _perplexity(logprobs, ref.text_ids)
     kl = float((np.exp(ref.text_logprobs) * (ref.text_logprobs - logprobs)).sum(axis=-1).mean())
+    answers = None
+    if ref.answers is not None:
+        from edgereason.backends.transformers import TransformersBackend
+
+        answers = AnswerSheet.answer(TransformersBackend.from_model(model, ref.tokenizer, quant), ref.answer_problems,
+                                     ref.format).compare(ref.answers)
     return _judge(quant, agree / max(1, total), float(np.mean(prefix_shares)), ppl, ref.perplexity, kl,
-                  tokenizer_match=None, chat_template_match=None, sample=sample)
+                  tokenizer_match=None, chat_template_match=None, sample=sample, answers=answers)
 
 
 def _judge(quant: str, top1: float, prefix: float, ppl: float, ref_ppl: float, kl: float, *,
-           tokenizer_match: bool | None, chat_template_match: bool | None, sample: str) -> Verification:
+           tokenizer_match: bool | None, chat_template_match: bool | None, sample: str,
+           answers: dict[str, float] | None = None) -> Verification:
     th = thresholds_for(quant)
     problems = []
     if top1 < th.min_top1_agreement:
@@ -213,5 +241,5 @@ def _judge(quant: str, top1: float, prefix: float, ppl: float, ref_ppl: float, k
         passed=not problems, top1_agreement=round(top1, 4), greedy_prefix_match=round(prefix, 4),
         perplexity=round(ppl, 4), reference_perplexity=round(ref_ppl, 4), mean_kl=round(kl, 5),
         tokenizer_match=tokenizer_match, chat_template_match=chat_template_match, sample_answer=sample,
-        thresholds=asdict(th), problems=problems,
+        thresholds=asdict(th), problems=problems, answers=answers,
     )

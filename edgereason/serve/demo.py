@@ -106,14 +106,15 @@ def tutor(client: TutorClient, model: str, question: str, k: int, temperature: f
         temp = 0.0 if k == 1 else temperature
         reasoning = answer = ""
         valid: bool | None = None
-        for reasoning, answer, valid in client.stream_sample(model, question, temp, max_tokens, seed=1000 + i):
+        for partial in client.stream_sample(model, question, temp, max_tokens, seed=1000 + i):
+            reasoning, answer, valid = partial  # the last one is the whole sample
             yield out, f"Sample {i + 1} of {k}…\n\n{reasoning}"
         out.samples.append(Sample(reasoning.strip(), answer.strip(), bool(valid)))
         if tally.add(answer.strip(), bool(valid)):
             break
     vote = majority_vote([s.answer for s in out.samples], [s.valid for s in out.samples])
     out.invalid = len(vote.invalid)
-    if vote.answer is not None:
+    if vote.answer is not None and vote.winner is not None:
         out.answer = vote.answer
         out.confidence = vote.share * (len(out.samples) - out.invalid) / len(out.samples)
         out.steps = split_steps(out.samples[vote.winner].reasoning)
@@ -187,7 +188,7 @@ def build_demo(client: TutorClient, default_model: str | None = None):
         models = client.models()
     except Exception as e:
         models = []
-        startup_error = f"Cannot reach the server at {client.base_url}: {type(e).__name__}"
+        startup_error: str | None = f"Cannot reach the server at {client.base_url}: {type(e).__name__}"
     else:
         startup_error = None
     with gr.Blocks(title="edgereason tutor") as demo:

@@ -52,8 +52,8 @@ class TrainBenchConfig(StageConfig):
 def _run_variant(cfg: TrainBenchConfig, name: str, base: dict[str, Any], console: Console) -> dict[str, Any]:
     overrides = [o for o in VARIANTS[name] if o != "MICRO"]
     if "MICRO" in VARIANTS[name]:  # one completion per forward/backward, the same completions per optimizer step
-        rows = int(base.get("per_device_train_batch_size", 4)) * int(base.get("gradient_accumulation_steps", 1))
-        overrides += ["per_device_train_batch_size=1", f"gradient_accumulation_steps={rows}"]
+        group = int(base.get("per_device_train_batch_size", 4)) * int(base.get("gradient_accumulation_steps", 1))
+        overrides += ["per_device_train_batch_size=1", f"gradient_accumulation_steps={group}"]
     run_name = name.replace("+", "-").replace(".", "")
     cmd = python_module("edgereason.cli", "train", "--config", cfg.preset, "--name", run_name, "--output-root",
                         str(cfg.out / "runs"), "--overwrite", "--set", f"max_steps={cfg.steps}", "--set",
@@ -71,11 +71,11 @@ def _run_variant(cfg: TrainBenchConfig, name: str, base: dict[str, Any], console
     run = json.loads((run_dir / "run.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     times = [r["step_time"] for r in rows[1:] if "step_time" in r]
-    tokens = [r.get("completions/mean_length", 0) for r in rows[1:]]
+    lengths = [r.get("completions/mean_length", 0) for r in rows[1:]]
     console.print(f"  {name}: {statistics.median(times):.1f} s/step, peak RSS {run['peak_rss_mb']:.0f} MB "
                   f"({time.perf_counter() - t0:.0f} s)")
     return {"variant": name, "overrides": overrides, "step_s": statistics.median(times), "step_times": times,
-            "peak_rss_mb": run["peak_rss_mb"], "mean_completion_tokens": statistics.fmean(tokens) if tokens else None,
+            "peak_rss_mb": run["peak_rss_mb"], "mean_completion_tokens": statistics.fmean(lengths) if lengths else None,
             "rollout_engine": run.get("rollout_engine"), "bf16": run.get("bf16")}
 
 

@@ -54,7 +54,7 @@ class GRPOControlCallback(TrainerCallback):
 
     def __init__(self, cfg, reward_ceiling: float) -> None:
         self.cfg = cfg
-        self.trainer = None  # set once the trainer exists
+        self.trainer: Any = None  # set once the trainer exists
         self.kl = AdaptiveKL(cfg.beta, target=cfg.kl_target) if cfg.adaptive_kl and cfg.beta > 0 else None
         self.stopper = (
             SaturationDetector(reward_ceiling, cfg.early_stop_fraction, patience=cfg.early_stop_patience)
@@ -137,7 +137,7 @@ class RunRecordCallback(TrainerCallback):
             TimeRemainingColumn(),
             disable=not show_progress,
         )
-        self.task = None
+        self.task: Any = None
 
     def on_train_begin(self, args, state, control, **kw):
         # After a resume, drop records of steps past the checkpoint: they are being redone.

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,14 +38,14 @@ class LoraLayout:
     n_kv_head: int
 
     @classmethod
-    def from_hf_config(cls, config: object) -> LoraLayout:
+    def from_hf_config(cls, config: Any) -> LoraLayout:
         model_type = getattr(config, "model_type", None)
         if model_type not in SUPPORTED:
             raise ValueError(f"the llama.cpp rollout engine writes LoRAs for {', '.join(SUPPORTED)} models, not "
                              f"{model_type!r}; train with rollout_engine=transformers")
         arch, permute = SUPPORTED[model_type]
-        n_head = int(getattr(config, "num_attention_heads"))
-        return cls(arch, permute, int(getattr(config, "num_hidden_layers")), n_head,
+        n_head = int(config.num_attention_heads)
+        return cls(arch, permute, int(config.num_hidden_layers), n_head,
                    int(getattr(config, "num_key_value_heads", None) or n_head))
 
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.grading import EQUIVALENT_CREDIT, answers_equal, extract_answer, partial_credit
@@ -206,16 +207,17 @@ def make_trl_rewards(
     """
     f = get_format(fmt)
 
-    def full(completions: list) -> list[str]:
+    def full(completions: list[Any]) -> list[str]:
         return [prefix + t for t in _texts(completions)]
 
-    def format(completions, **kw):  # noqa: A001 - TRL logs the function name
+    def format(completions: list[Any], **kw: Any) -> list[float]:
         return [format_reward(t, f) for t in full(completions)]
 
-    def process(completions, **kw):
+    def process(completions: list[Any], **kw: Any) -> list[float]:
         return [process_reward(t, f) for t in full(completions)]
 
-    def accuracy(completions, answer, prompts=None, id=None, **kw):  # noqa: A002 - TRL passes dataset columns by name
+    def accuracy(completions: list[Any], answer: list[str], prompts: list[Any] | None = None,
+                 id: list[str] | None = None, **kw: Any) -> list[float]:
         texts = full(completions)
         scores = [accuracy_reward(t, g, f) for t, g in zip(texts, answer)]
         if on_batch is not None:
@@ -224,10 +226,11 @@ def make_trl_rewards(
                      correct=correct)
         return scores
 
-    def correctness(completions, answer, **kw):
+    def correctness(completions: list[Any], answer: list[str], **kw: Any) -> list[float]:
         return [correctness_reward(t, g, f) for t, g in zip(full(completions), answer)]
 
-    def cosine_length(completions, answer, completion_ids=None, **kw):
+    def cosine_length(completions: list[Any], answer: list[str], completion_ids: list[list[int]] | None = None,
+                      **kw: Any) -> list[float]:
         texts = full(completions)
         lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [len(t) // 4 for t in texts]
         return [
@@ -235,6 +238,6 @@ def make_trl_rewards(
             for t, g, n in zip(texts, answer, lengths)
         ]
 
-    funcs = [format, process, accuracy, correctness, cosine_length]
+    funcs: list[Callable[..., list[float]]] = [format, process, accuracy, correctness, cosine_length]
     assert tuple(fn.__name__ for fn in funcs) == REWARD_NAMES
     return funcs

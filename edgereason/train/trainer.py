@@ -21,9 +21,9 @@ from typing import Any
 # TRL flags rollout_func as experimental on every start; the pinned release is the one tested here.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from trl import GRPOTrainer  # noqa: E402
+from trl import GRPOTrainer
 
-from edgereason.train.rollouts import RolloutEngine  # noqa: E402
+from edgereason.train.rollouts import RolloutEngine
 
 
 def score_completions_only() -> None:
@@ -42,7 +42,7 @@ def score_completions_only() -> None:
         return
     on_triton = trl_utils._use_triton
     trl_utils._use_triton = lambda device: device.type == "cpu" or on_triton(device)
-    trl_utils._edgereason_compact = True
+    trl_utils._edgereason_compact = True  # type: ignore[attr-defined]
 
 
 class EdgeGRPOTrainer(GRPOTrainer):
@@ -50,11 +50,11 @@ class EdgeGRPOTrainer(GRPOTrainer):
                  **kwargs: Any) -> None:
         if compact_scoring:
             score_completions_only()
-        super().__init__(*args, rollout_func=rollout_engine.rollout if rollout_engine else None, **kwargs)
+        super().__init__(*args, rollout_func=rollout_engine.rollout if rollout_engine else None, **kwargs)  # type: ignore[misc]
         self.rollout_engine = rollout_engine
         if rollout_engine is not None and rollout_engine.importance_sampling:
             self.use_vllm = True
             self.vllm_mode = "server"  # keeps TRL off its colocated-engine code paths
-            self.vllm_generation = rollout_engine
+            self.vllm_generation = rollout_engine  # type: ignore[assignment]  # TRL calls only its sync_weights()
             self.vllm_importance_sampling_correction = True
             self._last_loaded_step = -1

@@ -127,7 +127,7 @@ def _message(a: Answer, reasoning: bool) -> AssistantMessage:
 
 
 def _choice(index: int, a: Answer, message: AssistantMessage) -> ChatChoice:
-    return ChatChoice(index=index, message=message, finish_reason=a.completion.finish_reason,  # type: ignore[arg-type]
+    return ChatChoice(index=index, message=message, finish_reason=a.completion.finish_reason,
                       logprobs=chat_logprobs(a.completion.logprobs),
                       format_valid=a.parsed.valid if a.validated else None,
                       format_errors=a.parsed.describe_errors() if a.validated else [], attempts=a.attempts)
@@ -149,7 +149,7 @@ async def _tool_call(req: ChatCompletionRequest, request: Request, messages: lis
         calls = [ToolCall(**tc) for tc in c.tool_calls] if c.tool_calls else None
         finish = "tool_calls" if calls else c.finish_reason
         choices.append(ChatChoice(index=i, message=AssistantMessage(content=c.text or None, tool_calls=calls),
-                                  finish_reason=finish))  # type: ignore[arg-type]
+                                  finish_reason=finish))
     prompt = max((c.prompt_tokens for c in completions), default=0)
     generated = sum(c.completion_tokens for c in completions)
     request.app.state.metrics.requests.labels(ENDPOINT, "200").inc()
@@ -165,7 +165,7 @@ async def _stream(req: ChatCompletionRequest, request: Request, prompt: str, par
     cid, created = new_id("chatcmpl"), now()
 
     def chunk(delta: DeltaMessage, finish: str | None = None, **extra: Any) -> str:
-        choice = ChatStreamChoice(index=0, delta=delta, finish_reason=finish, **extra)  # type: ignore[arg-type]
+        choice = ChatStreamChoice(index=0, delta=delta, finish_reason=finish, **extra)
         return sse(ChatCompletionChunk(id=cid, created=created, model=req.model, choices=[choice]))
 
     def pieces(parts: list[tuple[str, str]]) -> list[str]:

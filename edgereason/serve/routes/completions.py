@@ -65,7 +65,7 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
     request.app.state.metrics.requests.labels(ENDPOINT, "200").inc()
     return CompletionResponse(
         id=new_id("cmpl"), created=now(), model=req.model, usage=usage(answers, prompt_tokens),
-        choices=[CompletionChoice(index=i, text=a.text, finish_reason=a.completion.finish_reason,  # type: ignore[arg-type]
+        choices=[CompletionChoice(index=i, text=a.text, finish_reason=a.completion.finish_reason,
                                   logprobs=completion_logprobs(a.completion.logprobs)) for i, a in enumerate(answers)])
 
 
@@ -78,7 +78,7 @@ async def _stream(req: CompletionRequest, request: Request, prompt: str, params:
     t0 = time.perf_counter()
 
     def chunk(text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None) -> str:
-        choice = CompletionChoice(index=0, text=text, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
+        choice = CompletionChoice(index=0, text=text, finish_reason=finish, logprobs=logprobs)
         return sse(CompletionResponse(id=cid, created=created, model=req.model, choices=[choice]))
 
     try:

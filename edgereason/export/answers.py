@@ -1,0 +1,82 @@
+"""Answer-level verification: does an artifact give the merged model's answers?
+
+Token agreement counts next-token matches; users see answers. On a fixed set of training-distribution
+problems (never a test set), the merged model (transformers, float32) and each artifact (llama.cpp)
+answer greedily in the reasoning format, and we report the share of problems where:
+- the extracted answers are equal (`answer_agreement`, graded like eval: math-verify equivalence),
+- format validity is the same (`format_agreement`),
+beside each side's own format compliance and accuracy on the set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgereason.backends.base import Backend, SamplingParams
+from edgereason.data import is_eval_only, load_benchmark, sample_problems
+from edgereason.export.files import ExportError
+from edgereason.formats import ReasoningFormat
+from edgereason.grading import answers_equal, extract_answer
+from edgereason.problems import Problem
+
+ANSWER_SETS = ("arith-train", "gsm8k-train")
+MAX_TOKENS = 192
+
+
+def training_problems(n: int, sets: Sequence[str] = ANSWER_SETS, seed: int = 0) -> list[Problem]:
+    """n problems drawn evenly from training sets (a set whose data is missing is skipped)."""
+    refused = [s for s in sets if is_eval_only(s)]
+    if refused:
+        raise ExportError(f"{', '.join(refused)}: test sets are for evaluation only, not for calibration or checks")
+    pools: list[list[Problem]] = []
+    for name in sets:
+        try:
+            pools.append(load_benchmark(name))
+        except FileNotFoundError:  # GSM8K not on this machine: the generated set still is
+            continue
+        except ValueError as e:  # an unknown name
+            raise ExportError(str(e)) from None
+    if not pools:
+        raise ExportError(f"none of {', '.join(sets)} could be loaded")
+    out: list[Problem] = []
+    for i, pool in enumerate(pools):
+        share = n // len(pools) + (1 if i < n % len(pools) else 0)
+        out += sample_problems(pool, share, seed)
+    return out
+
+
+@dataclass
+class AnswerSheet:
+    """One model's greedy answers to the problems, in order."""
+
+    answers: list[str | None]
+    valid: list[bool]
+    correct: list[bool]
+
+    @classmethod
+    def answer(cls, backend: Backend, problems: Sequence[Problem], fmt: ReasoningFormat,
+               max_tokens: int = MAX_TOKENS) -> AnswerSheet:
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=fmt.stop_sequences(), prefix=fmt.prefill)
+        rows = backend.chat([fmt.messages(p.question) for p in problems], params)
+        texts = [row[0].text for row in rows]
+        answers = [extract_answer(t, fmt).text for t in texts]
+        return cls(answers, [fmt.parse(t).valid for t in texts],
+                   [answers_equal(a, p.gold_answer) for a, p in zip(answers, problems)])
+
+    def compare(self, reference: AnswerSheet) -> dict[str, float]:
+        n = max(1, len(self.answers))
+        same = sum(
+            (a is None and b is None) or (a is not None and b is not None and answers_equal(a, b))
+            for a, b in zip(self.answers, reference.answers)
+        )
+        return {
+            "answer_agreement": round(same / n, 4),
+            "format_agreement": round(sum(a == b for a, b in zip(self.valid, reference.valid)) / n, 4),
+            "format_compliance": round(sum(self.valid) / n, 4),
+            "answer_accuracy": round(sum(self.correct) / n, 4),
+        }
+
+    def summary(self) -> dict[str, float]:
+        n = max(1, len(self.answers))
+        return {"format_compliance": round(sum(self.valid) / n, 4), "answer_accuracy": round(sum(self.correct) / n, 4)}

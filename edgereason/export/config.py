@@ -1,0 +1,94 @@
+"""The export stage's configuration: one documented model per command, flags generated from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edgereason.config import StageConfig
+
+#: Candidates of the quality-gated ladder, largest first (llama-quantize type names, lower case).
+LADDER = ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "iq4_xs", "iq4_nl", "q3_k_m", "iq3_m"]
+
+
+def _split_commas(value: object) -> object:
+    """`--quant q8_0,q4_k_m` and `--quant q8_0 --quant q4_k_m` (and YAML lists) mean the same."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        return [q.strip().lower() for item in value for q in str(item).split(",") if q.strip()]
+    return value
+
+
+class ExportSourceConfig(StageConfig):
+    """Where an export starts and where it goes (shared by `export gguf` and `export int4`)."""
+
+    out: Path = Field(..., description="Export folder (created; holds manifest.json).", json_schema_extra={"flag": "--out"})
+    base: str | None = Field(None, description="Base model (embedded name, HF dir, GGUF, hub id); default: the adapter's run.")
+    adapter: Path | None = Field(None, description="PEFT LoRA adapter folder (e.g. runs/x/adapter).")
+    format: str | None = Field(None, description="Reasoning format recorded for serve (default: the run's).")
+    force: bool = Field(False, description="Redo artifacts already exported and verified.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for quantization and verification.")
+    answer_problems: int = Field(
+        24, ge=0, description="Training-distribution problems (arith-train, gsm8k-train; never a test set) answered "
+        "greedily by the merged model and by each artifact: the answer-level check (0 skips it).")
+
+
+class GGUFExportConfig(ExportSourceConfig):
+    """`edgereason export gguf`: merge, convert with llama.cpp's converter, quantize, verify."""
+
+    quant: list[str] = Field(["q8_0", "q4_k_m"], description="Quant types (repeatable or comma-separated): "
+                             "q8_0, q6_k, q5_k_m, q4_k_m, q4_0, iq4_xs, iq4_nl, q3_k_m, iq3_m, ... ")
+    outtype: Literal["f16", "bf16", "f32"] = Field("f16", description="The unquantized GGUF every quant is made from.")
+    lora: bool = Field(True, description="Also write the adapter alone as a GGUF LoRA.")
+    imatrix: bool = Field(True, description="Calibrate every type below q8_0 with llama.cpp's importance matrix, "
+                          "computed on the model's own reasoning traces.")
+    imatrix_file: Path | None = Field(None, description="Use this llama.cpp imatrix (GGUF or .dat) instead of computing one.")
+    calibration_problems: int = Field(64, ge=4, description="Training problems the model answers to make the imatrix's "
+                                      "calibration text (its own format-valid traces, chat template and tags included).")
+    calibration_data: list[str] = Field(["arith-train", "gsm8k-train"], description="Training sets the calibration "
+                                        "problems come from (test sets are refused).")
+    embeddings_type: str | None = Field(None, description="Keep token embeddings (and the tied output) at this type, "
+                                        "e.g. q8_0 (a per-tensor override; recorded in the manifest).")
+    output_type: str | None = Field(None, description="Keep the output tensor at this type, e.g. q8_0.")
+    target_agreement: float | None = Field(None, gt=0, le=1, description="Quality-gated ladder: try the --ladder types "
+                                           "and keep the smallest whose top-1 agreement with the merged model is at least this.")
+    target_kl: float | None = Field(None, gt=0, description="Ladder bound on mean KL(merged ‖ artifact).")
+    target_answers: float | None = Field(None, gt=0, le=1, description="Ladder bound on the share of greedy answers "
+                                         "equal to the merged model's.")
+    ladder: list[str] = Field(LADDER, description="Candidates for the ladder, largest first.")
+
+    _commas = field_validator("quant", "ladder", mode="before")(_split_commas)
+
+    @property
+    def gated(self) -> bool:
+        return any(t is not None for t in (self.target_agreement, self.target_kl, self.target_answers))
+
+    @model_validator(mode="after")
+    def _known_types(self) -> GGUFExportConfig:
+        from edgereason.export.llama_tools import QUANT_TYPES
+
+        for field_name, values in (("quant", self.quant), ("ladder", self.ladder),
+                                   ("embeddings_type", [self.embeddings_type] if self.embeddings_type else []),
+                                   ("output_type", [self.output_type] if self.output_type else [])):
+            bad = [q for q in values if q.lower() not in QUANT_TYPES and q.lower() not in ("f16", "bf16", "f32")]
+            if bad:
+                raise ValueError(f"{field_name}: unknown type(s) {', '.join(bad)}; choose from {', '.join(QUANT_TYPES)}")
+        from edgereason.data import is_eval_only
+
+        refused = [d for d in self.calibration_data if is_eval_only(d)]
+        if refused:
+            raise ValueError(f"calibration_data: {', '.join(refused)} is for evaluation only; calibrate on training sets")
+        if self.target_answers is not None and self.answer_problems == 0:
+            raise ValueError("target_answers needs answer_problems > 0")
+        return self
+
+
+class Int4ExportConfig(ExportSourceConfig):
+    """`edgereason export int4`: a bitsandbytes NF4 checkpoint for GPU serving."""
+
+    double_quant: bool = Field(True, description="Quantize the NF4 scales too (bitsandbytes double quantization).")
+    compute_dtype: Literal["bf16", "fp32", "fp16"] = Field("bf16", description="The dtype NF4 weights are dequantized "
+                                                          "to for each matmul.")

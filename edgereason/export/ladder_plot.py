@@ -1,0 +1,43 @@
+"""The quant ladder's frontier: size against agreement with the merged model, one point per candidate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgereason.plots import pyplot, save_figure
+
+
+def ladder_plot(manifest: dict[str, Any], path: Path) -> Path:
+    """Three panels over size (MiB): top-1 agreement, mean KL, and answer-level agreement and format
+    compliance; the chosen candidate ringed, each target drawn as a dashed line."""
+    plt = pyplot()
+    ladder = manifest["ladder"]
+    rows = sorted(ladder["candidates"], key=lambda c: c["size_bytes"])
+    chosen = Path(manifest.get("chosen") or "").stem.removeprefix("model-")
+    size = [c["size_bytes"] / 2**20 for c in rows]
+    answers = [c.get("answers") or {} for c in rows]
+    panels = [
+        ("top-1 agreement", [c["top1_agreement"] for c in rows], ladder["targets"].get("top1_agreement")),
+        ("mean KL (merged ‖ artifact)", [c["mean_kl"] for c in rows], ladder["targets"].get("mean_kl")),
+        ("greedy answers = merged", [a.get("answer_agreement", float("nan")) for a in answers],
+         ladder["targets"].get("answer_agreement")),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (title, ys, target) in zip(axes, panels):
+        ax.plot(size, ys, "o-", color="tab:blue")
+        for x, y, c in zip(size, ys, rows):
+            ax.annotate(c["quant"], (x, y), textcoords="offset points", xytext=(3, 4), fontsize=8)
+            if c["quant"] == chosen:
+                ax.plot([x], [y], "o", ms=13, mfc="none", mec="tab:green", mew=2)
+        if title.startswith("greedy"):
+            ax.plot(size, [a.get("format_compliance", float("nan")) for a in answers], "s--", color="tab:orange",
+                    label="format compliance")
+            ax.legend(fontsize=8)
+        if target is not None:
+            ax.axhline(target, ls="--", color="tab:red", lw=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("size (MiB)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"quant ladder: chosen {manifest.get('chosen')}", fontsize=11)
+    return save_figure(fig, path)
