@@ -49,12 +49,24 @@ class TrainRun(Result):
 # ---- export ----------------------------------------------------------------------------------
 
 class Verification(Result):
+    """How an exported artifact compares with the merged model (edgereason.export.verify)."""
+
     passed: bool
     top1_agreement: float
     greedy_prefix_match: float
     perplexity: float
     reference_perplexity: float
     mean_kl: float
+    tokenizer_match: bool | None = None
+    chat_template_match: bool | None = None
+    sample_answer: str = ""
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+    # answer_agreement, format_agreement, format_compliance, answer_accuracy (edgereason.export.answers)
+    answers: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
 
 
 class Artifact(Result):

@@ -160,19 +160,39 @@ class OpenAIBackend(Backend):
         return r.json()
 
     # ---- blocking ------------------------------------------------------------------------------
-    def _complete_one(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        out: list[Completion] = []
-        while len(out) < params.n:  # make up for servers that return fewer choices than asked
-            t0 = time.perf_counter()
-            try:
-                r = self.http.post(f"{self.url}/v1/completions", json=self.completion_body(
-                    prompt, replace(params, n=params.n - len(out), seed=_offset(params.seed, len(out)))))
-            except httpx.HTTPError as e:
-                raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None
-            got = self._completions(self._check(r), time.perf_counter() - t0)
+    def _post(self, path: str, body: dict[str, Any]) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        try:
+            r = self.http.post(f"{self.url}{path}", json=body)
+        except httpx.HTTPError as e:
+            raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None
+        return self._check(r), time.perf_counter() - t0
+
+    async def _apost(self, path: str, body: dict[str, Any]) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        try:
+            r = await self.ahttp.post(f"{self.url}{path}", json=body)
+        except httpx.HTTPError as e:
+            raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None
+        return self._check(r), time.perf_counter() - t0
+
+    def _still_needed(self, params: SamplingParams, out: list[Completion], got: list[Completion] | None) -> SamplingParams | None:
+        """The request for the choices still missing (None when all n are in). A server that ignores
+        `n` returns fewer: the shortfall is asked for again, seeds continuing where they stopped."""
+        if got is not None:
             if not got:
                 raise BackendError(f"{self.url} returned no choices")
             out += got
+        if len(out) >= params.n:
+            return None
+        return replace(params, n=params.n - len(out), seed=_offset(params.seed, len(out)))
+
+    def _complete_one(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        out: list[Completion] = []
+        p = self._still_needed(params, out, None)
+        while p is not None:
+            data, latency = self._post("/v1/completions", self.completion_body(prompt, p))
+            p = self._still_needed(params, out, self._completions(data, latency))
         return out[: params.n]
 
     def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
@@ -185,17 +205,10 @@ class OpenAIBackend(Backend):
 
         def one(messages: Messages) -> list[Completion]:
             out: list[Completion] = []
-            while len(out) < params.n:
-                t0 = time.perf_counter()
-                p = replace(params, n=params.n - len(out), seed=_offset(params.seed, len(out)))
-                try:
-                    r = self.http.post(f"{self.url}/v1/chat/completions", json=self._chat_body(messages, p))
-                except httpx.HTTPError as e:
-                    raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None
-                got = self._chat_completions(self._check(r), time.perf_counter() - t0)
-                if not got:
-                    raise BackendError(f"{self.url} returned no choices")
-                out += got
+            p = self._still_needed(params, out, None)
+            while p is not None:
+                data, latency = self._post("/v1/chat/completions", self._chat_body(messages, p))
+                p = self._still_needed(params, out, self._chat_completions(data, latency))
             return out[: params.n]
 
         with ThreadPoolExecutor(max(1, min(len(batch), self.max_concurrency))) as pool:
@@ -211,17 +224,10 @@ class OpenAIBackend(Backend):
     # ---- awaitable -----------------------------------------------------------------------------
     async def acomplete(self, prompt: str, params: SamplingParams) -> list[Completion]:
         out: list[Completion] = []
-        while len(out) < params.n:
-            t0 = time.perf_counter()
-            body = self.completion_body(prompt, replace(params, n=params.n - len(out), seed=_offset(params.seed, len(out))))
-            try:
-                r = await self.ahttp.post(f"{self.url}/v1/completions", json=body)
-            except httpx.HTTPError as e:
-                raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None
-            got = self._completions(self._check(r), time.perf_counter() - t0)
-            if not got:
-                raise BackendError(f"{self.url} returned no choices")
-            out += got
+        p = self._still_needed(params, out, None)
+        while p is not None:
+            data, latency = await self._apost("/v1/completions", self.completion_body(prompt, p))
+            p = self._still_needed(params, out, self._completions(data, latency))
         return out[: params.n]
 
     async def astream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:

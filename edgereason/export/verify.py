@@ -16,7 +16,7 @@ GGUF's own tokenizer agrees with the HF one is checked separately (`tokenizer_ma
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import numpy as np
 from edgereason.export.answers import AnswerSheet
 from edgereason.formats import get_format
 from edgereason.problems import Problem
+from edgereason.results import Verification
 
 GREEDY_TOKENS = 32
 VERIFY_QUESTIONS = (
@@ -62,25 +63,6 @@ def thresholds_for(quant: str) -> Thresholds:
     if q.startswith(("q6", "q5")):
         return Thresholds(0.85, 0.25)
     return Thresholds(0.75, 0.6)
-
-
-@dataclass
-class Verification:
-    passed: bool
-    top1_agreement: float
-    greedy_prefix_match: float
-    perplexity: float
-    reference_perplexity: float
-    mean_kl: float
-    tokenizer_match: bool | None
-    chat_template_match: bool | None
-    sample_answer: str
-    thresholds: dict = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    answers: dict[str, float] | None = None  # answer_agreement, format_agreement, format_compliance, answer_accuracy
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

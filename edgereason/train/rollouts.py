@@ -52,7 +52,30 @@ def _policy_lora_state(model: Any) -> dict[str, Any]:
     return {k: v for k, v in _unwrap(model).state_dict().items() if "lora_" in k}
 
 
-class LlamaCppRollouts:
+class _Rollouts:
+    """What both engines share: the sampling settings and each row's temperature."""
+
+    def __init__(self, tokenizer: Any, num_generations: int, max_tokens: int, stop: list[str],
+                 schedule: list[float] | None, temperature: float, top_p: float, seed: int) -> None:
+        self.tokenizer = tokenizer
+        self.num_generations = num_generations
+        self.max_tokens = max_tokens
+        self.stop = stop
+        self.schedule = schedule
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+
+    def _rows(self, prompts: list[Any], trainer: Any) -> tuple[list[list[int]], list[float], int]:
+        """Prompt token ids, each row's temperature, and this process's first global row."""
+        rows = len(prompts)
+        offset = trainer.accelerator.process_index * rows
+        temps = (row_temperatures(self.schedule, self.num_generations, rows, offset) if self.schedule
+                 else [self.temperature] * rows)
+        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts], temps, offset
+
+
+class LlamaCppRollouts(_Rollouts):
     importance_sampling = True
 
     def __init__(self, base_gguf: Path, tokenizer: Any, layout: LoraLayout, lora_alpha: float,
@@ -63,19 +86,12 @@ class LlamaCppRollouts:
 
         from edgereason.backends.llamacpp_parallel import ParallelDecoder
 
+        super().__init__(tokenizer, num_generations, max_tokens, stop, schedule, temperature, top_p, seed)
         threads = threads or os.cpu_count() or 1
         self.llm = Llama(model_path=str(base_gguf), n_ctx=256, n_threads=threads, verbose=False)
         self.decoder = ParallelDecoder(self.llm, max_seqs, max_seqs * (max_prompt_tokens + max_tokens), threads)
-        self.tokenizer = tokenizer
         self.layout = layout
         self.lora_alpha = lora_alpha
-        self.num_generations = num_generations
-        self.max_tokens = max_tokens
-        self.stop = stop
-        self.schedule = schedule
-        self.temperature = temperature
-        self.top_p = top_p
-        self.seed = seed
         self.trainer: Any = None
         self._dir = Path(tempfile.mkdtemp(prefix="edgereason-lora-"))
         self.syncs = 0
@@ -94,15 +110,11 @@ class LlamaCppRollouts:
         if self.trainer is None:
             self.trainer = trainer
             self.sync_weights()
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        rows = len(prompts)
-        offset = trainer.accelerator.process_index * rows
-        temps = (row_temperatures(self.schedule, self.num_generations, rows, offset) if self.schedule
-                 else [self.temperature] * rows)
+        ids, temps, offset = self._rows(prompts, trainer)
         step = trainer.state.global_step
-        seeds = [row_seed(self.seed, step, offset + i) for i in range(rows)]
+        seeds = [row_seed(self.seed, step, offset + i) for i in range(len(prompts))]
         out: dict[str, list[Any]] = {"prompt_ids": ids, "completion_ids": [], "logprobs": []}
-        for start in range(0, rows, self.decoder.max_seqs):
+        for start in range(0, len(prompts), self.decoder.max_seqs):
             chunk = slice(start, start + self.decoder.max_seqs)
             samples, _ = self.decoder.generate_batch(ids[chunk], temps[chunk], seeds[chunk], self.max_tokens,
                                                      self.top_p, self.stop, logprobs=True,
@@ -119,19 +131,8 @@ class LlamaCppRollouts:
         self._dir.rmdir()
 
 
-class TransformersRollouts:
+class TransformersRollouts(_Rollouts):
     importance_sampling = False
-
-    def __init__(self, tokenizer: Any, num_generations: int, max_tokens: int, stop: list[str],
-                 schedule: list[float] | None, temperature: float, top_p: float, seed: int) -> None:
-        self.tokenizer = tokenizer
-        self.num_generations = num_generations
-        self.max_tokens = max_tokens
-        self.stop = stop
-        self.schedule = schedule
-        self.temperature = temperature
-        self.top_p = top_p
-        self.seed = seed
 
     def sync_weights(self) -> None:  # the policy samples itself: nothing to copy
         pass
@@ -142,11 +143,7 @@ class TransformersRollouts:
 
         model = _unwrap(trainer.model)
         tok = self.tokenizer
-        rows = len(prompts)
-        offset = trainer.accelerator.process_index * rows
-        temps = (row_temperatures(self.schedule, self.num_generations, rows, offset) if self.schedule
-                 else [self.temperature] * rows)
-        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        ids, temps, offset = self._rows(prompts, trainer)
         enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt", padding_side="left")
         torch.manual_seed(row_seed(self.seed, trainer.state.global_step, offset))
         kwargs: dict[str, Any] = dict(max_new_tokens=self.max_tokens, do_sample=True, temperature=1.0, top_p=self.top_p,
