@@ -42,6 +42,8 @@ class PipelineConfig(StageConfig):
                                  "curriculum_refresh_size=16", "save_steps=10"],
         description="TrainConfig overrides (key=value) on top of train_config (repeatable).")
     quant: str = Field("q4_k_m", description="GGUF quant type served and evaluated.")
+    calibration_problems: int = Field(32, ge=4, description="Training problems the imatrix is calibrated on (export).")
+    answer_problems: int = Field(16, ge=0, description="Training problems of export's answer-level check.")
     eval_benchmark: str = Field("arith", description="The benchmark the recipe trains for (base vs trained vs quantized).")
     eval_limit: int = Field(120, ge=1, description="Problems of it (the same problems for every target).")
     transfer: dict[str, int] = Field(default_factory=lambda: {"gsm8k": 20, "logic": 30, "arc-easy": 20},
@@ -117,7 +119,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Path:
 
     timings["export"] = _stage(console, "2/4 export (merge → GGUF → quantize → verify)",
                                ["export", "gguf", "--adapter", str(p["run"] / "adapter"), "--quant", cfg.quant,
-                                "--out", str(p["export"])], logs / "export.log")
+                                "--out", str(p["export"]), "--calibration-problems", str(cfg.calibration_problems),
+                                "--answer-problems", str(cfg.answer_problems)], logs / "export.log")
 
     targets = [_base_target(cfg.model), str(p["trained"]), str(p["quantized"])]
     benches = {cfg.eval_benchmark: cfg.eval_limit, **{b: n for b, n in cfg.transfer.items() if n}}

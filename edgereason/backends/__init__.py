@@ -9,6 +9,7 @@
 | `openai` | any OpenAI-compatible server | eval of a server URL, the replicas of `upstream` |
 | `upstream` | a gateway over several OpenAI-compatible replicas | serve |
 | `scripted` | deterministic, no model | tests of the engine, client development |
+| `openvino` | openvino-genai on an `export openvino` folder (CPU, GPU, NPU) | serve, eval, bench |
 
 Modules are imported only when their backend is created, so naming one never loads another
 engine's libraries. `register_backend` adds an engine from outside the package.
@@ -29,6 +30,7 @@ _REGISTRY: dict[str, str] = {
     "openai": "edgereason.backends.openai_client:OpenAIBackend",
     "upstream": "edgereason.backends.upstream:UpstreamBackend",
     "scripted": "edgereason.backends.scripted:ScriptedBackend",
+    "openvino": "edgereason.backends.openvino:OpenVINOBackend",
 }
 
 __all__ = ["Backend", "BackendError", "Completion", "Delta", "Messages", "SamplingParams", "TokenLogprob",

@@ -36,7 +36,7 @@ _PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "cache_prompt": True}
 
 class LlamaServerBackend(OpenAIBackend):
     name = "llama-server"
-    supports = frozenset({"logprobs", "tools", "penalties", "grammar"})
+    supports = frozenset({"logprobs", "tools", "penalties", "logit_bias", "grammar"})
 
     def __init__(self, model: str, *, adapter: str | Path | None = None, slots: int = 4,
                  ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,

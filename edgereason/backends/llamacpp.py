@@ -25,7 +25,7 @@ MAX_PARALLEL_SAMPLES = 16
 
 class LlamaCppBackend(Backend):
     name = "llama-cpp-python"
-    supports = frozenset({"penalties", "grammar"})
+    supports = frozenset({"penalties", "logit_bias", "grammar"})
     parallel_samples = True
 
     def __init__(

@@ -17,6 +17,7 @@ from edgereason.models import resolve_model
 class TransformersBackend(Backend):
     name = "transformers"
     parallel_samples = True
+    supports = frozenset({"logit_bias"})
 
     def __init__(
         self,

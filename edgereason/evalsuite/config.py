@@ -24,8 +24,9 @@ class EvalConfig(StageConfig):
         "`http://host:port/v1#model` (see evalsuite/targets.py).",
     )
     adapter: Path | None = Field(None, description="Optional PEFT LoRA adapter directory applied on top of `model`.")
-    backend: Literal["transformers", "llama.cpp", "server"] | None = Field(
-        None, description="Engine: transformers (default for HF models), llama.cpp (default for .gguf), server (a URL)."
+    backend: Literal["transformers", "llama.cpp", "openvino", "server"] | None = Field(
+        None, description="Engine: transformers (default for HF models), llama.cpp (default for .gguf), openvino (default "
+        "for an OpenVINO IR folder), server (a URL)."
     )
     compare: list[str] = Field(
         default_factory=list, description="Further targets evaluated on the same problems, compared side by side."

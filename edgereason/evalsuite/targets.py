@@ -6,6 +6,7 @@ Target strings (for `--model` and `--compare`):
   exports/x/model-q4_k_m.gguf       a GGUF on llama.cpp (llama-server, `concurrency` slots: the engine that serves)
   base.gguf+adapter-lora-f16.gguf   a GGUF with a GGUF LoRA on top (llama-server --lora)
   exports/x                         an export folder: its chosen GGUF
+  exports/x/openvino-int4           an OpenVINO IR folder (`export openvino`) on openvino-genai
   http://127.0.0.1:8000/v1#name     an OpenAI-compatible server (model `name`; default: its first)
 """
 
@@ -22,7 +23,7 @@ from edgereason.formats import ReasoningFormat
 @dataclass(frozen=True)
 class Target:
     spec: str
-    backend: str  # transformers | llama.cpp (in process) | server
+    backend: str  # transformers | llama.cpp (llama-server) | openvino | server
     model: str
     adapter: Path | None = None
     url: str | None = None
@@ -42,7 +43,10 @@ def parse_target(spec: str, backend: str | None = None, adapter: Path | None = N
         adapter = Path(extra)
     if backend in (None, "server"):
         is_export = Path(model).is_dir() and (Path(model) / "manifest.json").is_file()
-        backend = "llama.cpp" if model.endswith(".gguf") or is_export else "transformers"
+        if (Path(model) / "openvino_model.xml").is_file():
+            backend = "openvino"
+        else:
+            backend = "llama.cpp" if model.endswith(".gguf") or is_export else "transformers"
     return Target(spec, backend, model, adapter)
 
 
@@ -53,6 +57,8 @@ def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, th
     if target.backend == "server":
         client = create_backend("openai", target.url, target.model, concurrency=concurrency, reasoning_format=fmt)
         return client.connect()  # type: ignore[attr-defined]
+    if target.backend == "openvino":
+        return create_backend("openvino", target.model, threads=threads)
     if target.backend == "llama.cpp":
         return create_backend("llama-server", target.model, adapter=target.adapter, slots=concurrency,
                               ctx_per_slot=n_ctx, threads=threads)

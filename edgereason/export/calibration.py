@@ -11,13 +11,15 @@ writing llama.cpp's file format ourselves would duplicate a tool that is already
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgereason.backends.base import SamplingParams
+from edgereason.backends.base import Backend, SamplingParams
+from edgereason.backends.chat_template import ChatTemplate
 from edgereason.export.answers import training_problems
 from edgereason.export.files import ExportError, atomic_output, sha256_file
 from edgereason.export.llama_tools import native_tool, run_tool
@@ -29,45 +31,46 @@ TEMPERATURE = 0.7  # sampled, so the traces cover what the model says, not only 
 
 @dataclass
 class Calibration:
-    text_file: Path
+    file: Path  # JSONL, one {"text": ...} per trace: a whole served conversation
     problems: int
     traces: int
     valid_traces: int
     seconds: float
 
+    def texts(self) -> list[str]:
+        return [json.loads(line)["text"] for line in self.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
     def to_dict(self) -> dict[str, object]:
         return {"problems": self.problems, "traces": self.traces, "valid_traces": self.valid_traces,
-                "text_sha256": sha256_file(self.text_file), "seconds": round(self.seconds, 1)}
+                "sha256": sha256_file(self.file), "seconds": round(self.seconds, 1)}
 
 
-def calibration_text(gguf: Path, fmt: ReasoningFormat, out: Path, problems: int, sets: Sequence[str],
-                     threads: int | None = None, samples: int = 2) -> Calibration:
-    """Write the model's own answers to `problems` training problems (`samples` each) as served text.
+def calibration_traces(backend: Backend, template: ChatTemplate, fmt: ReasoningFormat, out: Path, problems: int,
+                       sets: Sequence[str], samples: int = 2) -> Calibration:
+    """The model's own answers to `problems` training problems (`samples` each, sampled by
+    `backend`), each rendered by `template` as a whole served conversation, written to `out`.
     Format-valid answers are kept; if fewer than a quarter are valid (an untrained base), all are
     kept: they are still the model's own distribution."""
-    from edgereason.backends.llamacpp import LlamaCppBackend
-
     t0 = time.perf_counter()
     chosen = training_problems(problems, sets, seed=1)  # seed 1: not the answer check's problems
-    backend = LlamaCppBackend(str(gguf), n_ctx=1024, threads=threads)
-    try:
-        params = SamplingParams(max_tokens=256, temperature=TEMPERATURE, n=samples, seed=0,
-                                stop=fmt.stop_sequences(), prefix=fmt.prefill)
-        rows = backend.chat([fmt.messages(p.question) for p in chosen], params)
-        traces = [(p, c.text) for p, row in zip(chosen, rows) for c in row]
-        valid = [(p, t) for p, t in traces if fmt.parse(t).valid]
-        keep = valid if len(valid) * 4 >= len(traces) else traces
-        docs = [backend.template.render([*fmt.messages(p.question), {"role": "assistant", "content": t}],
-                                        add_generation_prompt=False) for p, t in keep]
-    finally:
-        backend.close()
+    params = SamplingParams(max_tokens=256, temperature=TEMPERATURE, n=samples, seed=0,
+                            stop=fmt.stop_sequences(), prefix=fmt.prefill)
+    rows = backend.chat([fmt.messages(p.question) for p in chosen], params)
+    traces = [(p, c.text) for p, row in zip(chosen, rows) for c in row]
+    valid = [(p, t) for p, t in traces if fmt.parse(t).valid]
+    keep = valid if len(valid) * 4 >= len(traces) else traces
+    docs = [template.render([*fmt.messages(p.question), {"role": "assistant", "content": t}], add_generation_prompt=False)
+            for p, t in keep]
     with atomic_output(out) as tmp:
-        tmp.write_text("".join(docs), encoding="utf-8")
+        tmp.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     return Calibration(out, len(chosen), len(traces), len(valid), time.perf_counter() - t0)
 
 
-def compute_imatrix(gguf: Path, text: Path, out: Path, log: Path, threads: int | None = None) -> None:
-    """llama-imatrix over the calibration text (special tokens parsed: the chat markup is real tokens)."""
+def compute_imatrix(gguf: Path, calibration: Calibration, out: Path, log: Path, threads: int | None = None) -> None:
+    """llama-imatrix over the calibration traces (special tokens parsed: the chat markup is real tokens)."""
+    text = out.parent / "logs" / "calibration.txt"
+    text.parent.mkdir(parents=True, exist_ok=True)
+    text.write_text("".join(calibration.texts()), encoding="utf-8")
     n_tokens = text.stat().st_size // 3  # a rough count; llama-imatrix needs at least two chunks
     if n_tokens < 2 * CONTEXT:
         raise ExportError(f"calibration text {text} is too short for an importance matrix ({n_tokens} tokens)")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgereason.cli_options import stage_command
-from edgereason.export.config import GGUFExportConfig, Int4ExportConfig
+from edgereason.export.config import GGUFExportConfig, Int4ExportConfig, OpenVINOExportConfig
 from edgereason.export.files import ExportError
 
 app = typer.Typer(help="Merge adapters and export GGUF (llama.cpp) or INT4 (GPU) artifacts, each verified.",
@@ -68,6 +68,21 @@ def run_int4(cfg: Int4ExportConfig) -> None:
     console.print(f"serve it on a GPU: [bold]vllm serve {cfg.out / entry['file']} --quantization bitsandbytes[/]")
 
 
+def run_openvino(cfg: OpenVINOExportConfig) -> None:
+    from edgereason.export.openvino_export import export_openvino
+    from edgereason.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        entry = export_openvino(cfg, console)
+    except OSError as e:
+        raise ExportError(str(e)) from None
+    _summary(cfg.out)
+    if entry["status"] != "ok":
+        raise typer.Exit(1)
+    console.print(f"serve it: [bold]edgereason serve --backend openvino --model {cfg.out / entry['file']}[/]")
+
+
 def _errors() -> tuple[type[Exception], ...]:
     from edgereason.models import ModelNotFoundError
 
@@ -82,3 +97,7 @@ app.command("gguf")(stage_command(
 app.command("int4")(stage_command(
     Int4ExportConfig, run_int4, short={"out": "-o", "base": "-b", "adapter": "-a"}, errors=_errors(),
     help="Merge and quantize to 4 bits (bitsandbytes NF4) for GPU serving with vLLM or transformers."))
+app.command("openvino")(stage_command(
+    OpenVINOExportConfig, run_openvino, short={"out": "-o", "base": "-b", "adapter": "-a"}, errors=_errors(),
+    help="Merge → OpenVINO IR (optimum-intel) with INT4/INT8 weights (NNCF, AWQ and scale estimation on the model's "
+    "own reasoning traces) → verify with the OpenVINO runtime; for Intel CPUs, iGPUs and NPUs."))

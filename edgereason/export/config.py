@@ -22,6 +22,14 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _training_sets_only(sets: list[str]) -> None:
+    from edgereason.data import is_eval_only
+
+    refused = [d for d in sets if is_eval_only(d)]
+    if refused:
+        raise ValueError(f"calibration_data: {', '.join(refused)} is for evaluation only; calibrate on training sets")
+
+
 class ExportSourceConfig(StageConfig):
     """Where an export starts and where it goes (shared by `export gguf` and `export int4`)."""
 
@@ -76,11 +84,7 @@ class GGUFExportConfig(ExportSourceConfig):
             bad = [q for q in values if q.lower() not in QUANT_TYPES and q.lower() not in ("f16", "bf16", "f32")]
             if bad:
                 raise ValueError(f"{field_name}: unknown type(s) {', '.join(bad)}; choose from {', '.join(QUANT_TYPES)}")
-        from edgereason.data import is_eval_only
-
-        refused = [d for d in self.calibration_data if is_eval_only(d)]
-        if refused:
-            raise ValueError(f"calibration_data: {', '.join(refused)} is for evaluation only; calibrate on training sets")
+        _training_sets_only(self.calibration_data)
         if self.target_answers is not None and self.answer_problems == 0:
             raise ValueError("target_answers needs answer_problems > 0")
         return self
@@ -92,3 +96,24 @@ class Int4ExportConfig(ExportSourceConfig):
     double_quant: bool = Field(True, description="Quantize the NF4 scales too (bitsandbytes double quantization).")
     compute_dtype: Literal["bf16", "fp32", "fp16"] = Field("bf16", description="The dtype NF4 weights are dequantized "
                                                           "to for each matmul.")
+
+
+class OpenVINOExportConfig(ExportSourceConfig):
+    """`edgereason export openvino`: an OpenVINO IR (optimum-intel), weights compressed by NNCF."""
+
+    weights: Literal["int4", "int8"] = Field("int4", description="Weight format: int4 (group-wise, asymmetric) or int8.")
+    group_size: int = Field(64, description="INT4 group size (-1: per channel).")
+    ratio: float = Field(1.0, gt=0, le=1, description="Share of layers at INT4; the rest INT8 (a mixed model below 1).")
+    awq: bool = Field(True, description="INT4: NNCF's AWQ on the calibration traces.")
+    scale_estimation: bool = Field(True, description="INT4: NNCF's scale estimation on the calibration traces.")
+    calibration_problems: int = Field(64, ge=4, description="Training problems the model answers for the calibration "
+                                      "traces (the same source as the GGUF importance matrix).")
+    calibration_data: list[str] = Field(["arith-train", "gsm8k-train"], description="Training sets of those problems.")
+    seq_len: int = Field(512, ge=32, description="Tokens of each calibration trace at most.")
+
+    @model_validator(mode="after")
+    def _training_data_only(self) -> OpenVINOExportConfig:
+        _training_sets_only(self.calibration_data)
+        if self.group_size != -1 and self.group_size < 8:
+            raise ValueError("group_size must be -1 (per channel) or at least 8")
+        return self

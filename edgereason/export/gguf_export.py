@@ -25,12 +25,12 @@ from typing import Any
 from rich.console import Console
 
 from edgereason.export.answers import training_problems
-from edgereason.export.calibration import calibration_text, compute_imatrix
+from edgereason.export.calibration import calibration_traces, compute_imatrix
 from edgereason.export.config import GGUFExportConfig
 from edgereason.export.files import ExportError, require_free_space, sha256_file
 from edgereason.export.llama_tools import NEEDS_IMATRIX, convert_hf_to_gguf, convert_lora_to_gguf, quantize_gguf
 from edgereason.export.manifest import Manifest, resolve_source
-from edgereason.export.merge import load_hf, merge_adapter, parameter_count
+from edgereason.export.merge import load_hf, merged_checkpoint, parameter_count
 from edgereason.export.verify import Reference, Verification, verify_gguf
 from edgereason.formats import get_format
 
@@ -104,17 +104,9 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
 
     # 1. merged HF checkpoint (the source of truth for conversion and the verification reference)
     key = src.key
-    if src.adapter is not None:
-        hf_dir = out_dir / "merged-hf"
-        if cfg.force or not manifest.done("merged-hf", key):
-            console.print(f"[bold]merge[/] {src.adapter} into {src.base.name}")
-            t0 = time.perf_counter()
-            merge_adapter(src.base, src.adapter, hf_dir)
-            manifest.record("merged-hf", hf_dir, "hf", "f32", key, "ok", wall_s=round(time.perf_counter() - t0, 2))
-        else:
-            result.skipped.append("merged-hf")
-    else:
-        hf_dir = src.base.require_hf()
+    hf_dir, merged_now = merged_checkpoint(src, manifest, cfg.force, console)
+    if not merged_now and src.adapter is not None:
+        result.skipped.append("merged-hf")
     model, tok = load_hf(src.base, src.adapter)
     manifest.start(src, params, tok.chat_template)
     reference: Reference | None = None
@@ -228,9 +220,15 @@ def _importance_matrix(cfg: GGUFExportConfig, f16: Path, fmt: Any, manifest: Man
     console.print(f"[bold]imatrix[/] calibrating on the model's own answers to {cfg.calibration_problems} "
                   f"training problems ({', '.join(cfg.calibration_data)})")
     t0 = time.perf_counter()
-    calib = calibration_text(f16, fmt, cfg.out / "logs" / "calibration.txt", cfg.calibration_problems,
-                             cfg.calibration_data, cfg.threads)
-    compute_imatrix(f16, calib.text_file, out, logs / "imatrix.log", cfg.threads)
+    from edgereason.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(str(f16), n_ctx=1024, threads=cfg.threads)
+    try:
+        calib = calibration_traces(backend, backend.template, fmt, logs / "calibration.jsonl", cfg.calibration_problems,
+                                   cfg.calibration_data)
+    finally:
+        backend.close()
+    compute_imatrix(f16, calib, out, logs / "imatrix.log", cfg.threads)
     wall = time.perf_counter() - t0
     manifest.data["imatrix"] = {
         "source": "llama-imatrix on the model's own reasoning traces", "file": out.name, "sha256": sha256_file(out),

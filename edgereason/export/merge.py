@@ -71,3 +71,21 @@ def parameter_count(hf_dir: Path) -> int:
                     n *= d
                 total += n
     return total
+
+
+def merged_checkpoint(src: Any, manifest: Any, force: bool, console: Any) -> tuple[Path, bool]:
+    """The HF checkpoint every export starts from: the base's own with no adapter, else
+    `<out>/merged-hf` (merged now unless the manifest records it for these sources). Returns the
+    folder and whether it was merged now."""
+    import time
+
+    if src.adapter is None:
+        return src.base.require_hf(), False
+    hf_dir = manifest.path.parent / "merged-hf"
+    if not force and manifest.done("merged-hf", src.key):
+        return hf_dir, False
+    console.print(f"[bold]merge[/] {src.adapter} into {src.base.name}")
+    t0 = time.perf_counter()
+    merge_adapter(src.base, src.adapter, hf_dir)
+    manifest.record("merged-hf", hf_dir, "hf", "f32", src.key, "ok", wall_s=round(time.perf_counter() - t0, 2))
+    return hf_dir, True

@@ -15,9 +15,13 @@ GGUF's own tokenizer agrees with the HF one is checked separately (`tokenizer_ma
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,6 +116,47 @@ def _perplexity(logprobs: np.ndarray, ids: list[int]) -> float:
     return float(math.exp(nll.mean()))
 
 
+@dataclass
+class _Measured:
+    top1: float
+    prefix: float
+    perplexity: float
+    kl: float
+    sample: str
+
+
+def _measure(ref: Reference, logits_of: Callable[[list[int]], np.ndarray], greedy: Callable[[list[int], int], list[int]],
+             detokenize: Callable[[list[int]], str]) -> _Measured:
+    """The token-level figures of one engine: `logits_of(ids)` gives a row of logits per position,
+    `greedy(prompt, n)` up to n greedy tokens (stopping at EOS)."""
+    agree = total = 0
+    prefix_shares: list[float] = []
+    sample = ""
+    for prompt, cont in zip(ref.prompts, ref.continuations):
+        scores = logits_of(prompt + cont)
+        top = scores[len(prompt) - 1 : len(prompt) + len(cont) - 1].argmax(axis=-1)
+        agree += int((top == np.asarray(cont)).sum())
+        total += len(cont)
+        generated = greedy(prompt, len(cont))
+        if not prefix_shares:
+            sample = detokenize(generated)
+        match = next((i for i, (a, b) in enumerate(zip(generated, cont)) if a != b), min(len(generated), len(cont)))
+        prefix_shares.append(match / max(1, len(cont)))
+    logprobs = _log_softmax(logits_of(ref.text_ids)[: len(ref.text_ids) - 1])
+    kl = float((np.exp(ref.text_logprobs) * (ref.text_logprobs - logprobs)).sum(axis=-1).mean())
+    return _Measured(agree / max(1, total), float(np.mean(prefix_shares)), _perplexity(logprobs, ref.text_ids), kl, sample)
+
+
+def _answers(ref: Reference, make_backend: Callable[[], Any]) -> dict[str, float] | None:
+    if ref.answers is None:
+        return None
+    backend = make_backend()
+    try:
+        return AnswerSheet.answer(backend, ref.answer_problems, ref.format).compare(ref.answers)
+    finally:
+        backend.close()
+
+
 def verify_gguf(
     path: Path, ref: Reference, quant: str, threads: int | None = None, lora_path: Path | None = None
 ) -> Verification:
@@ -121,107 +166,125 @@ def verify_gguf(
     n_ctx = max(len(ref.text_ids), max(len(p) + GREEDY_TOKENS for p in ref.prompts)) + 16
     llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=threads,
                 lora_path=str(lora_path) if lora_path else None, verbose=False)
-    try:
-        agree = total = 0
-        prefix_shares: list[float] = []
-        for prompt, cont in zip(ref.prompts, ref.continuations):
-            llm.reset()
-            llm.eval(prompt + cont)
-            scores = np.asarray(llm.scores[: len(prompt) + len(cont)])
-            top = scores[len(prompt) - 1 : len(prompt) + len(cont) - 1].argmax(axis=-1)
-            agree += int((top == np.asarray(cont)).sum())
-            total += len(cont)
-            generated = _greedy(llm, prompt, len(cont))
-            if not prefix_shares:
-                sample = llm.detokenize(generated).decode(errors="replace")
-            match = next((i for i, (a, b) in enumerate(zip(generated, cont)) if a != b), min(len(generated), len(cont)))
-            prefix_shares.append(match / max(1, len(cont)))
+
+    def logits_of(ids: list[int]) -> np.ndarray:
         llm.reset()
-        llm.eval(ref.text_ids)
-        logprobs = _log_softmax(np.asarray(llm.scores[: len(ref.text_ids) - 1]))
-        ppl = _perplexity(logprobs, ref.text_ids)
-        kl = float((np.exp(ref.text_logprobs) * (ref.text_logprobs - logprobs)).sum(axis=-1).mean())
+        llm.eval(ids)
+        return np.asarray(llm.scores[: len(ids)])
+
+    def greedy(prompt: list[int], n: int) -> list[int]:
+        llm.reset()
+        out: list[int] = []
+        for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            if tok == llm.token_eos() or len(out) >= n:
+                break
+            out.append(tok)
+        return out
+
+    try:
+        m = _measure(ref, logits_of, greedy, lambda ids: llm.detokenize(ids).decode(errors="replace"))
         gguf_ids = llm.tokenize(HELDOUT_TEXT.encode(), add_bos=False, special=False)
         template = llm.metadata.get("tokenizer.chat_template")
     finally:
         llm.close()
-    answers = None
-    if ref.answers is not None:
+
+    def backend() -> Any:
         from edgereason.backends.llamacpp import LlamaCppBackend
 
-        backend = LlamaCppBackend(str(path), n_ctx=1024, threads=threads, lora_path=lora_path)
-        try:
-            answers = AnswerSheet.answer(backend, ref.answer_problems, ref.format).compare(ref.answers)
-        finally:
-            backend.close()
-    return _judge(
-        quant, agree / max(1, total), float(np.mean(prefix_shares)), ppl, ref.perplexity, kl,
-        tokenizer_match=list(gguf_ids) == list(ref.text_ids),
-        chat_template_match=(template == ref.chat_template) if ref.chat_template else None,
-        sample=sample, answers=answers,
-    )
+        return LlamaCppBackend(str(path), n_ctx=1024, threads=threads, lora_path=lora_path)
+
+    return _judge(quant, m, ref, tokenizer_match=list(gguf_ids) == list(ref.text_ids),
+                  chat_template_match=(template == ref.chat_template) if ref.chat_template else None,
+                  answers=_answers(ref, backend))
 
 
-def _greedy(llm, prompt: list[int], n: int) -> list[int]:
-    llm.reset()
-    out: list[int] = []
-    for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-        if tok == llm.token_eos() or len(out) >= n:
-            break
-        out.append(tok)
-    return out
-
-
-def verify_hf(model, ref: Reference, quant: str) -> Verification:
+def verify_hf(model: Any, ref: Reference, quant: str) -> Verification:
     """Compare a transformers model (e.g. a bitsandbytes INT4 checkpoint) with the reference."""
     import torch
 
-    agree = total = 0
-    prefix_shares = []
-    with torch.no_grad():
-        for prompt, cont in zip(ref.prompts, ref.continuations):
-            ids = torch.tensor([prompt + cont])
-            logits = model(ids).logits[0].float()
-            top = logits[len(prompt) - 1 : len(prompt) + len(cont) - 1].argmax(-1).tolist()
-            agree += sum(int(a == b) for a, b in zip(top, cont))
-            total += len(cont)
-            out = model.generate(
-                torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                max_new_tokens=len(cont), do_sample=False, pad_token_id=ref.tokenizer.eos_token_id,
-            )[0, len(prompt):].tolist()
-            match = next((i for i, (a, b) in enumerate(zip(out, cont)) if a != b), min(len(out), len(cont)))
-            prefix_shares.append(match / max(1, len(cont)))
-            if len(prefix_shares) == 1:
-                sample = ref.tokenizer.decode(out, skip_special_tokens=True)
-        logprobs = _log_softmax(model(torch.tensor([ref.text_ids])).logits[0, :-1].float().numpy())
-    ppl = _perplexity(logprobs, ref.text_ids)
-    kl = float((np.exp(ref.text_logprobs) * (ref.text_logprobs - logprobs)).sum(axis=-1).mean())
-    answers = None
-    if ref.answers is not None:
+    def logits_of(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0].float().numpy()
+
+    def greedy(prompt: list[int], n: int) -> list[int]:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=n, do_sample=False, pad_token_id=ref.tokenizer.eos_token_id)
+        return [t for t in out[0, len(prompt):].tolist() if t != ref.tokenizer.eos_token_id]
+
+    def backend() -> Any:
         from edgereason.backends.transformers import TransformersBackend
 
-        answers = AnswerSheet.answer(TransformersBackend.from_model(model, ref.tokenizer, quant), ref.answer_problems,
-                                     ref.format).compare(ref.answers)
-    return _judge(quant, agree / max(1, total), float(np.mean(prefix_shares)), ppl, ref.perplexity, kl,
-                  tokenizer_match=None, chat_template_match=None, sample=sample, answers=answers)
+        return TransformersBackend.from_model(model, ref.tokenizer, quant)
+
+    m = _measure(ref, logits_of, greedy, lambda ids: ref.tokenizer.decode(ids, skip_special_tokens=True))
+    return _judge(quant, m, ref, tokenizer_match=None, chat_template_match=None, answers=_answers(ref, backend))
 
 
-def _judge(quant: str, top1: float, prefix: float, ppl: float, ref_ppl: float, kl: float, *,
-           tokenizer_match: bool | None, chat_template_match: bool | None, sample: str,
-           answers: dict[str, float] | None = None) -> Verification:
+def verify_openvino(folder: Path, ref: Reference, quant: str, threads: int | None = None) -> Verification:
+    """Compare an OpenVINO IR folder (`export openvino`) with the reference: logits from the
+    OpenVINO runtime (the stateful model, teacher-forced), greedy tokens and answers from
+    openvino-genai, its own tokenizer and chat template checked against the HF ones."""
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(folder / "openvino_model.xml")), "CPU",
+                                  {"INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1})
+    request = compiled.create_infer_request()
+    names = {i.get_any_name() for i in compiled.inputs}
+
+    def logits_of(ids: list[int]) -> np.ndarray:
+        request.reset_state()
+        feed: dict[str, np.ndarray] = {"input_ids": np.array([ids], dtype=np.int64),
+                                       "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        if "position_ids" in names:
+            feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
+        if "beam_idx" in names:
+            feed["beam_idx"] = np.zeros(1, dtype=np.int32)
+        request.infer(feed)
+        return np.asarray(request.get_tensor("logits").data[0], dtype=np.float32).copy()
+
+    pipe = ov_genai.LLMPipeline(str(folder), "CPU", INFERENCE_NUM_THREADS=threads or os.cpu_count() or 1)
+    tokenizer = pipe.get_tokenizer()
+
+    def greedy(prompt: list[int], n: int) -> list[int]:
+        cfg = ov_genai.GenerationConfig()
+        cfg.max_new_tokens = n
+        cfg.apply_chat_template = False
+        result = pipe.generate(ov.Tensor(np.array([prompt], dtype=np.int64)), cfg)
+        return [int(t) for t in result.tokens[0] if t != ref.tokenizer.eos_token_id]
+
+    def backend() -> Any:
+        from edgereason.backends.openvino import OpenVINOBackend
+
+        return OpenVINOBackend(str(folder), threads=threads)
+
+    m = _measure(ref, logits_of, greedy, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    ov_ids = tokenizer.encode([HELDOUT_TEXT], add_special_tokens=False).input_ids.data[0].tolist()
+    config = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").is_file() else {}
+    template = (folder / "chat_template.jinja").read_text() if (folder / "chat_template.jinja").is_file() \
+        else config.get("chat_template")
+    return _judge(quant, m, ref, tokenizer_match=ov_ids == list(ref.text_ids),
+                  chat_template_match=(template == ref.chat_template) if ref.chat_template else None,
+                  answers=_answers(ref, backend))
+
+
+def _judge(quant: str, m: _Measured, ref: Reference, *, tokenizer_match: bool | None,
+           chat_template_match: bool | None, answers: dict[str, float] | None = None) -> Verification:
     th = thresholds_for(quant)
     problems = []
-    if top1 < th.min_top1_agreement:
-        problems.append(f"top-1 agreement {top1:.3f} < {th.min_top1_agreement}")
-    if not math.isfinite(kl) or kl > th.max_mean_kl:
-        problems.append(f"mean KL {kl:.4f} > {th.max_mean_kl}")
+    if m.top1 < th.min_top1_agreement:
+        problems.append(f"top-1 agreement {m.top1:.3f} < {th.min_top1_agreement}")
+    if not math.isfinite(m.kl) or m.kl > th.max_mean_kl:
+        problems.append(f"mean KL {m.kl:.4f} > {th.max_mean_kl}")
     if tokenizer_match is False:
-        problems.append("the GGUF tokenizer splits text differently from the HF tokenizer")
+        problems.append("the artifact's tokenizer splits text differently from the HF tokenizer")
     if chat_template_match is False:
         problems.append("the chat template did not survive conversion")
     return Verification(
-        passed=not problems, top1_agreement=round(top1, 4), greedy_prefix_match=round(prefix, 4),
-        perplexity=round(ppl, 4), reference_perplexity=round(ref_ppl, 4), mean_kl=round(kl, 5),
-        tokenizer_match=tokenizer_match, chat_template_match=chat_template_match, sample_answer=sample,
+        passed=not problems, top1_agreement=round(m.top1, 4), greedy_prefix_match=round(m.prefix, 4),
+        perplexity=round(m.perplexity, 4), reference_perplexity=round(ref.perplexity, 4), mean_kl=round(m.kl, 5),
+        tokenizer_match=tokenizer_match, chat_template_match=chat_template_match, sample_answer=m.sample,
         thresholds=asdict(th), problems=problems, answers=answers,
     )

@@ -45,6 +45,8 @@ def load_backend(cfg: ServeConfig) -> Backend:
                               gpu_memory_utilization=cfg.vllm.gpu_memory_utilization)
     if cfg.backend == "transformers":
         return create_backend("transformers", cfg.model, adapter=cfg.adapter, threads=cfg.threads)
+    if cfg.backend == "openvino":
+        return create_backend("openvino", cfg.model, device=cfg.openvino.device, threads=cfg.threads)
     if cfg.backend == "upstream":
         u = cfg.upstream
         return create_backend("upstream", u.urls, cfg.model, upstream_model=u.model, policy=u.policy,

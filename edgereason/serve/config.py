@@ -44,6 +44,11 @@ class VLLMOptions(Section):
     max_model_len: int = Field(4096, ge=256, description="Context length vLLM reserves per sequence.")
 
 
+class OpenVINOOptions(Section):
+    flag_prefix: ClassVar[str] = "openvino-"
+    device: Literal["CPU", "GPU", "NPU", "AUTO"] = Field("CPU", description="OpenVINO device (reported in /health).")
+
+
 class UpstreamOptions(Section):
     flag_prefix: ClassVar[str] = "upstream-"
     urls: list[str] = Field(default_factory=list, description="Replica URL (repeatable): vLLM, llama-server, edgereason.",
@@ -57,9 +62,10 @@ class UpstreamOptions(Section):
 class ServeConfig(StageConfig):
     model: str = Field(DEFAULT_MODEL, description="Model: a GGUF file, an export folder, an embedded name or an HF dir.")
     adapter: str | None = Field(None, description="LoRA: a GGUF LoRA (llama.cpp) or a PEFT dir (transformers, vLLM).")
-    backend: Literal["llama.cpp", "vllm", "transformers", "upstream", "scripted"] = Field(
+    backend: Literal["llama.cpp", "vllm", "transformers", "openvino", "upstream", "scripted"] = Field(
         "llama.cpp", description="Engine: llama.cpp (llama-server, edge), vllm (GPU), transformers (reference, one "
-        "request at a time), upstream (replicas), scripted (no model; tests and client development).")
+        "request at a time), openvino (an `export openvino` folder; CPU, iGPU, NPU), upstream (replicas), scripted "
+        "(no model; tests and client development).")
     format: str | None = Field(
         None, description=f"Reasoning format the model was trained for (default: the export's manifest, else {DEFAULT_FORMAT}).")
     served_model_name: str | None = Field(None, description="Model id clients use (default: the export's name or the model's).")
@@ -72,4 +78,5 @@ class ServeConfig(StageConfig):
     limits: EngineLimits = Field(default_factory=EngineLimits)
     llama_cpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
+    openvino: OpenVINOOptions = Field(default_factory=OpenVINOOptions)
     upstream: UpstreamOptions = Field(default_factory=UpstreamOptions)

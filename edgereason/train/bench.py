@@ -51,9 +51,13 @@ class TrainBenchConfig(StageConfig):
 
 def _run_variant(cfg: TrainBenchConfig, name: str, base: dict[str, Any], console: Console) -> dict[str, Any]:
     overrides = [o for o in VARIANTS[name] if o != "MICRO"]
-    if "MICRO" in VARIANTS[name]:  # one completion per forward/backward, the same completions per optimizer step
-        group = int(base.get("per_device_train_batch_size", 4)) * int(base.get("gradient_accumulation_steps", 1))
-        overrides += ["per_device_train_batch_size=1", f"gradient_accumulation_steps={group}"]
+    # The same completions per optimizer step in every variant: the whole batch in one forward, or
+    # (MICRO) one completion per forward/backward with gradient accumulation.
+    batch = int(base.get("per_device_train_batch_size", 8)) * int(base.get("gradient_accumulation_steps", 1))
+    if "MICRO" in VARIANTS[name]:
+        overrides += ["per_device_train_batch_size=1", f"gradient_accumulation_steps={batch}"]
+    else:
+        overrides += [f"per_device_train_batch_size={batch}", "gradient_accumulation_steps=1"]
     run_name = name.replace("+", "-").replace(".", "")
     cmd = python_module("edgereason.cli", "train", "--config", cfg.preset, "--name", run_name, "--output-root",
                         str(cfg.out / "runs"), "--overwrite", "--set", f"max_steps={cfg.steps}", "--set",

@@ -58,6 +58,8 @@ def check_request(req: SamplingFields, request: Request, logprobs: int | None = 
     if (req.frequency_penalty or req.presence_penalty) and "penalties" not in supports:
         param = "frequency_penalty" if req.frequency_penalty else "presence_penalty"
         raise APIError(400, f"{param} is not available from the {engine.backend.name} backend", param=param)
+    if getattr(req, "logit_bias", None) and "logit_bias" not in supports:
+        raise APIError(400, f"logit_bias is not available from the {engine.backend.name} backend", param="logit_bias")
     grammar = getattr(req, "grammar", None) or (getattr(req, "structured_outputs", None) or {}).get("grammar")
     structured = getattr(req, "response_format", None) is not None and req.response_format.type != "text"  # type: ignore[attr-defined]
     if (grammar or structured) and "grammar" not in supports:
