@@ -120,7 +120,8 @@ def machine() -> dict[str, Any]:
 
 
 def _chat_prompts(model: Path, n: int) -> list[str]:
-    """Real GSM8K questions in the reasoning format, rendered with the GGUF's own chat template."""
+    """Real GSM8K questions in the reasoning format, rendered with the model's own chat template
+    (the GGUF's, or an OpenVINO folder's tokenizer config)."""
     if n == 0:
         return []
     from edgereason.models import EMBEDDED
@@ -128,8 +129,13 @@ def _chat_prompts(model: Path, n: int) -> list[str]:
     fmt = get_format()
     fallback = next((e.chat_template for e in EMBEDDED.values() if e.chat_template and e.gguf_file == model.name), None)
     try:
-        template = ChatTemplate.from_gguf_file(model, fallback)
-    except TemplateError:
+        if model.is_dir():
+            config = json.loads((model / "tokenizer_config.json").read_text())
+            jinja = model / "chat_template.jinja"
+            template = ChatTemplate(jinja.read_text() if jinja.is_file() else config["chat_template"])
+        else:
+            template = ChatTemplate.from_gguf_file(model, fallback)
+    except (TemplateError, KeyError, OSError):
         return []
     return [template.render(fmt.messages(p.question)) + fmt.prefill for p in load_benchmark("gsm8k")[:n]]
 
@@ -139,9 +145,11 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "config": cfg.model_dump(mode="json"), "artifacts": []}
     fmt = get_format()
     for name in cfg.models:
-        path = resolve_model(name).require_gguf()
-        art: dict[str, Any] = {"model": name, "file": str(path), "size_mb": round(path.stat().st_size / 2**20, 1),
-                               "runs": []}
+        openvino = (Path(name) / "openvino_model.xml").is_file()
+        path = Path(name) if openvino else resolve_model(name).require_gguf()
+        size = sum(f.stat().st_size for f in path.glob("*.bin")) if openvino else path.stat().st_size
+        art: dict[str, Any] = {"model": name, "file": str(path), "size_mb": round(size / 2**20, 1),
+                               "engine": "openvino" if openvino else "llama.cpp", "runs": []}
         chat = _chat_prompts(path, cfg.problems)
         for threads in cfg.threads:
             if progress:
@@ -150,8 +158,11 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
                     "warmup": cfg.warmup, "repeats": cfg.repeats, "chat": chat if threads == max(cfg.threads) else [],
                     "answer_tokens": cfg.answer_tokens, "stop": fmt.stop_sequences(),
                     "vote_ks": cfg.vote_ks if threads == max(cfg.threads) else [],
-                    "grammar": fmt.grammar(after_prefill=True)}
+                    "grammar": fmt.grammar(after_prefill=True), "engine": art["engine"]}
             art["runs"].append({"threads": threads, **_run_worker(spec)})
+        results["artifacts"].append(art)
+        if openvino:  # the context table and device fit read GGUF metadata
+            continue
         art["context"] = []
         for c in cfg.contexts:
             if c + 32 > cfg.n_ctx:
@@ -174,7 +185,6 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
                 f["confirmed_under_limit"] = "error" not in confirm
                 f["confirm_detail"] = confirm.get("error") or f"peak RSS {confirm['peak_rss_mb']:.0f} MB"
             art["device_profile"] = f
-        results["artifacts"].append(art)
     if cfg.serve:
         from edgereason.evalsuite.serve_bench import run_serve_bench
 
@@ -208,6 +218,7 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
                 + (f"{r['ttft_s']['median']:.2f} | {r['answer_s']['median']:.1f} | {r['problems_per_min']:.1f}"
                    if "ttft_s" in r else " | | ")
                 + f" | {r['peak_rss_mb']:.0f} |")
+    lines += _engine_ratios(results["artifacts"])
     vote_rows = [(a, r) for a in results["artifacts"] for r in a["runs"] if r.get("voting")]
     if vote_rows:
         lines += ["", "maj@k cost on llama.cpp: k samples of one reasoning answer decoded together "
@@ -241,6 +252,28 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
     report = out / "bench.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
+
+
+def _engine_ratios(arts: list[dict[str, Any]]) -> list[str]:
+    """OpenVINO against the first llama.cpp artifact of the same run, thread count by thread count."""
+    anchor = next((a for a in arts if a.get("engine", "llama.cpp") == "llama.cpp"), None)
+    others = [a for a in arts if a.get("engine") == "openvino"]
+    if anchor is None or not others:
+        return []
+    base = {r["threads"]: r for r in anchor["runs"] if "error" not in r}
+    lines = ["", f"OpenVINO against llama.cpp ({Path(anchor['file']).name}) in the same run (ratio > 1: OpenVINO faster):",
+             "", "| artifact | threads | tg × llama.cpp | pp × llama.cpp | TTFT × llama.cpp | peak RSS × llama.cpp |",
+             "|---|---|---|---|---|---|"]
+    for a in others:
+        for r in a["runs"]:
+            b = base.get(r["threads"])
+            if b is None or "error" in r:
+                continue
+            ttft = (f"{r['ttft_s']['median'] / b['ttft_s']['median']:.2f}" if "ttft_s" in r and "ttft_s" in b else "")
+            lines.append(f"| {Path(a['file']).name} | {r['threads']} | {r['tg_tok_s']['median'] / b['tg_tok_s']['median']:.2f} | "
+                         f"{r['pp_tok_s']['median'] / b['pp_tok_s']['median']:.2f} | {ttft} | "
+                         f"{r['peak_rss_mb'] / b['peak_rss_mb']:.2f} |")
+    return lines
 
 
 def _plots(results: dict[str, Any], out: Path) -> list[Path]:

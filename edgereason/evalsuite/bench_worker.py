@@ -1,4 +1,5 @@
-"""One bench measurement in a fresh process: `python -m evalsuite.bench_worker JSON_SPEC`.
+"""One bench measurement in a fresh process: `python -m edgereason.evalsuite.bench_worker JSON_SPEC`
+(a GGUF on llama.cpp, or with `"engine": "openvino"` an OpenVINO IR folder on openvino-genai).
 
 A fresh process per artifact and thread count makes load time and peak RSS honest (nothing cached
 from an earlier model) and lets the caller run it under a memory limit. Prints one JSON line.
@@ -82,6 +83,51 @@ def measure(spec: dict) -> dict:
     return out
 
 
+def measure_openvino(spec: dict) -> dict:
+    """The same figures for an OpenVINO IR folder on openvino-genai (its own perf metrics: TTFT and
+    time per output token, measured inside the pipeline)."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    t0 = time.perf_counter()
+    pipe = ov_genai.LLMPipeline(spec["model"], "CPU", INFERENCE_NUM_THREADS=spec["threads"])
+    load_s = time.perf_counter() - t0
+    vocab = json.load(open(f"{spec['model']}/config.json"))["vocab_size"]
+    prompt = ov.Tensor(np.array([[(i * 7919) % (vocab - 100) + 50 for i in range(spec["pp"])]], dtype=np.int64))
+
+    def config(n: int) -> ov_genai.GenerationConfig:
+        cfg = ov_genai.GenerationConfig()
+        cfg.max_new_tokens, cfg.ignore_eos, cfg.apply_chat_template = n, True, False
+        return cfg
+
+    pp, tg = [], []
+    for rep in range(spec["warmup"] + spec["repeats"]):
+        metrics = pipe.generate(prompt, config(spec["tg"])).perf_metrics
+        if rep >= spec["warmup"]:
+            pp.append(spec["pp"] / (metrics.get_ttft().mean / 1000))
+            tg.append(1000 / metrics.get_tpot().mean)
+    out = {"load_s": load_s, "pp_tok_s": _stats(pp), "tg_tok_s": _stats(tg), "ms_per_token": 1000 / statistics.median(tg)}
+    if spec.get("chat"):
+        tok = pipe.get_tokenizer()
+        ttft, e2e, toks = [], [], []
+        for text in spec["chat"]:
+            cfg = config(spec["answer_tokens"])
+            cfg.ignore_eos = False
+            if spec.get("stop"):
+                cfg.stop_strings = set(spec["stop"])
+            t = time.perf_counter()
+            result = pipe.generate(tok.encode([text], add_special_tokens=False), cfg)
+            e2e.append(time.perf_counter() - t)
+            ttft.append(result.perf_metrics.get_ttft().mean / 1000)
+            toks.append(len(result.tokens[0]))
+        out |= {"ttft_s": _stats(ttft), "answer_s": _stats(e2e), "answer_tokens": statistics.mean(toks),
+                "problems_per_min": 60 / statistics.mean(e2e)}
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del pipe
+    return out
+
+
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    print(json.dumps(measure(spec)))
+    print(json.dumps(measure_openvino(spec) if spec.get("engine") == "openvino" else measure(spec)))

@@ -1,0 +1,109 @@
+"""OpenVINO for real: the default model exported to INT4 (optimum-intel + NNCF in their venv, made
+on first use), verified with the OpenVINO runtime, and served by openvino-genai behind the same API.
+Decoding is forced (greedy, the format grammar) so nothing depends on what the model samples."""
+
+import json
+import shutil
+from pathlib import Path
+
+import openai
+import pytest
+from live_server import Server
+
+from edgereason.backends.base import SamplingParams
+from edgereason.export.config import OpenVINOExportConfig
+from edgereason.export.files import ExportError
+from edgereason.export.openvino_export import export_openvino
+from edgereason.formats import get_format
+
+pytestmark = pytest.mark.model
+pytest.importorskip("openvino_genai", reason="the OpenVINO runtime is installed with edgereason[openvino]")
+
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ov") / "x"
+    entry = export_openvino(OpenVINOExportConfig(out=out, base="smollm2-135m", format="reasoning-answer",
+                                                 calibration_problems=8, answer_problems=4))
+    return out, entry
+
+
+def test_int4_export_is_verified_and_recorded(exported):
+    out, entry = exported
+    assert entry["status"] == "ok" and entry["kind"] == "openvino" and entry["quant"] == "int4"
+    folder = out / entry["file"]
+    assert (folder / "openvino_model.xml").is_file() and (folder / "openvino_tokenizer.xml").is_file()
+    v = entry["verification"]
+    assert v["tokenizer_match"] is True and v["chat_template_match"] is True
+    assert v["top1_agreement"] >= 0.75 and v["mean_kl"] < 0.6
+    assert set(v["answers"]) == {"answer_agreement", "format_agreement", "format_compliance", "answer_accuracy"}
+    assert entry["worker"]["data_aware"] is True  # AWQ and scale estimation ran on the calibration traces
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artifacts"]["openvino"]["sha256"] == entry["sha256"]
+    assert not (out / ".staging" / entry["file"]).exists()
+
+
+def test_backend_answers_in_format_under_the_grammar(exported):
+    from edgereason.backends.openvino import OpenVINOBackend
+
+    out, entry = exported
+    fmt = get_format()
+    backend = OpenVINOBackend(str(out / entry["file"]), threads=2)
+    try:
+        params = SamplingParams(max_tokens=96, temperature=0.0, stop=fmt.stop_sequences(), prefix=fmt.prefill,
+                                grammar=fmt.grammar(after_prefill=True))
+        (row,) = backend.chat([fmt.messages(QUESTION)], params)
+        parsed = fmt.parse(row[0].text)
+        assert parsed.valid or row[0].finish_reason == "length", row[0].text
+        streamed = "".join(d.text for d in backend.stream(backend.render(fmt.messages(QUESTION), fmt.prefill), params))
+        assert streamed and row[0].text.startswith(fmt.prefill + streamed)  # streaming gives the same text
+        sampled = backend.complete([backend.render(fmt.messages(QUESTION), fmt.prefill)],
+                                   SamplingParams(max_tokens=24, temperature=0.9, n=3, seed=5))[0]
+        assert len(sampled) == 3
+    finally:
+        backend.close()
+
+
+def test_served_behind_the_same_api(exported):
+    out, entry = exported
+    server = Server(backend="openvino", model=str(out / entry["file"]), limits={"max_tokens": 256})
+    try:
+        client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0)
+        r = client.chat.completions.create(model=server.app.state.model_id, messages=[{"role": "user", "content": QUESTION}],
+                                           max_tokens=160, temperature=0)
+        msg = r.choices[0].message
+        assert msg.model_extra["reasoning_content"] is not None and r.usage.completion_tokens > 0
+        chunks = list(client.chat.completions.create(model=server.app.state.model_id, stream=True, max_tokens=160,
+                                                     temperature=0, messages=[{"role": "user", "content": QUESTION}]))
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        vote = client.chat.completions.create(model=server.app.state.model_id, messages=[{"role": "user", "content": QUESTION}],
+                                              max_tokens=160, extra_body={"voting": {"k": 3, "temperature": 0.8}})
+        assert vote.model_extra["voting"]["samples"] >= 1
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model=server.app.state.model_id, messages=[{"role": "user", "content": "hi"}],
+                                           logprobs=True, max_tokens=4)
+        assert "logprobs" in str(err.value)
+        health = server.engine.backend.health()
+        assert health["device"] == "CPU"
+    finally:
+        server.stop()
+
+
+def test_a_failed_export_leaves_nothing_half_written(tmp_path, default_model):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    odd = tmp_path / "odd"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(odd)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model.hf_dir / f, odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    cfg["architectures"], cfg["model_type"] = ["NoSuchModelForCausalLM"], "no-such-model"
+    (odd / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="OpenVINO export failed|base model"):
+        export_openvino(OpenVINOExportConfig(out=out, base=str(odd), weights="int8", answer_problems=0))
+    assert not (out / "openvino-int8").exists()
+    assert not any(Path(out, ".staging").glob("*")) if (out / ".staging").exists() else True
