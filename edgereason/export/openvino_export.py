@@ -3,7 +3,7 @@
 1. The merged checkpoint (shared with the GGUF export of the same folder).
 2. Calibration traces: the model's own format-valid answers to training problems, rendered as
    served (the same source as the GGUF importance matrix; reused when the folder has them).
-3. optimum-intel + NNCF in their own venv (edgereason.export.openvino_env): INT4 with AWQ and scale
+3. optimum-intel + NNCF in their own venv (edgereason.openvino_env): INT4 with AWQ and scale
    estimation on those traces, or INT8; the tokenizer converted with openvino-tokenizers.
 4. Verification with the OpenVINO runtime and openvino-genai in this environment, the same figures
    as GGUF (top-1 agreement, KL, perplexity, tokenizer and template round trip, greedy answers).
@@ -41,7 +41,7 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
         import openvino_genai  # noqa: F401
     except ImportError as e:
         raise ExportError(f"the OpenVINO runtime is missing ({e.name}): pip install 'edgereason[openvino]'") from None
-    from edgereason.export.openvino_env import OpenVINOEnvError, ensure
+    from edgereason.openvino_env import OpenVINOEnvError, ensure
 
     src = resolve_source(cfg.base, cfg.adapter, cfg.format)
     fmt = get_format(src.format_name)

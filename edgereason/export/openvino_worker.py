@@ -1,4 +1,4 @@
-"""Runs inside the OpenVINO export venv (edgereason.export.openvino_env), not the main environment.
+"""Runs inside the OpenVINO export venv (edgereason.openvino_env), not the main environment.
 
     python -P -m edgereason.export.openvino_worker spec.json
 

@@ -7,7 +7,7 @@ CPU torch build installed first so pip never pulls a multi-GB CUDA build, and ve
 set measured together. The runtime half (openvino, openvino-genai, openvino-tokenizers) has no
 such pins: the `openvino` serve backend and verification run in the main environment.
 
-    python -m edgereason.export.openvino_env        # make it now (set-up); `status` reports it
+    python -m edgereason.openvino_env        # make it now (set-up); `status` reports it
 """
 
 from __future__ import annotations
