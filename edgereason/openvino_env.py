@@ -1,7 +1,7 @@
 """The OpenVINO export's own virtual environment.
 
-optimum-intel (the exporter) and NNCF (the weight compression) pin `transformers<5.6` and pull
-torchvision; the training environment runs a newer transformers. So the export runs in a venv of
+optimum-intel (the exporter) and NNCF (the weight compression) pin `transformers<5.6`; the training
+environment runs a newer transformers. So the export runs in a venv of
 its own, made once per machine under the edgereason cache (or `EDGEREASON_OPENVINO_VENV`), with the
 CPU torch build installed first so pip never pulls a multi-GB CUDA build, and versions pinned to the
 set measured together. The runtime half (openvino, openvino-genai, openvino-tokenizers) has no
@@ -27,8 +27,12 @@ from edgereason.native import cache_root
 REQUIREMENTS = (
     "optimum-intel[openvino,nncf]==2.2.0", "optimum==2.3.0", "nncf==3.4.0", "openvino==2026.4.1",
     "openvino-tokenizers==2026.4.1.0", "transformers==5.5.4", "huggingface-hub>=1.5,<1.22", "datasets>=3,<5",
-    "accelerate>=1.0", "safetensors>=0.4", "torchvision==0.28.0",
+    "accelerate>=1.0", "safetensors>=0.4",
 )
+#: optimum-intel requires torchvision, but the only torchvision wheel reachable here is a CUDA build
+#: whose kernels do not load against the CPU torch ("operator torchvision::nms does not exist"), and
+#: transformers then fails to import PreTrainedModel. Text export never uses it: it is removed.
+UNWANTED = ("torchvision",)
 TORCH = "torch==2.13.0"  # the CPU build on machines without an NVIDIA GPU (as in scripts/setup-venv.sh)
 
 
@@ -40,7 +44,7 @@ def venv_dir() -> Path:
     explicit = os.environ.get("EDGEREASON_OPENVINO_VENV")
     if explicit:
         return Path(explicit).expanduser()
-    key = hashlib.sha256("\n".join((TORCH, *REQUIREMENTS)).encode()).hexdigest()[:10]
+    key = hashlib.sha256("\n".join((TORCH, *REQUIREMENTS, *UNWANTED)).encode()).hexdigest()[:10]
     return cache_root() / f"venv-openvino-{key}"
 
 
@@ -64,12 +68,16 @@ def ensure(log: Callable[[str], object] = print) -> Path:
     if shutil.which("nvidia-smi") is None:
         steps.append([str(python()), "-m", "pip", "install", "-q", TORCH])
     steps.append([str(python()), "-m", "pip", "install", "-q", TORCH, *REQUIREMENTS])
+    steps.append([str(python()), "-m", "pip", "uninstall", "-y", "-q", *UNWANTED])
     for cmd in steps:
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             tail = "\n".join((run.stdout + run.stderr).splitlines()[-12:])
             raise OpenVINOEnvError(f"making the OpenVINO environment failed at `{' '.join(cmd[:6])} ...`:\n{tail}")
-    check = subprocess.run([str(python()), "-c", "import torch, optimum.intel, nncf; "
+    # import what the worker imports: optimum's lazy modules hide a broken install until first use
+    check = subprocess.run([str(python()), "-c", "import torch, nncf; from transformers import PreTrainedModel; "
+                            "from optimum.exporters.openvino.convert import export_tokenizer; "
+                            "from optimum.intel import OVModelForCausalLM, OVQuantizer; "
                             "assert not torch.version.cuda or torch.cuda.is_available(), 'a CUDA torch on a CPU machine'"],
                            capture_output=True, text=True)
     if check.returncode != 0:

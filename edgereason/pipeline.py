@@ -38,19 +38,19 @@ class PipelineConfig(StageConfig):
     model: str = Field("smollm2-135m", description="Base model.")
     train_config: str | None = Field("cpu-smollm2", description="TrainConfig preset or YAML for the GRPO stage.")
     train_set: list[str] = Field(
-        default_factory=lambda: ["max_steps=60", "curriculum_pool=64", "curriculum_refresh_steps=20",
+        default_factory=lambda: ["max_steps=40", "curriculum_pool=48", "curriculum_refresh_steps=20",
                                  "curriculum_refresh_size=16", "save_steps=10"],
         description="TrainConfig overrides (key=value) on top of train_config (repeatable).")
     quant: str = Field("q4_k_m", description="GGUF quant type served and evaluated.")
     calibration_problems: int = Field(32, ge=4, description="Training problems the imatrix is calibrated on (export).")
     answer_problems: int = Field(16, ge=0, description="Training problems of export's answer-level check.")
     eval_benchmark: str = Field("arith", description="The benchmark the recipe trains for (base vs trained vs quantized).")
-    eval_limit: int = Field(120, ge=1, description="Problems of it (the same problems for every target).")
-    transfer: dict[str, int] = Field(default_factory=lambda: {"gsm8k": 20, "logic": 30, "arc-easy": 20},
+    eval_limit: int = Field(100, ge=1, description="Problems of it (the same problems for every target).")
+    transfer: dict[str, int] = Field(default_factory=lambda: {"gsm8k": 20, "logic": 20, "arc-easy": 20},
                                      description="Transfer benchmarks and their problem counts (0 = skip).")
     eval_max_tokens: int = Field(192, ge=16, description="Max tokens per answer in eval.")
     maj_k: int = Field(4, ge=0, description="Samples per problem for maj@k/pass@k on the GGUF (0 = skip).")
-    maj_limit: int = Field(20, ge=1, description="Problems for the maj@k run.")
+    maj_limit: int = Field(12, ge=1, description="Problems for the maj@k run.")
     bench_threads: list[int] = Field(default_factory=lambda: [1, 2], description="Thread counts for the bench.")
     bench_repeats: int = Field(2, ge=1, description="Bench repetitions.")
     runs_root: Path = Field(Path("runs"), description="Where training runs go.")

@@ -32,6 +32,7 @@ def test_local_paths_resolve(default_model):
     assert resolve_model(str(default_model.gguf_path)).source == "local-gguf"
 
 
+@pytest.mark.model
 def test_gemma_resolves_as_gguf():
     m = resolve_model("gemma3-270m")
     assert m.gguf_path.stat().st_size > 100_000_000
@@ -53,6 +54,7 @@ def test_hub_id_offline_says_what_to_do(monkeypatch, tmp_path):
         resolve_model("SomeOrg/some-model-that-is-not-cached")
 
 
+@pytest.mark.model
 def test_concurrent_first_use_builds_one_valid_cache(tmp_path):
     """Two processes converting the default model into an empty cache at once both succeed."""
     code = (

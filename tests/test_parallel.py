@@ -6,6 +6,8 @@ from edgereason.backends.base import SamplingParams
 from edgereason.backends.llamacpp import LlamaCppBackend
 from edgereason.formats import get_format
 
+pytestmark = pytest.mark.model
+
 QUESTION = "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?"
 
 
@@ -38,13 +40,16 @@ def test_greedy_parallel_samples_agree(backend):
     assert len({c.text for c in row}) == 1
 
 
-def test_several_prompts_are_decoded_together_like_one_at_a_time(backend):
-    """Greedy rows of different prompts in one batch give what each prompt gives alone (the path
-    eval and export's answer check use)."""
+def test_several_prompts_are_decoded_together_without_crosstalk(backend):
+    """Rows of different prompts in one batch keep to their own prompt (the path eval and export's
+    answer check use): the same prompt twice in a batch with others gives the same greedy text, and
+    different prompts give different texts. (Greedy text is not compared with one-at-a-time decoding:
+    a different batch size takes different kernels, and a near-tie may then resolve the other way.)"""
     fmt = get_format()
-    questions = [QUESTION, "What is 7 times 8?", "A bus has 40 seats and 12 are empty. How many people sit?"]
+    questions = [QUESTION, "What is 7 times 8?", QUESTION, "A bus has 40 seats and 12 are empty. How many people sit?"]
     params = SamplingParams(max_tokens=24, temperature=0.0, prefix=fmt.prefill)
-    together = backend.chat([fmt.messages(q) for q in questions], params)
-    alone = [backend.chat([fmt.messages(q)], params)[0] for q in questions]
-    assert [r[0].text for r in together] == [r[0].text for r in alone]
-    assert all(r[0].completion_tokens == 24 or r[0].finish_reason == "stop" for r in together)
+    together = [r[0] for r in backend.chat([fmt.messages(q) for q in questions], params)]
+    assert together[0].text == together[2].text
+    assert len({together[0].text, together[1].text, together[3].text}) == 3
+    assert all(r.completion_tokens == 24 or r.finish_reason == "stop" for r in together)
+    assert len({r.prompt_tokens for r in together}) == 3  # each row counted its own prompt

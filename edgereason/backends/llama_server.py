@@ -7,7 +7,8 @@ it on a free loopback port (with the model's chat template, threads, context per
 optional GGUF LoRA), waits for its health, restarts it when it dies (requests meanwhile get
 `BackendUnavailable`, HTTP 503) and stops it on exit. Prompts are rendered by edgereason, so the
 format prefill follows the assistant turn exactly; requests go to llama-server's `/v1/completions`.
-Requests carrying `tools` go to its `/v1/chat/completions`, where its Jinja templates parse tool calls.
+Requests carrying `tools` go to its `/v1/chat/completions`, where its Jinja templates parse tool calls
+(templates that cannot render tools get the generic JSON convention of `backends/tool_calls.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from edgereason.backends import tool_calls
 from edgereason.backends.base import BackendUnavailable, Completion, Delta, Messages, SamplingParams
 from edgereason.backends.chat_template import ChatTemplate
 from edgereason.backends.openai_client import OpenAIBackend
@@ -119,14 +121,21 @@ class LlamaServerBackend(OpenAIBackend):
 
     async def achat_tools(self, messages: Messages, params: SamplingParams, tools: list[dict[str, Any]],
                           tool_choice: Any) -> list[Completion]:
-        """A chat request with tools, answered by llama-server's own chat endpoint (Jinja template,
-        tool-call grammar and parser)."""
+        """A chat request with tools, answered by llama-server's own chat endpoint. A template that
+        renders tools gets them natively (its tool-call grammar and parser); for one that cannot,
+        llama.cpp would ignore them, so the generic JSON convention of `tool_calls` is used instead."""
         self._require_ready()
-        body: dict[str, Any] = {"model": self.model_name, "messages": messages, "tools": tools,
-                                "max_tokens": params.max_tokens, "temperature": params.temperature,
-                                "top_p": params.top_p, "seed": params.seed, "n": params.n, **self.extra_body}
-        if tool_choice is not None:
-            body["tool_choice"] = tool_choice
+        native = tool_calls.renders_tools(self.template.source if self.template else None)
+        body: dict[str, Any] = {"model": self.model_name, "max_tokens": params.max_tokens,
+                                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
+                                "n": params.n, **self.extra_body}
+        if native:
+            body.update(messages=messages, tools=tools)
+            if tool_choice is not None:
+                body["tool_choice"] = tool_choice
+        else:
+            body.update(messages=tool_calls.messages(messages, tools, tool_choice), response_format={
+                "type": "json_schema", "json_schema": {"name": "tool_reply", "schema": tool_calls.schema(tools, tool_choice)}})
         if params.stop:
             body["stop"] = params.stop
         try:
@@ -139,8 +148,11 @@ class LlamaServerBackend(OpenAIBackend):
         prompt, per_choice, cached = self._usage(data, len(data.get("choices") or []))
         for c in data.get("choices") or []:
             msg = c.get("message") or {}
-            out.append(Completion(msg.get("content") or "", prompt, per_choice, c.get("finish_reason") or "stop", 0.0,
-                                  cached_tokens=cached, tool_calls=msg.get("tool_calls")))
+            content, calls = msg.get("content") or "", msg.get("tool_calls")
+            if not native:
+                content, calls = tool_calls.parse(content)
+            out.append(Completion(content or "", prompt, per_choice, c.get("finish_reason") or "stop", 0.0,
+                                  cached_tokens=cached, tool_calls=calls))
         return out
 
     # ---- facts -------------------------------------------------------------------------------

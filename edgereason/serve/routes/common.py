@@ -69,6 +69,13 @@ def check_request(req: SamplingFields, request: Request, logprobs: int | None = 
     if tools and "tools" not in supports:
         raise APIError(400, f"tools are not available from the {engine.backend.name} backend (serve with "
                        "--backend llama.cpp for tool calls)", param="tools")
+    choice, listed = getattr(req, "tool_choice", None), getattr(req, "tools", None) or []
+    if isinstance(choice, dict):
+        named = (choice.get("function") or {}).get("name")
+        if named not in {t.function.name for t in listed}:
+            raise APIError(400, f"tool_choice names the function {named!r}, which is not among `tools`", param="tool_choice")
+    elif choice == "required" and not listed:
+        raise APIError(400, "tool_choice 'required' needs `tools`", param="tool_choice")
 
 
 async def guarded(coro: Awaitable[T]) -> T:
