@@ -36,12 +36,17 @@ def python_module(module: str, *args: str) -> list[str]:
 
 
 def get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
-    """(status, parsed body) of a GET; (0, None) when nothing answers."""
+    """(status, parsed body) of a GET: the body is None when it is not JSON (a health page may be
+    HTML); (0, None) when nothing answers."""
     import json
 
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, json.loads(r.read() or b"null")
+            body = r.read()
+            try:
+                return r.status, json.loads(body or b"null")
+            except ValueError:
+                return r.status, None
     except urllib.error.HTTPError as e:
         try:
             return e.code, json.loads(e.read() or b"null")

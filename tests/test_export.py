@@ -71,27 +71,25 @@ def test_merge_gives_the_same_greedy_tokens_as_base_plus_adapter(default_model, 
 
 
 def test_gguf_round_trip_answers_in_the_reasoning_format(exported):
+    """Each quant loads, keeps its chat template, and decodes a complete answer in the format under a
+    grammar (reasoning bounded so the answer fits in the token budget whatever the model prefers)."""
     from llama_cpp import Llama, LlamaGrammar
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     out, result = exported
     assert not result.failed
     fmt = get_format("reasoning-answer")
+    bounded = 'root ::= [^<]{1,60} "\\n</reasoning>\\n<answer>\\n" [0-9]{1,4} "\\n</answer>"'
     for q in ("q8_0", "q4_k_m"):
         llm = Llama(model_path=str(out / f"model-{q}.gguf"), n_ctx=1024, verbose=False)
-        # The chat template survived conversion: render with the GGUF's own template.
-        template = llm.metadata["tokenizer.chat_template"]
+        template = llm.metadata["tokenizer.chat_template"]  # the chat template survived conversion
         assert "<|im_start|>" in template
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        prompt = Jinja2ChatFormatter(template=template, eos_token="<|im_end|>", bos_token="").__call__(
-            messages=fmt.messages("What is 6 + 5?")
-        ).prompt + fmt.prefill
-        text = llm.create_completion(
-            prompt, max_tokens=96, temperature=0.0, grammar=LlamaGrammar.from_string(fmt.grammar(after_prefill=True), verbose=False)
-        )["choices"][0]["text"]
-        parsed = fmt.parse(fmt.prefill + text)
-        assert parsed.valid, (q, text, parsed.errors)
-        assert parsed.answer.strip()
+        prompt = Jinja2ChatFormatter(template=template, eos_token="<|im_end|>", bos_token="")(
+            messages=fmt.messages("What is 6 + 5?")).prompt + fmt.prefill
+        choice = llm.create_completion(prompt, max_tokens=160, temperature=0.0,
+                                       grammar=LlamaGrammar.from_string(bounded, verbose=False))["choices"][0]
+        parsed = fmt.parse(fmt.prefill + choice["text"])
+        assert parsed.valid and parsed.answer.strip().isdigit(), (q, choice, parsed.errors)
         llm.close()
 
 
@@ -154,10 +152,11 @@ def test_the_imatrix_reaches_the_quantizer(exported, tmp_path):
 def test_ladder_keeps_the_smallest_candidate_that_meets_the_target(exported, adapter, tmp_path):
     out = tmp_path / "ladder"
     shutil.copytree(exported[0], out)
-    result = export(out, adapter=adapter, ladder="q8_0,q4_0", target_agreement=0.99, lora=False)
+    # KL separates the two by 30x on the test adapter (q8_0 0.005, q4_0 0.16); top-1 only by 0.06
+    result = export(out, adapter=adapter, ladder="q8_0,q4_0", target_kl=0.03, lora=False)
     m = json.loads((out / "manifest.json").read_text())
     candidates = {c["quant"]: c for c in m["ladder"]["candidates"]}
-    assert candidates["q8_0"]["passed"] and not candidates["q4_0"]["passed"]  # 4 bits lose agreement on 135M
+    assert candidates["q8_0"]["passed"] and not candidates["q4_0"]["passed"]  # 4 bits lose fidelity on 135M
     assert result.chosen == m["chosen"] == "model-q8_0.gguf" and result.rejected == ["q4_0"]
     assert m["artifacts"]["q4_0"]["status"] == "rejected" and not (out / "model-q4_0.gguf").exists()
     assert (out / "ladder.png").stat().st_size > 10_000

@@ -96,7 +96,7 @@ def test_cosine_length_reward_shape():
 def test_trl_adapters_apply_prefix_and_names():
     seen = []
     fmt = get_format()
-    funcs = make_trl_rewards(fmt, prefix=fmt.prefill, on_batch=lambda p, t, s: seen.append((t, s)))
+    funcs = make_trl_rewards(fmt, prefix=fmt.prefill, on_batch=lambda p, t, s, **_: seen.append((t, s)))
     assert tuple(f.__name__ for f in funcs) == REWARD_NAMES
     completion = GOOD[len(fmt.prefill):]  # what the model generated after the prefill
     kw = {"answer": ["18", "5"], "prompts": ["p1", "p2"], "completion_ids": [[1] * 10, [1] * 50]}

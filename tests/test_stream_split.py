@@ -19,8 +19,17 @@ def split(pieces):
 
 def test_split_whole_text():
     out = split([TEXT])
-    assert out["reasoning"].strip() == "We add 3 < 4 and 4 + 3 = 7."
-    assert out["content"].strip() == "7"
+    assert out["reasoning"] == "We add 3 < 4 and 4 + 3 = 7."
+    assert out["content"] == "7"
+
+
+def test_streamed_pieces_join_into_what_the_parser_returns():
+    """Inner whitespace and line breaks survive; each block's outer whitespace goes, as in parse()."""
+    text = "<reasoning>\n  Step one.\n\nStep two:  5 + 2 = 7  \n</reasoning>\n<answer>\n 7 apples \n</answer>"
+    parsed = FMT.parse(text)
+    for pieces in ([text], list(text)):
+        out = split(pieces)
+        assert out == {"reasoning": parsed.reasoning, "content": parsed.answer}
 
 
 @settings(max_examples=200, deadline=None)

@@ -42,7 +42,7 @@ class LlamaServerBackend(OpenAIBackend):
 
     def __init__(self, model: str, *, adapter: str | Path | None = None, slots: int = 4,
                  ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,
-                 served_name: str | None = None, extra_args: list[str] | None = None) -> None:
+                 served_name: str | None = None, extra_args: list[str] | None = None, prompt_cache: bool = True) -> None:
         resolved = resolve_model(model)
         gguf = resolved.require_gguf()
         info = gguf_info(gguf)
@@ -75,7 +75,7 @@ class LlamaServerBackend(OpenAIBackend):
         self.format = resolved.format
         self.context_length = self.ctx_per_slot
         self.slots = slots
-        self.extra_body = dict(_PLAIN_SAMPLING)
+        self.extra_body = {**_PLAIN_SAMPLING, "cache_prompt": prompt_cache}
 
     # ---- requests ------------------------------------------------------------------------------
     def completion_body(self, prompt: str, params: SamplingParams, stream: bool = False) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""`edgereason export gguf|int4`: registered through the `edgereason.commands` entry point; the flags
-are the fields of GGUFExportConfig / Int4ExportConfig (see edgereason.cli_options)."""
+"""`edgereason export gguf|int4|openvino`: registered through the `edgereason.commands` entry point;
+the flags are the fields of GGUFExportConfig / Int4ExportConfig / OpenVINOExportConfig (see
+edgereason.cli_options)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,7 +17,7 @@ from edgereason.cli_options import stage_command
 from edgereason.export.config import GGUFExportConfig, Int4ExportConfig, OpenVINOExportConfig
 from edgereason.export.files import ExportError
 
-app = typer.Typer(help="Merge adapters and export GGUF (llama.cpp) or INT4 (GPU) artifacts, each verified.",
+app = typer.Typer(help="Merge adapters and export GGUF (llama.cpp), INT4 (GPU) or OpenVINO IR artifacts, each verified.",
                   no_args_is_help=True)
 console = Console()
 
@@ -53,34 +56,31 @@ def run_gguf(cfg: GGUFExportConfig) -> None:
                   f"{result.chosen or 'smallest verified'} GGUF)")
 
 
-def run_int4(cfg: Int4ExportConfig) -> None:
-    from edgereason.export.int4 import export_int4
+def _run_one(export: Callable[[Any, Console], dict[str, Any]], cfg: Any, serve_hint: Callable[[Path], str]) -> None:
+    """One verified artifact: export it, print the manifest, exit 1 when verification failed."""
     from edgereason.quiet import quiet_libraries
 
     quiet_libraries()
     try:
-        entry = export_int4(cfg, console)
+        entry = export(cfg, console)
     except OSError as e:
         raise ExportError(str(e)) from None
     _summary(cfg.out)
     if entry["status"] != "ok":
         raise typer.Exit(1)
-    console.print(f"serve it on a GPU: [bold]vllm serve {cfg.out / entry['file']} --quantization bitsandbytes[/]")
+    console.print(serve_hint(cfg.out / entry["file"]))
+
+
+def run_int4(cfg: Int4ExportConfig) -> None:
+    from edgereason.export.int4 import export_int4
+
+    _run_one(export_int4, cfg, lambda f: f"serve it on a GPU: [bold]vllm serve {f} --quantization bitsandbytes[/]")
 
 
 def run_openvino(cfg: OpenVINOExportConfig) -> None:
     from edgereason.export.openvino_export import export_openvino
-    from edgereason.quiet import quiet_libraries
 
-    quiet_libraries()
-    try:
-        entry = export_openvino(cfg, console)
-    except OSError as e:
-        raise ExportError(str(e)) from None
-    _summary(cfg.out)
-    if entry["status"] != "ok":
-        raise typer.Exit(1)
-    console.print(f"serve it: [bold]edgereason serve --backend openvino --model {cfg.out / entry['file']}[/]")
+    _run_one(export_openvino, cfg, lambda f: f"serve it: [bold]edgereason serve --backend openvino --model {f}[/]")
 
 
 def _errors() -> tuple[type[Exception], ...]:

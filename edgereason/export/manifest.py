@@ -67,6 +67,7 @@ def resolve_source(base: str | None, adapter: str | Path | None, format_name: st
     weights = sorted(resolved.require_hf().glob("*.safetensors"))
     if not weights:
         raise ExportError(f"{resolved.hf_dir} holds no .safetensors weights")
+    _require_known_architecture(resolved.require_hf())
     return ExportSource(
         base=resolved,
         adapter=adapter_dir,
@@ -74,6 +75,16 @@ def resolve_source(base: str | None, adapter: str | Path | None, format_name: st
         base_sha256=sha256_file(weights[0]) if len(weights) == 1 else sha256_dir(resolved.require_hf()),
         adapter_sha256=sha256_dir(adapter_dir) if adapter_dir else None,
     )
+
+
+def _require_known_architecture(hf_dir: Path) -> None:
+    """An architecture transformers cannot build fails here, before any merge or conversion."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(hf_dir))
+    except (ValueError, KeyError) as e:
+        raise ExportError(f"base model {hf_dir}: unknown architecture ({str(e).splitlines()[0][:200]})") from None
 
 
 @dataclass

@@ -35,6 +35,8 @@ class LlamaCppOptions(Section):
     slots: int = Field(4, ge=1, description="llama-server slots: sequences decoded together (continuous batching).")
     ctx_per_slot: int | None = Field(None, ge=256,
                                      description="Context per sequence (default: the model's trained context, at most 4096).")
+    prompt_cache: bool = Field(True, description="Reuse a slot's KV for a shared prompt prefix. Off makes greedy outputs "
+                               "independent of request order: llama.cpp's logits differ slightly between batch sizes.")
 
 
 class VLLMOptions(Section):

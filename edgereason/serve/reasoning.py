@@ -1,6 +1,7 @@
 """The streamed reasoning split: text deltas in, `reasoning_content` and `content` pieces out, the
 format's tags never emitted. Text that might be the start of a tag is held back until it is clearly
-not one."""
+not one, and each block's leading and trailing whitespace is dropped, so the streamed pieces join
+into exactly the `reasoning_content` and `content` of the same completion without streaming."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class ReasoningSplitter:
         self.open_a, self.close_a = t["answer_open"], t["answer_close"]
         self.buffer = ""
         self.state = "before"  # before -> reasoning -> between -> answer -> after
+        self.started = False  # the current block has emitted text (its leading whitespace is gone)
+        self.pending = ""  # whitespace held back: emitted only if more text follows in the block
 
     def feed(self, delta: str) -> list[tuple[str, str]]:
         """(kind, text) pieces: kind is "reasoning" or "content"."""
@@ -33,6 +36,7 @@ class ReasoningSplitter:
                 self._emit(out, self.buffer[:pos])
                 self.buffer = self.buffer[pos + len(tag):]
                 self.state = {"before": "reasoning", "reasoning": "between", "between": "answer", "answer": "after"}[self.state]
+                self.started, self.pending = False, ""  # a block's trailing whitespace is dropped
                 continue
             keep = _partial_suffix(self.buffer, tag)
             self._emit(out, self.buffer[: len(self.buffer) - keep])
@@ -49,9 +53,18 @@ class ReasoningSplitter:
     def _emit(self, out: list[tuple[str, str]], text: str) -> None:
         if not text:
             return
-        if self.state == "reasoning":
-            out.append(("reasoning", text))
-        elif self.state == "answer" or (self.state in ("before", "after") and text.strip()):
+        if self.state in ("reasoning", "answer"):
+            if not self.started:
+                text = text.lstrip()
+                if not text:
+                    return
+                self.started = True
+            text = self.pending + text
+            body = text.rstrip()
+            self.pending = text[len(body):]
+            if body:
+                out.append(("reasoning" if self.state == "reasoning" else "content", body))
+        elif self.state in ("before", "after") and text.strip():
             # Text outside the blocks (an engine that ignored the grammar) is passed on, not lost.
             out.append(("content", text))
 
