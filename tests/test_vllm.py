@@ -11,7 +11,6 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here; scripts/setup-vllm-venv.sh makes a venv that has it")
 
-from edgereason.backends.base import SamplingParams
 from edgereason.formats import get_format
 
 pytestmark = pytest.mark.model
@@ -19,46 +18,49 @@ QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
 
 
 @pytest.fixture(scope="module")
-def backend():
+def served():
+    """The async engine the server uses, behind the real HTTP app (one event loop owns the engine)."""
     from edgereason.backends.vllm import VLLMBackend
-
-    b = VLLMBackend("smollm2-135m", n_ctx=2048, serving=True)  # the async engine the server uses
-    yield b
-    b.close()
-
-
-def test_vllm_generates_in_the_reasoning_format_under_the_grammar(backend):
-    fmt = get_format()
-    params = SamplingParams(max_tokens=128, temperature=0.8, n=4, seed=3, stop=fmt.stop_sequences(),
-                            prefix=fmt.prefill, grammar=fmt.grammar(after_prefill=True))
-    (row,) = backend.chat([fmt.messages(QUESTION)], params)
-    assert len(row) == 4
-    for c in row:
-        assert fmt.parse(c.text).valid or c.finish_reason == "length", c.text
-        assert 0 < c.completion_tokens <= 128
-
-
-def test_vllm_behind_the_http_api_serves_concurrent_requests(backend):
-    import httpx
-    import openai
-
     from edgereason.serve.app import create_app, serve_in_thread
     from edgereason.serve.config import EngineLimits
     from edgereason.serve.engine import ReasoningEngine
 
+    backend = VLLMBackend("smollm2-135m", n_ctx=2048, serving=True)
     engine = ReasoningEngine(backend, get_format(), EngineLimits(max_tokens=256))
     server = serve_in_thread(create_app(engine, "smollm2-135m"), startup_timeout_s=300)
-    try:
-        client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0)
-        r = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": QUESTION}],
-                                           max_tokens=128, extra_body={"voting": {"k": 4, "temperature": 0.7,
-                                                                                  "early_stop": False}})
-        vote = r.model_extra["voting"]
-        assert vote["samples"] == 4 and r.choices[0].message.model_extra.get("reasoning_content") is not None
-        body = {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 32, "ignore_eos": True}
-        with cf.ThreadPoolExecutor(4) as pool:
-            replies = list(pool.map(lambda _: httpx.post(f"{server.base}/v1/completions", json=body, timeout=300), range(4)))
-        assert all(x.status_code == 200 and x.json()["usage"]["completion_tokens"] == 32 for x in replies)
-        assert engine.peak_in_flight >= 2  # no lock: vLLM had several requests at once
-    finally:
-        server.stop()
+    yield engine, server
+    server.stop()
+    backend.close()
+
+
+def test_vllm_generates_n_samples_in_the_reasoning_format_under_the_grammar(served):
+    import httpx
+
+    fmt = get_format()
+    _, server = served
+    body = {"model": "smollm2-135m", "prompt": f"Question: {QUESTION}\nAnswer: {fmt.prefill}", "max_tokens": 128,
+            "temperature": 0.8, "n": 4, "seed": 3, "grammar": fmt.grammar(after_prefill=True)}
+    r = httpx.post(f"{server.base}/v1/completions", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert sorted(c["index"] for c in choices) == [0, 1, 2, 3]
+    for c in choices:
+        assert fmt.parse(fmt.prefill + c["text"]).valid or c["finish_reason"] == "length", c["text"]
+
+
+def test_vllm_behind_the_http_api_serves_concurrent_requests(served):
+    import httpx
+    import openai
+
+    engine, server = served
+    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0)
+    r = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": QUESTION}],
+                                       max_tokens=128, extra_body={"voting": {"k": 4, "temperature": 0.7,
+                                                                              "early_stop": False}})
+    vote = r.model_extra["voting"]
+    assert vote["samples"] == 4 and r.choices[0].message.model_extra.get("reasoning_content") is not None
+    body = {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 32, "ignore_eos": True}
+    with cf.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: httpx.post(f"{server.base}/v1/completions", json=body, timeout=300), range(4)))
+    assert all(x.status_code == 200 and x.json()["usage"]["completion_tokens"] == 32 for x in replies)
+    assert engine.peak_in_flight >= 2  # no lock: vLLM had several requests at once

@@ -104,20 +104,18 @@ class VLLMBackend(Backend):
             out.append(TokenLogprob(chosen.decoded_token or "" if chosen else "", chosen.logprob if chosen else 0.0, top))
         return out
 
-    def _completions(self, out: Any, latency: float) -> list[Completion]:
+    def _completions(self, out: Any, latency: float, outputs: list[Any] | None = None) -> list[Completion]:
         return [Completion(o.text, len(out.prompt_token_ids or []), len(o.token_ids), o.finish_reason or "stop",
                            latency, logprobs=self._logprobs(o), cached_tokens=getattr(out, "num_cached_tokens", None))
-                for o in out.outputs]
+                for o in (outputs if outputs is not None else out.outputs)]
 
     # ---- batch -------------------------------------------------------------------------------
     def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         if self.serving:
-            import asyncio
-
-            async def run() -> list[list[Completion]]:
-                return list(await asyncio.gather(*(self.acomplete(p, params) for p in prompts)))
-
-            return asyncio.run(run())
+            # The async engine belongs to the event loop that first used it (the server's); a
+            # private asyncio.run() here would shut it down when that loop closes.
+            raise RuntimeError("a serving vLLM backend answers through its event loop (acomplete/astream); "
+                               "create it with serving=False for batch generation")
         t0 = time.perf_counter()
         outputs = self.llm.generate(prompts, self._sampling(params), lora_request=self.lora, use_tqdm=False)
         latency = time.perf_counter() - t0
@@ -147,12 +145,13 @@ class VLLMBackend(Backend):
         if not self.serving:
             return await super().acomplete(prompt, params)
         t0 = time.perf_counter()
-        last = None
+        last, by_index = None, {}
         async for out in self._generate(prompt, params):
             last = out
+            by_index.update({o.index: o for o in out.outputs})  # an update may carry only some of the n
         if last is None:
             return []
-        return self._completions(last, time.perf_counter() - t0)
+        return self._completions(last, time.perf_counter() - t0, [by_index[i] for i in sorted(by_index)])
 
     async def astream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
         if not self.serving:
@@ -185,7 +184,8 @@ class VLLMBackend(Backend):
         t0 = time.perf_counter()
         done: set[int] = set()
         async for out in self._generate(prompt, replace(params, n=k)):
-            for i, o in enumerate(out.outputs):
+            for o in out.outputs:
+                i = o.index
                 if i not in done and o.finish_reason is not None:
                     done.add(i)
                     yield i, Completion(o.text, len(out.prompt_token_ids or []), len(o.token_ids), o.finish_reason,
