@@ -24,6 +24,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
+from llama_cpp._utils import suppress_stdout_stderr
 
 # llama_token_data as a numpy record (id int32, logit float32, p float32), for whole-vocabulary passes.
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -65,7 +66,10 @@ class ParallelDecoder:
         params.n_seq_max = max_seqs
         params.kv_unified = True  # shared prompt cells, any sequence may use any cell
         params.n_threads = params.n_threads_batch = threads
-        self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        # One KV pool for all sequences reads to llama.cpp as one long sequence: its "n_ctx_seq >
+        # n_ctx_train" warning is harmless here (no sequence exceeds the trained context).
+        with suppress_stdout_stderr(disable=False):
+            self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self.max_seqs = max_seqs
         self.n_ctx = n_ctx
         self.n_batch = int(params.n_batch)
