@@ -258,5 +258,5 @@ def run(cfg: PipelineConfig) -> None:
 
 pipeline_command = stage_command(
     PipelineConfig, run, short={"model": "-m"}, errors=(PipelineError, FileNotFoundError),
-    help="Train → export → eval → bench on the embedded default (about 20 minutes on 2 CPU cores); resumable.",
+    help="Train → export → eval → bench on the embedded default (about 30 minutes on 2 CPU cores); resumable.",
 )
