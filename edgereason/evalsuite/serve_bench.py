@@ -178,7 +178,8 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
     port = free_port()
     proc = subprocess.Popen(python_module("edgereason.cli", "serve", "--model", str(model), "--port", str(port),
                                           "--threads", str(threads), "--slots", str(slots), "--ctx-per-slot", "1024",
-                                          "--max-queue", str(max_queue), "--timeout-s", "300", "--max-tokens", "512"),
+                                          "--max-queue", str(max_queue), "--timeout-s", "300", "--max-tokens", "512",
+                                          "--max-n", str(max((16, *vote_ks)))),  # the maj@k requests are n=k
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
