@@ -165,6 +165,8 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
                     load_seconds: float = 60.0, max_queue: int = 32) -> dict[str, Any]:
     from edgereason.backends.llama_server import LlamaServerBackend
 
+    vote_ks = tuple(k for k in vote_ks if k <= slots)  # llama-server caps a request's n at its slots
+
     result: dict[str, Any] = {"model": str(model), "threads": threads, "slots": slots, "tokens": tokens}
     # 1. the anchor: raw llama-server, same file, slots and threads (managed here only to start and stop it)
     raw = LlamaServerBackend(str(model), slots=slots, threads=threads, ctx_per_slot=1024)
