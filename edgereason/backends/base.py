@@ -267,3 +267,12 @@ def restore_closing_tag(text: str, stops: list[str], finish_reason: str) -> str:
         if close_tag.startswith("</") and close_tag.replace("</", "<", 1) in text and close_tag not in text:
             return text.rstrip() + "\n" + close_tag
     return text
+
+
+def partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`: streamed text that
+    may be the start of a stop string or a format tag, held back until it is clearly not one."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-n:]):
+            return n
+    return 0

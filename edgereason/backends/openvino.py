@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgereason.backends.base import Backend, BackendRejected, Completion, Delta, Messages, SamplingParams
+from edgereason.backends.base import Backend, BackendRejected, Completion, Delta, Messages, SamplingParams, partial_suffix
 from edgereason.backends.chat_template import ChatTemplate
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
@@ -184,13 +184,7 @@ def _safe_prefix(text: str, stops: list[str]) -> str:
     for s in stops:
         if s and s in text:
             return text[: text.index(s)]
-    keep = len(text)
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                keep = min(keep, len(text) - k)
-                break
-    return text[:keep]
+    return text[: len(text) - max((partial_suffix(text, s) for s in stops if s), default=0)]
 
 
 def _json(path: Path) -> dict[str, Any]:

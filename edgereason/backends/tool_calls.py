@@ -15,7 +15,7 @@ import json
 import uuid
 from typing import Any
 
-Messages = list[dict[str, Any]]
+from edgereason.backends.base import Messages
 
 
 def renders_tools(template_source: str | None) -> bool:

@@ -5,6 +5,7 @@ into exactly the `reasoning_content` and `content` of the same completion withou
 
 from __future__ import annotations
 
+from edgereason.backends.base import partial_suffix
 from edgereason.formats import ReasoningFormat
 
 
@@ -38,7 +39,7 @@ class ReasoningSplitter:
                 self.state = {"before": "reasoning", "reasoning": "between", "between": "answer", "answer": "after"}[self.state]
                 self.started, self.pending = False, ""  # a block's trailing whitespace is dropped
                 continue
-            keep = _partial_suffix(self.buffer, tag)
+            keep = partial_suffix(self.buffer, tag)
             self._emit(out, self.buffer[: len(self.buffer) - keep])
             self.buffer = self.buffer[len(self.buffer) - keep:]
             return out
@@ -68,10 +69,3 @@ class ReasoningSplitter:
             # Text outside the blocks (an engine that ignored the grammar) is passed on, not lost.
             out.append(("content", text))
 
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0
