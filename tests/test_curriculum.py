@@ -59,3 +59,23 @@ def test_pool_state_survives_a_restart(tmp_path):
     again = CurriculumPool({p.id: p for p in PROBLEMS}, str, seed=2)
     assert again.restore(tmp_path / "c.json")
     assert again.sizes() == pool.sizes() and again.rates == pool.rates
+
+
+def test_balanced_draws_give_each_level_an_equal_share_and_favour_untied_problems():
+    import collections
+    import random
+
+    easy = [Problem(f"e{i}", "q", "1", level=1) for i in range(8)]  # eight 1-step problems...
+    hard = [Problem("h0", "q", "1", level=3), Problem("h1", "q", "1", level=3)]  # ...and two 3-step ones
+    rates = {**{p.id: 0.5 for p in easy}, "h0": 0.5, "h1": 0.25 / 2}
+    pool = CurriculumPool.build([*easy, *hard], rates, str, seed=3)
+    rng = random.Random(0)
+    counts = collections.Counter(pool.draw(rng).id for _ in range(4000))
+    hard_share = (counts["h0"] + counts["h1"]) / 4000
+    assert 0.45 < hard_share < 0.55  # uniform over problems would give 0.2
+    # rate 0.5 has variance 0.25, rate 0.125 about 0.11: h0 comes up about twice as often as h1
+    assert 1.7 < counts["h0"] / counts["h1"] < 2.8
+    pool.balanced = False
+    rng = random.Random(0)
+    counts = collections.Counter(pool.draw(rng).id for _ in range(4000))
+    assert 0.15 < (counts["h0"] + counts["h1"]) / 4000 < 0.25

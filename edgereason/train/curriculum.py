@@ -15,7 +15,12 @@ Open-RS and Qwen3 studies keep 0 < pass rate < 1 for this reason). So:
    and those now in the band come back (`CurriculumPool`).
 
 The pool feeds TRL through an `IterableDataset` that reads it live (`stream`), so changes apply to
-the next step without rebuilding the dataloader.
+the next step without rebuilding the dataloader. With `balanced` sampling (the default) each draw
+first picks a level uniformly (the arithmetic generator's steps, MATH levels) and then a problem
+weighted by rate·(1 − rate), the variance of its correctness: the easiest level cannot fill the
+band by numbers alone (a model trained mostly on one-step problems learns to do one step), and
+problems near 0.5 — the groups least likely to tie — come up most (DAPO's dynamic sampling, made
+cheap: it re-weights the draw instead of re-generating tied groups).
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class CurriculumPool:
     evidence: dict[str, tuple[float, float]] = field(default_factory=dict)
     decay: float = 0.7
     min_evidence: float = 6.0
+    balanced: bool = True
 
     @classmethod
     def build(cls, candidates: Sequence[Problem], rates: dict[str, float], render: Callable[[Problem], str],
@@ -128,14 +134,27 @@ class CurriculumPool:
                     picked.append(g.pop())
         return [self.problems[pid] for pid in picked]
 
+    def draw(self, rng: random.Random) -> Problem:
+        """One problem from the live active set (uniform, or `balanced`: a level, then by variance)."""
+        ids = self.active or self.parked or self.retired  # never stall: a run with no band trains anyway
+        if not ids:
+            raise RuntimeError("the curriculum pool is empty")
+        if not self.balanced:
+            return self.problems[rng.choice(ids)]
+        by_level: dict[int | None, list[str]] = {}
+        for pid in ids:
+            by_level.setdefault(self.problems[pid].level, []).append(pid)
+        level = rng.choice(sorted(by_level, key=lambda lv: (lv is None, lv or 0)))
+        group = by_level[level]
+        # The floor keeps a problem whose estimate sits at an edge (parked/retired fallbacks) drawable.
+        weights = [max(self.rates.get(pid, 0.5) * (1 - self.rates.get(pid, 0.5)), 0.02) for pid in group]
+        return self.problems[rng.choices(group, weights)[0]]
+
     def stream(self) -> Iterator[dict[str, str]]:
         """Training rows drawn from the live active set (endless; seeded)."""
         rng = random.Random(self.seed)
         while True:
-            ids = self.active or self.parked or self.retired  # never stall: a run with no band trains anyway
-            if not ids:
-                raise RuntimeError("the curriculum pool is empty")
-            p = self.problems[rng.choice(ids)]
+            p = self.draw(rng)
             yield {"prompt": self.render(p), "answer": p.gold_answer, "id": p.id}
 
     def sizes(self) -> dict[str, int]:

@@ -419,7 +419,8 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
     from edgereason.train.curriculum import CurriculumPool, measure
 
     low, high = cfg.curriculum_band
-    pool = CurriculumPool({p.id: p for p in problems}, render, low=low, high=high, seed=cfg.seed)
+    pool = CurriculumPool({p.id: p for p in problems}, render, low=low, high=high, seed=cfg.seed,
+                          balanced=cfg.curriculum_sampling == "balanced")
     if pool.restore(prep.run_dir / "curriculum.json"):  # a resumed run continues with its curriculum as it was
         log(f"curriculum restored: {pool.sizes()}")
         return pool
