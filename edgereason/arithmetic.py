@@ -3,7 +3,8 @@
 The curriculum's floor: problems a 0.1B model sometimes solves, so GRPO has a signal before it can
 touch GSM8K. Each problem is built from a chain of operations on small whole numbers (every
 intermediate result a whole number >= 0), worded as a short story; the answer is the chain's value.
-`subject` is "1-step", "2-step" or "3-step" (reported separately by eval).
+`subject` is "1-step", "2-step" or "3-step" (reported separately by eval); `meta["steps"]` lists
+the value after each operation, the answer last (what a complete solution computes on its way).
 
 The same seed always gives the same problems. `arith` (seed 0, 600 problems, 200 of each depth) is
 an evaluation benchmark; `arith-train` (seed 1) is for training and never contains a question of
@@ -78,24 +79,27 @@ def _start(rng: random.Random, who: str, what: str) -> tuple[str, int]:
     return f"{who} has {n} {what}.", n
 
 
-def _problem(rng: random.Random, depth: int) -> tuple[str, int]:
-    """A story of `depth` operations (a grouped start counts as one) and its whole-number answer."""
+def _problem(rng: random.Random, depth: int) -> tuple[str, int, list[int]]:
+    """A story of `depth` operations (a grouped start counts as one), its whole-number answer, and
+    the value after each operation."""
     who, what = rng.choice(NAMES), rng.choice(THINGS)
     while True:
         start, amount = _start(rng, who, what)
         steps = 1 if " in each" in start else 0
+        values = [amount] if steps else []
         sentences = [start]
         while steps < depth:
             step = rng.choice(_OPS)(rng, who, what, amount)
             if step is None:
                 continue
             amount = step.apply(amount)
+            values.append(amount)
             sentences.append(step.text)
             steps += 1
         if steps == depth and 0 <= amount <= 1000:
             break
     sentences.append(f"How many {what} does {who} have now?")
-    return " ".join(sentences), amount
+    return " ".join(sentences), amount, values
 
 
 def generate_arithmetic(n: int = 600, seed: int = 0, depths: tuple[int, ...] = DEPTHS,
@@ -107,12 +111,12 @@ def generate_arithmetic(n: int = 600, seed: int = 0, depths: tuple[int, ...] = D
     seen = set(exclude)
     while len(problems) < n:
         depth = depths[len(problems) % len(depths)]
-        question, answer = _problem(rng, depth)
+        question, answer, values = _problem(rng, depth)
         if question in seen:
             continue
         seen.add(question)
         problems.append(Problem(f"arith-s{seed}-{len(problems)}", question, str(answer), source="arith",
-                                subject=f"{depth}-step", level=depth))
+                                subject=f"{depth}-step", level=depth, meta={"steps": values}))
     return problems
 
 

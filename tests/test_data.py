@@ -129,6 +129,8 @@ def test_arithmetic_generator_is_seeded_balanced_disjoint_and_right():
     assert all(sum(p.subject == s for p in a) == 30 for s in ("1-step", "2-step", "3-step"))
     for p in a:
         assert int(p.gold_answer) == _evaluate_story(p.question) >= 0, p.question
+        # one known value per operation (a grouped start is one), the answer last: the steps reward's input
+        assert len(p.meta["steps"]) == int(p.subject[0]) and p.meta["steps"][-1] == int(p.gold_answer)
     test, train = load_benchmark("arith"), load_benchmark("arith-train")
     assert len(test) == 600 and len(train) == 5000
     assert not {p.question for p in test} & {p.question for p in train}  # never train on the benchmark

@@ -109,3 +109,23 @@ def test_trl_adapters_apply_prefix_and_names():
     # conversational completions are read too
     assert funcs[0]([[{"role": "assistant", "content": completion}]]) == [3.0]
     assert all(math.isfinite(x) for v in out.values() for x in v)
+
+
+def test_steps_reward_credits_each_intermediate_value_the_reasoning_states():
+    from edgereason.arithmetic import generate_arithmetic
+    from edgereason.train.rewards import steps_reward
+
+    # "Omar has 25 balloons, loses 17, then x3": the full chain states 8 and 24
+    p = generate_arithmetic(2, 0)[1]
+    assert p.meta["steps"] == [8, 24] and p.gold_answer == "24"
+    full = "<reasoning>\n25 - 17 = 8. Then 8 * 3 = 24.\n</reasoning>\n<answer>24</answer>"
+    shortcut = "<reasoning>\n25 * 3 = 75.\n</reasoning>\n<answer>75</answer>"
+    half = "<reasoning>\n25 - 17 = 8, and 8 + 3 = 11.\n</reasoning>\n<answer>11</answer>"
+    assert steps_reward(full, p.meta["steps"]) == 1.0
+    assert steps_reward(shortcut, p.meta["steps"]) == 0.0
+    assert steps_reward(half, p.meta["steps"]) == 0.5
+    assert steps_reward("<reasoning>\nx\n</reasoning>\n<answer>24</answer>", ["24"]) == 0.0  # the answer field is not reasoning
+    assert steps_reward(full, []) == 0.0  # nothing known: no signal, the same for every completion
+    # through TRL's adapter, from the dataset's comma-separated column
+    steps_fn = make_trl_rewards(get_format())[REWARD_NAMES.index("steps")]
+    assert steps_fn([full, shortcut, full], steps=["8,24", "8,24", ""]) == [1.0, 0.0, 0.0]

@@ -22,7 +22,9 @@ def measure(spec: dict) -> dict:
     from llama_cpp import Llama
 
     t0 = time.perf_counter()
-    llm = Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"], n_batch=512,
+    # The prompt pass at the measured thread count too (llama-cpp-python's default uses every core).
+    llm = Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
+                n_threads_batch=spec["threads"], n_batch=512,
                 n_seq_max=spec.get("n_seq", 1), verbose=False)
     load_s = time.perf_counter() - t0
     vocab = llm.n_vocab()

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
 from edgereason.models import DEFAULT_MODEL
+from edgereason.train.rewards import REWARD_NAMES
 
 LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
 
@@ -159,7 +160,7 @@ class TrainConfig(StageConfig):
                 f"per_device_train_batch_size × gradient_accumulation_steps ({per_step}) must be divisible by "
                 f"num_generations ({self.num_generations})"
             )
-        unknown = set(self.reward_weights) - {"format", "process", "accuracy", "correctness", "cosine_length"}
+        unknown = set(self.reward_weights) - set(REWARD_NAMES)
         if unknown:
             raise ValueError(f"unknown reward components {sorted(unknown)}")
         if not any(self.reward_weights.values()):

@@ -38,6 +38,13 @@ from edgereason.problems import Problem
 Sampler = Callable[[Sequence[Problem], int], list[list[str]]]  # problems, k -> k completions each
 
 
+def training_row(p: Problem, render: Callable[[Problem], str]) -> dict[str, str]:
+    """One row for TRL: the prompt, and the columns the reward functions read (`steps`: the known
+    intermediate values, comma-separated, "" when the problem has none)."""
+    return {"prompt": render(p), "answer": p.gold_answer, "id": p.id,
+            "steps": ",".join(str(v) for v in p.meta.get("steps", ()))}
+
+
 def grade(text: str, problem: Problem, fmt: Any) -> bool:
     """Correctness as the accuracy reward sees it (the format's answer, else the fallback rules)."""
     return answers_equal(extract_answer(text, fmt).text, problem.gold_answer)
@@ -155,7 +162,7 @@ class CurriculumPool:
         rng = random.Random(self.seed)
         while True:
             p = self.draw(rng)
-            yield {"prompt": self.render(p), "answer": p.gold_answer, "id": p.id}
+            yield training_row(p, self.render)
 
     def sizes(self) -> dict[str, int]:
         return {"active": len(self.active), "parked": len(self.parked), "retired": len(self.retired),

@@ -29,6 +29,7 @@ from edgereason.formats import ReasoningFormat, get_format
 from edgereason.models import ResolvedModel, resolve_model
 from edgereason.problems import Problem
 from edgereason.train.config import TrainConfig
+from edgereason.train.curriculum import training_row
 from edgereason.versions import versions
 
 FINISHED = "finished"
@@ -333,7 +334,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
         pool = _build_pool(cfg, prep, problems, render, engine, tokenizer, log, show_progress)
         dataset = IterableDataset.from_generator(pool.stream)
     else:
-        dataset = Dataset.from_list([{"prompt": render(p), "answer": p.gold_answer, "id": p.id} for p in problems])
+        dataset = Dataset.from_list([training_row(p, render) for p in problems])
 
     args = _grpo_args(cfg, run_dir, use_gpu, bf16[0], engine_name, streamed=pool is not None)
     stats = BatchStats(fmt)
@@ -508,6 +509,7 @@ def _reward_ceiling(cfg: TrainConfig) -> float:
         "accuracy": EXACT_CREDIT,
         "correctness": 1.0,
         "cosine_length": cfg.cosine_max_correct,
+        "steps": 1.0,
     }
     return sum(w * best[k] for k, w in cfg.reward_weights.items())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -153,6 +153,22 @@ def process_reward(text: str, fmt: ReasoningFormat | str | None = None) -> float
     return score
 
 
+def steps_reward(text: str, steps: Sequence[str | int], fmt: ReasoningFormat | str | None = None) -> float:
+    """Share of a problem's known intermediate values (e.g. the arithmetic generator's value after
+    each operation, the answer last) that the reasoning states, in [0, 1]; 0 when none are known.
+
+    Outcome rewards alone let a small model learn a one-operation shortcut that solves one-step
+    problems and skips the rest; this credits each step a complete solution must compute, so a
+    partial chain scores between a shortcut and a full one even when the final answer is wrong."""
+    wanted = [v for v in (_num(str(x)) for x in steps) if v is not None]
+    if not wanted:
+        return 0.0
+    parsed = get_format(fmt).parse(text)
+    reasoning = parsed.reasoning if parsed.reasoning is not None else text
+    stated = {_num(m) for m in re.findall(_NUM, reasoning)}
+    return sum(v in stated for v in wanted) / len(wanted)
+
+
 # ---- length control --------------------------------------------------------------------------
 
 
@@ -179,7 +195,7 @@ def cosine_length_reward(correct: bool, length: int, p: CosineLengthParams = Cos
 # ---- TRL adapters ----------------------------------------------------------------------------
 
 #: The components, in the order they are passed to TRL (its logs name them rewards/<name>/mean).
-REWARD_NAMES = ("format", "process", "accuracy", "correctness", "cosine_length")
+REWARD_NAMES = ("format", "process", "accuracy", "correctness", "cosine_length", "steps")
 
 
 def _texts(completions: list) -> list[str]:
@@ -238,6 +254,11 @@ def make_trl_rewards(
             for t, g, n in zip(texts, answer, lengths)
         ]
 
-    funcs: list[Callable[..., list[float]]] = [format, process, accuracy, correctness, cosine_length]
+    def steps(completions: list[Any], steps: list[str] | None = None, **kw: Any) -> list[float]:
+        # the dataset's `steps` column: comma-separated known intermediate values ("" when none)
+        known = [[v for v in (s or "").split(",") if v] for s in (steps or [""] * len(completions))]
+        return [steps_reward(t, k, f) for t, k in zip(full(completions), known)]
+
+    funcs: list[Callable[..., list[float]]] = [format, process, accuracy, correctness, cosine_length, steps]
     assert tuple(fn.__name__ for fn in funcs) == REWARD_NAMES
     return funcs
