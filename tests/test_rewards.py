@@ -126,6 +126,7 @@ def test_steps_reward_credits_each_intermediate_value_the_reasoning_states():
     assert steps_reward(half, p.meta["steps"]) == 0.5
     assert steps_reward("<reasoning>\nx\n</reasoning>\n<answer>24</answer>", ["24"]) == 0.0  # the answer field is not reasoning
     assert steps_reward(full, []) == 0.0  # nothing known: no signal, the same for every completion
+    assert steps_reward("<reasoning>\n25 - 17 = 8. Then 8 * 3 = 24 and so on", p.meta["steps"]) == 0.0  # never closed
     # through TRL's adapter, from the dataset's comma-separated column
     steps_fn = make_trl_rewards(get_format())[REWARD_NAMES.index("steps")]
     assert steps_fn([full, shortcut, full], steps=["8,24", "8,24", ""]) == [1.0, 0.0, 0.0]

@@ -159,12 +159,14 @@ def steps_reward(text: str, steps: Sequence[str | int], fmt: ReasoningFormat | s
 
     Outcome rewards alone let a small model learn a one-operation shortcut that solves one-step
     problems and skips the rest; this credits each step a complete solution must compute, so a
-    partial chain scores between a shortcut and a full one even when the final answer is wrong."""
+    partial chain scores between a shortcut and a full one even when the final answer is wrong.
+    Only a closed reasoning section counts: measured (run expD), crediting an unclosed one taught
+    the model to ramble through the values to the length limit and drop the format."""
     wanted = [v for v in (_num(str(x)) for x in steps) if v is not None]
-    if not wanted:
-        return 0.0
     parsed = get_format(fmt).parse(text)
-    reasoning = parsed.reasoning if parsed.reasoning is not None else text
+    reasoning = parsed.reasoning
+    if not wanted or reasoning is None or not parsed.tags_present.get("reasoning_close", True):
+        return 0.0
     stated = {_num(m) for m in re.findall(_NUM, reasoning)}
     return sum(v in stated for v in wanted) / len(wanted)
 
