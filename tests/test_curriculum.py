@@ -69,6 +69,7 @@ def test_balanced_draws_give_each_level_an_equal_share_and_favour_untied_problem
     hard = [Problem("h0", "q", "1", level=3), Problem("h1", "q", "1", level=3)]  # ...and two 3-step ones
     rates = {**{p.id: 0.5 for p in easy}, "h0": 0.5, "h1": 0.25 / 2}
     pool = CurriculumPool.build([*easy, *hard], rates, str, seed=3)
+    pool.balanced = True
     rng = random.Random(0)
     counts = collections.Counter(pool.draw(rng).id for _ in range(4000))
     hard_share = (counts["h0"] + counts["h1"]) / 4000

@@ -60,9 +60,10 @@ class TrainConfig(StageConfig):
                                           "steps with the current adapter (0 = only from the rollouts themselves).")
     curriculum_refresh_size: int = Field(32, ge=1, description="Problems measured at each refresh.")
     curriculum_temperature: float = Field(0.8, gt=0, description="Sampling temperature of the measurements.")
-    curriculum_sampling: Literal["balanced", "uniform"] = Field(
-        "balanced", description="balanced: each draw picks a level uniformly, then a problem weighted by "
-        "rate*(1-rate) (fewer tied groups, no level crowds out the others); uniform: any active problem.")
+    curriculum_sampling: Literal["uniform", "balanced"] = Field(
+        "uniform", description="uniform: any active problem; balanced: each draw picks a level uniformly, then a "
+        "problem weighted by rate*(1-rate) (meant for fewer tied groups and no level crowding out the others; "
+        "runs expC/expE used it and did not beat uniform expB).")
     format: str = Field(DEFAULT_FORMAT, description="Reasoning format preset the model is trained for.")
     prefill: bool = Field(True, description="End prompts with the format's open tag (R1-style prefill).")
 

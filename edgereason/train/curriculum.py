@@ -15,7 +15,7 @@ Open-RS and Qwen3 studies keep 0 < pass rate < 1 for this reason). So:
    and those now in the band come back (`CurriculumPool`).
 
 The pool feeds TRL through an `IterableDataset` that reads it live (`stream`), so changes apply to
-the next step without rebuilding the dataloader. With `balanced` sampling (the default) each draw
+the next step without rebuilding the dataloader. With `balanced` sampling (opt-in) each draw
 first picks a level uniformly (the arithmetic generator's steps, MATH levels) and then a problem
 weighted by rate·(1 − rate), the variance of its correctness: the easiest level cannot fill the
 band by numbers alone (a model trained mostly on one-step problems learns to do one step), and
@@ -85,7 +85,7 @@ class CurriculumPool:
     evidence: dict[str, tuple[float, float]] = field(default_factory=dict)
     decay: float = 0.7
     min_evidence: float = 6.0
-    balanced: bool = True
+    balanced: bool = False
 
     @classmethod
     def build(cls, candidates: Sequence[Problem], rates: dict[str, float], render: Callable[[Problem], str],
