@@ -154,7 +154,7 @@ class CurriculumPool:
         level = rng.choice(sorted(by_level, key=lambda lv: (lv is None, lv or 0)))
         group = by_level[level]
         # The floor keeps a problem whose estimate sits at an edge (parked/retired fallbacks) drawable.
-        weights = [max(self.rates.get(pid, 0.5) * (1 - self.rates.get(pid, 0.5)), 0.02) for pid in group]
+        weights = [max(r * (1 - r), 0.02) for r in (self.rates.get(pid, 0.5) for pid in group)]
         return self.problems[rng.choices(group, weights)[0]]
 
     def stream(self) -> Iterator[dict[str, str]]:
