@@ -130,3 +130,21 @@ def test_steps_reward_credits_each_intermediate_value_the_reasoning_states():
     # through TRL's adapter, from the dataset's comma-separated column
     steps_fn = make_trl_rewards(get_format())[REWARD_NAMES.index("steps")]
     assert steps_fn([full, shortcut, full], steps=["8,24", "8,24", ""]) == [1.0, 0.0, 0.0]
+
+
+def test_derived_reward_pays_only_for_an_answer_the_reasoning_computes():
+    from edgereason.train.rewards import derived_reward
+
+    computed = "<reasoning>\n25 - 17 = 8. Then 8 * 3 = 24.\n</reasoning>\n<answer>24</answer>"
+    guessed = "<reasoning>\nOmar has 24 balloons.\n</reasoning>\n<answer>24</answer>"
+    miscounted = "<reasoning>\n8 * 3 = 25, so 24.\n</reasoning>\n<answer>24</answer>"  # the claim does not hold
+    assert derived_reward(computed, "24") == 1.0
+    assert derived_reward(guessed, "24") == 0.0  # right number, no derivation
+    assert derived_reward(miscounted, "24") == 0.0
+    assert derived_reward(computed, "25") == 0.0  # derived but wrong
+    assert derived_reward("<reasoning>\n6 / 4 = 1.5\n</reasoning>\n<answer>1.5</answer>", "3/2") == 1.0
+    assert derived_reward("<reasoning>\n25 - 17 = 8. 8 * 3 = 24", "24") == 0.0  # never closed, no answer
+    # a non-numeric gold needs only correctness
+    assert derived_reward("<reasoning>\nAll cats purr.\n</reasoning>\n<answer>yes</answer>", "yes") == 1.0
+    fn = make_trl_rewards(get_format())[REWARD_NAMES.index("derived")]
+    assert fn([computed, guessed], answer=["24", "24"]) == [1.0, 0.0]

@@ -510,6 +510,7 @@ def _reward_ceiling(cfg: TrainConfig) -> float:
         "correctness": 1.0,
         "cosine_length": cfg.cosine_max_correct,
         "steps": 1.0,
+        "derived": 1.0,
     }
     return sum(w * best[k] for k, w in cfg.reward_weights.items())
 

@@ -52,6 +52,25 @@ def correctness_reward(text: str, gold: str, fmt: ReasoningFormat | str | None =
     return 1.0 if answers_equal(extract_answer(text, fmt).text, gold) else 0.0
 
 
+def derived_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = None) -> float:
+    """1.0 when the answer is correct AND derived: a closed reasoning section holds an arithmetic claim
+    (`a op b ... = d`) that re-executes correctly and whose result d is the gold value. A gold that is
+    not a number (yes/no, a choice letter) needs only correctness.
+
+    Why: measured on runs expB-expE, outcome-only correctness paid the small model for guesses ("Omar has
+    25 balloons" -> 25) on multi-step problems, so it learned to name a number from the question and
+    skip the arithmetic; the shortcut then cost accuracy on the one-step problems it used to compute."""
+    if not correctness_reward(text, gold, fmt):
+        return 0.0
+    target = _num(gold.strip())
+    if target is None:
+        return 1.0
+    parsed = get_format(fmt).parse(text)
+    if parsed.reasoning is None or not parsed.tags_present.get("reasoning_close", True):
+        return 0.0
+    return 1.0 if any(c.holds and c.result == target for c in check_arithmetic(parsed.reasoning)) else 0.0
+
+
 # ---- reasoning process -----------------------------------------------------------------------
 
 PROCESS_ARITHMETIC_WEIGHT = 2.0  #: times the share of re-executed `a op b = c` claims that hold
@@ -111,6 +130,7 @@ def _evaluate(expr: str) -> Fraction | None:
 class ArithmeticCheck:
     claim: str
     holds: bool
+    result: Fraction | None = None  #: the claimed right-hand side d
 
 
 def check_arithmetic(reasoning: str) -> list[ArithmeticCheck]:
@@ -124,7 +144,7 @@ def check_arithmetic(reasoning: str) -> list[ArithmeticCheck]:
         if claimed is None:
             continue
         holds = value is not None and (abs(value - claimed) <= abs(value) / 100 if value != 0 else claimed == 0)
-        checks.append(ArithmeticCheck(m.group(0), holds))
+        checks.append(ArithmeticCheck(m.group(0), holds, claimed))
     return checks
 
 
@@ -197,7 +217,7 @@ def cosine_length_reward(correct: bool, length: int, p: CosineLengthParams = Cos
 # ---- TRL adapters ----------------------------------------------------------------------------
 
 #: The components, in the order they are passed to TRL (its logs name them rewards/<name>/mean).
-REWARD_NAMES = ("format", "process", "accuracy", "correctness", "cosine_length", "steps")
+REWARD_NAMES = ("format", "process", "accuracy", "correctness", "cosine_length", "steps", "derived")
 
 
 def _texts(completions: list) -> list[str]:
@@ -261,6 +281,9 @@ def make_trl_rewards(
         known = [[v for v in (s or "").split(",") if v] for s in (steps or [""] * len(completions))]
         return [steps_reward(t, k, f) for t, k in zip(full(completions), known)]
 
-    funcs: list[Callable[..., list[float]]] = [format, process, accuracy, correctness, cosine_length, steps]
+    def derived(completions: list[Any], answer: list[str], **kw: Any) -> list[float]:
+        return [derived_reward(t, g, f) for t, g in zip(full(completions), answer)]
+
+    funcs: list[Callable[..., list[float]]] = [format, process, accuracy, correctness, cosine_length, steps, derived]
     assert tuple(fn.__name__ for fn in funcs) == REWARD_NAMES
     return funcs
