@@ -301,3 +301,15 @@ def test_int4_loads_in_vllm(exported):
     llm = LLM(model=str(out / "int4-nf4"), quantization="bitsandbytes", max_model_len=512, gpu_memory_utilization=0.3)
     text = llm.generate(["2 + 2 ="], SamplingParams(max_tokens=8, temperature=0))[0].outputs[0].text
     assert text
+
+
+def test_an_adapter_finds_its_run_record_beside_it_or_above_a_checkpoint(tmp_path):
+    from edgereason.export.manifest import run_record
+
+    run = tmp_path / "runs" / "x"
+    (run / "adapter").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-75").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"config": {"model": "smollm2-135m"}}))
+    assert run_record(run / "adapter")["config"]["model"] == "smollm2-135m"
+    assert run_record(run / "checkpoints" / "checkpoint-75")["config"]["model"] == "smollm2-135m"
+    assert run_record(tmp_path) == {}

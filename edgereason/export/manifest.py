@@ -48,15 +48,22 @@ class ExportSource:
         }
 
 
+def run_record(adapter_dir: Path) -> dict:
+    """The training run's run.json for an adapter: beside it (runs/NAME/adapter) or one level up
+    (runs/NAME/checkpoints/checkpoint-N, an interrupted run's last save); {} when there is none."""
+    for run_json in (adapter_dir.parent / "run.json", adapter_dir.parent.parent / "run.json"):
+        if run_json.is_file():
+            return json.loads(run_json.read_text())
+    return {}
+
+
 def resolve_source(base: str | None, adapter: str | Path | None, format_name: str | None = None) -> ExportSource:
     """Resolve `--base`/`--adapter`; the base and format default to what the adapter's run recorded."""
     adapter_dir = Path(adapter).expanduser() if adapter else None
     run: dict = {}
     if adapter_dir is not None:
         read_adapter_config(adapter_dir)
-        run_json = adapter_dir.parent / "run.json"
-        if run_json.is_file():
-            run = json.loads(run_json.read_text())
+        run = run_record(adapter_dir)
     base = base or run.get("config", {}).get("model")
     if not base:
         raise ExportError("say which base model to export: --base NAME (the adapter has no run.json naming it)")
