@@ -132,7 +132,9 @@ class TrainConfig(StageConfig):
         "importance-sampling correction), transformers (the policy itself), trl (TRL's own generation, one temperature; "
         "the speed benchmark's anchor). auto: vLLM when use_vllm, else llama.cpp for architectures it can take.")
     importance_sampling_mode: Literal["sequence_mask", "sequence_truncate", "token_mask", "token_truncate"] = Field(
-        "sequence_mask", description="How the engine/policy mismatch is corrected (TRL's vllm_importance_sampling_mode).")
+        "sequence_mask", description="How the engine/policy mismatch is corrected (TRL's vllm_importance_sampling_mode). "
+        "With llama.cpp rollouts on a quantized GGUF prefer token_truncate: a sequence's ratio multiplies its tokens' "
+        "~0.05-nat mismatches, measured to weight completions by 0.05-3 (runs expF-expH).")
     importance_sampling_clip_max: float = Field(3.0, gt=1, description="Cap of the importance ratio (TRL's clip_max).")
 
     # ---- scale-out ----
