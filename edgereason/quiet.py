@@ -37,6 +37,10 @@ def quiet_libraries() -> None:
     # transformers deprecates `is_gradient_checkpointing` in favour of a new name; TRL still reads the
     # old one, once per step. TRL's pinned release is what calls it, not edgereason.
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    # gradio's queue (the pinned release) sets pandas options that pandas 3 deprecates, once per event:
+    # gradio's code, unchanged behaviour until pandas 4.
+    warnings.filterwarnings("ignore", message=r".*(no_silent_downcasting|The copy keyword is deprecated).*",
+                            module=r"gradio\.queueing")
     # transformers draws a progress bar for loading a checkpoint's weights: under a second for these
     # models, and one more line in every stage's log.
     try:

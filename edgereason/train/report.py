@@ -34,7 +34,7 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
+        if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # a panel with no data (e.g. KL at β = 0) has none
             ax.legend(fontsize=8)
     return save_figure(fig, out)
 
