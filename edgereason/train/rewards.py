@@ -52,6 +52,15 @@ def correctness_reward(text: str, gold: str, fmt: ReasoningFormat | str | None =
     return 1.0 if answers_equal(extract_answer(text, fmt).text, gold) else 0.0
 
 
+def closed_reasoning(text: str, fmt: ReasoningFormat | str | None = None) -> str | None:
+    """The reasoning section when the completion closed it, else None: what a reward may credit
+    (crediting unclosed reasoning taught run expD to ramble to the length limit)."""
+    parsed = get_format(fmt).parse(text)
+    if parsed.reasoning is None or not parsed.tags_present.get("reasoning_close", True):
+        return None
+    return parsed.reasoning
+
+
 def derived_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = None) -> float:
     """1.0 when the answer is correct AND derived: a closed reasoning section holds an arithmetic claim
     (`a op b ... = d`) that re-executes correctly and whose result d is the gold value. A gold that is
@@ -65,10 +74,10 @@ def derived_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = Non
     target = _num(gold.strip())
     if target is None:
         return 1.0
-    parsed = get_format(fmt).parse(text)
-    if parsed.reasoning is None or not parsed.tags_present.get("reasoning_close", True):
+    reasoning = closed_reasoning(text, fmt)
+    if reasoning is None:
         return 0.0
-    return 1.0 if any(c.holds and c.result == target for c in check_arithmetic(parsed.reasoning)) else 0.0
+    return 1.0 if any(c.holds and c.result == target for c in check_arithmetic(reasoning)) else 0.0
 
 
 # ---- reasoning process -----------------------------------------------------------------------
@@ -183,9 +192,8 @@ def steps_reward(text: str, steps: Sequence[str | int], fmt: ReasoningFormat | s
     Only a closed reasoning section counts: measured (run expD), crediting an unclosed one taught
     the model to ramble through the values to the length limit and drop the format."""
     wanted = [v for v in (_num(str(x)) for x in steps) if v is not None]
-    parsed = get_format(fmt).parse(text)
-    reasoning = parsed.reasoning
-    if not wanted or reasoning is None or not parsed.tags_present.get("reasoning_close", True):
+    reasoning = closed_reasoning(text, fmt)
+    if not wanted or reasoning is None:
         return 0.0
     stated = {_num(m) for m in re.findall(_NUM, reasoning)}
     return sum(v in stated for v in wanted) / len(wanted)
