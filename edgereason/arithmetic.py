@@ -8,7 +8,8 @@ the value after each operation, the answer last (what a complete solution comput
 
 The same seed always gives the same problems. `arith` (seed 0, 600 problems, 200 of each depth) is
 an evaluation benchmark; `arith-train` (seed 1) is for training and never contains a question of
-`arith` (checked as the problems are drawn).
+`arith` (checked as the problems are drawn). `arith-dev` (seed 2, 300 problems, disjoint from both)
+picks a training checkpoint without looking at the benchmark.
 """
 
 from __future__ import annotations
@@ -124,3 +125,10 @@ def arithmetic_train(n: int = 5000) -> list[Problem]:
     """The training split: seed 1, with every question of the `arith` benchmark excluded."""
     test = frozenset(p.question for p in generate_arithmetic(600, 0))
     return generate_arithmetic(n, 1, exclude=test)
+
+
+def arithmetic_dev(n: int = 300) -> list[Problem]:
+    """The development split: seed 2, disjoint from `arith` and `arith-train`, for choosing among a
+    run's checkpoints so that the benchmark's score is not also the selection criterion."""
+    seen = frozenset(p.question for p in [*generate_arithmetic(600, 0), *arithmetic_train()])
+    return generate_arithmetic(n, 2, exclude=seen)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgereason.arithmetic import arithmetic_train, generate_arithmetic
+from edgereason.arithmetic import arithmetic_dev, arithmetic_train, generate_arithmetic
 from edgereason.logic import generate_logic
 from edgereason.paths import cache_dir, data_dir
 from edgereason.problems import LETTERS, Problem
@@ -45,12 +45,14 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-# Benchmarks made by a seeded generator, not read from files: name -> (split, factory).
+# Benchmarks made by a seeded generator, not read from files: name -> (split, factory). Only a
+# "train" split may be trained on; "dev" is held out for checkpoint selection.
 GENERATED: dict[str, tuple[str, Callable[[], list[Problem]]]] = {
     "logic": ("test", lambda: generate_logic(500, 0)),
     "logic-train": ("train", lambda: generate_logic(2000, 1)),
     "arith": ("test", lambda: generate_arithmetic(600, 0)),
     "arith-train": ("train", arithmetic_train),
+    "arith-dev": ("dev", arithmetic_dev),
 }
 
 
@@ -64,7 +66,7 @@ def is_eval_only(name_or_path: str | Path, root: str | Path | None = None) -> bo
     """True for a benchmark or file that is for evaluation only (training refuses it)."""
     name = str(name_or_path)
     if name in GENERATED:
-        return GENERATED[name][0] == "test"
+        return GENERATED[name][0] != "train"
     return is_test_split(benchmark_path(name, root) if name in BENCHMARKS else Path(name))
 
 

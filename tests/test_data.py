@@ -135,6 +135,9 @@ def test_arithmetic_generator_is_seeded_balanced_disjoint_and_right():
     assert len(test) == 600 and len(train) == 5000
     assert not {p.question for p in test} & {p.question for p in train}  # never train on the benchmark
     assert is_eval_only("arith") and not is_eval_only("arith-train")
+    dev = load_benchmark("arith-dev")  # checkpoint selection: disjoint from both, and never trained on
+    assert len(dev) == 300 and not {p.question for p in dev} & ({p.question for p in test} | {p.question for p in train})
+    assert is_eval_only("arith-dev")
 
 
 def test_arc_benchmarks_load_as_multiple_choice():
