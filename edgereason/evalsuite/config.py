@@ -54,8 +54,8 @@ class EvalConfig(StageConfig):
     keep_sample_text: bool = Field(False, description="Also store every sampled completion's text in samples.jsonl.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")
     threads: int | None = Field(None, ge=1, description="CPU threads for in-process backends (default: all cores).")
-    concurrency: int = Field(4, ge=1, le=1024, description="Requests in flight at once: llama-server slots for a GGUF, "
-                             "requests against a server URL.")
+    concurrency: int = Field(4, ge=1, le=1024, description="Problems at once: decoded together for a GGUF "
+                             "(llama.cpp in process), requests in flight against a server URL.")
     @field_validator("benchmark", mode="before")
     @classmethod
     def _one_or_many(cls, v: object) -> object:

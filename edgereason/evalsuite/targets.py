@@ -3,8 +3,8 @@
 Target strings (for `--model` and `--compare`):
   smollm2-135m                      an embedded/local/hub model on the transformers backend
   smollm2-135m+runs/x/adapter       the same with a PEFT LoRA adapter
-  exports/x/model-q4_k_m.gguf       a GGUF on llama.cpp (llama-server, `concurrency` slots: the engine that serves)
-  base.gguf+adapter-lora-f16.gguf   a GGUF with a GGUF LoRA on top (llama-server --lora)
+  exports/x/model-q4_k_m.gguf       a GGUF on llama.cpp in process (`concurrency` prompts decoded together)
+  base.gguf+adapter-lora-f16.gguf   a GGUF with a GGUF LoRA on top
   exports/x                         an export folder: its chosen GGUF
   exports/x/openvino-int4           an OpenVINO IR folder (`export openvino`) on openvino-genai
   http://127.0.0.1:8000/v1#name     an OpenAI-compatible server (model `name`; default: its first)
@@ -60,6 +60,8 @@ def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, th
     if target.backend == "openvino":
         return create_backend("openvino", target.model, threads=threads)
     if target.backend == "llama.cpp":
-        return create_backend("llama-server", target.model, adapter=target.adapter, slots=concurrency,
-                              ctx_per_slot=n_ctx, threads=threads)
+        # In process, not llama-server: a 135M model's greedy tokens change with which sequences share
+        # a decode (batch-dependent float rounding), and continuous batching makes that depend on
+        # timing. Fixed batches make the same command give the same answers.
+        return create_backend("llama-cpp-python", target.model, n_ctx=n_ctx, threads=threads, lora_path=target.adapter)
     return create_backend("transformers", target.model, adapter=target.adapter, batch_size=batch_size, threads=threads)
