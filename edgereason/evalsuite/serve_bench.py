@@ -33,15 +33,17 @@ from edgereason.servers import free_port, python_module, wait_healthy
 PROMPT = "<|im_start|>user\nWrite a short story about a robot who learns to count.<|im_end|>\n<|im_start|>assistant\n"
 
 
-def _drive(base: str, clients: int, requests_each: int, tokens: int, model: str) -> dict[str, float]:
+def _drive(base: str, clients: int, requests_each: int, tokens: int, model: str,
+           extra: dict[str, Any] | None = None) -> dict[str, float]:
     """`clients` threads, each sending `requests_each` completions of `tokens` tokens (EOS ignored, so
-    every request does the same work); aggregate completion tokens/s over the wall time."""
+    every request does the same work); aggregate completion tokens/s over the wall time. `extra`
+    joins every request body."""
     def client(c: int) -> int:
         done = 0
         with httpx.Client(timeout=600) as http:
             for r in range(requests_each):
                 body = {"model": model, "prompt": PROMPT + f"Story {c}.{r}:", "max_tokens": tokens, "ignore_eos": True,
-                        "temperature": 0.8, "seed": c * 100 + r}
+                        "temperature": 0.8, "seed": c * 100 + r, **(extra or {})}
                 resp = http.post(f"{base}/v1/completions", json=body)
                 resp.raise_for_status()
                 done += resp.json()["usage"]["completion_tokens"]
@@ -163,7 +165,7 @@ def _load(base: str, model: str, clients: int, seconds: float, pid: int) -> dict
 def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[int, ...] = (1, 4, 8, 16), tokens: int = 128,
                     requests_each: int = 2, vote_ks: tuple[int, ...] = (8, 16), load_clients: int = 64,
                     load_seconds: float = 60.0, max_queue: int = 32) -> dict[str, Any]:
-    from edgereason.backends.llama_server import LlamaServerBackend
+    from edgereason.backends.llama_server import PLAIN_SAMPLING, LlamaServerBackend
 
     vote_ks = tuple(k for k in vote_ks if k <= slots)  # llama-server caps a request's n at its slots
 
@@ -172,7 +174,9 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
     raw = LlamaServerBackend(str(model), slots=slots, threads=threads, ctx_per_slot=1024)
     try:
         name = raw.model_name
-        raw_runs = [_drive(raw.url, c, requests_each, tokens, name) for c in clients]
+        # The raw server samples as the gateway asks it to (the whole vocabulary, as OpenAI and vLLM do),
+        # not with llama-server's own top-k 40 / min-p 0.05: same work on both sides of the ratio.
+        raw_runs = [_drive(raw.url, c, requests_each, tokens, name, PLAIN_SAMPLING) for c in clients]
         raw_ttft = _ttft(raw.url, name)
     finally:
         raw.close()
@@ -208,7 +212,8 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
 def serve_bench_markdown(r: dict[str, Any]) -> list[str]:
     lines = ["", "## Server", "",
              f"`edgereason serve` (gateway + managed llama-server) against raw llama-server on the same file, "
-             f"{r['slots']} slots, {r['threads']} threads, {r['tokens']}-token completions (EOS ignored).", "",
+             f"{r['slots']} slots, {r['threads']} threads, {r['tokens']}-token completions (EOS ignored), both "
+             "sampling from the whole vocabulary (top_k 0, min_p 0: what the gateway asks llama-server for).", "",
              "| clients | raw llama-server tok/s | through edgereason tok/s | ratio |", "|---|---|---|---|"]
     lines += [f"| {t['clients']} | {t['raw_tok_s']:.1f} | {t['gateway_tok_s']:.1f} | {100 * t['gateway_over_raw']:.0f}% |"
               for t in r["throughput"]]
