@@ -121,14 +121,18 @@ def generate_arithmetic(n: int = 600, seed: int = 0, depths: tuple[int, ...] = D
     return problems
 
 
+def arithmetic_test() -> list[Problem]:
+    """The `arith` benchmark: seed 0, 600 problems."""
+    return generate_arithmetic(600, 0)
+
+
 def arithmetic_train(n: int = 5000) -> list[Problem]:
     """The training split: seed 1, with every question of the `arith` benchmark excluded."""
-    test = frozenset(p.question for p in generate_arithmetic(600, 0))
-    return generate_arithmetic(n, 1, exclude=test)
+    return generate_arithmetic(n, 1, exclude=frozenset(p.question for p in arithmetic_test()))
 
 
 def arithmetic_dev(n: int = 300) -> list[Problem]:
     """The development split: seed 2, disjoint from `arith` and `arith-train`, for choosing among a
     run's checkpoints so that the benchmark's score is not also the selection criterion."""
-    seen = frozenset(p.question for p in [*generate_arithmetic(600, 0), *arithmetic_train()])
+    seen = frozenset(p.question for p in [*arithmetic_test(), *arithmetic_train()])
     return generate_arithmetic(n, 2, exclude=seen)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgereason.arithmetic import arithmetic_dev, arithmetic_train, generate_arithmetic
+from edgereason.arithmetic import arithmetic_dev, arithmetic_test, arithmetic_train
 from edgereason.logic import generate_logic
 from edgereason.paths import cache_dir, data_dir
 from edgereason.problems import LETTERS, Problem
@@ -50,7 +50,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 GENERATED: dict[str, tuple[str, Callable[[], list[Problem]]]] = {
     "logic": ("test", lambda: generate_logic(500, 0)),
     "logic-train": ("train", lambda: generate_logic(2000, 1)),
-    "arith": ("test", lambda: generate_arithmetic(600, 0)),
+    "arith": ("test", arithmetic_test),
     "arith-train": ("train", arithmetic_train),
     "arith-dev": ("dev", arithmetic_dev),
 }
