@@ -144,9 +144,11 @@ def test_the_imatrix_reaches_the_quantizer(exported, tmp_path):
     from gguf import GGUFReader
 
     kept = tmp_path / "kept.gguf"
-    quantize_gguf(out / "model-f16.gguf", kept, "q4_0", tmp_path / "d.log", tensor_types={"token_embd": "q8_0"})
+    quantize_gguf(out / "model-f16.gguf", kept, "q4_0", tmp_path / "d.log",
+                  tensor_types={"token_embd": "q8_0", "attn_v": "q8_0"})
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(kept)).tensors}
-    assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_q.weight"] != "Q8_0"
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.3.attn_v.weight"] == "Q8_0"
+    assert types["blk.0.attn_q.weight"] != "Q8_0"
 
 
 def test_ladder_keeps_the_smallest_candidate_that_meets_the_target(exported, adapter, tmp_path):
@@ -173,6 +175,12 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="unknown type"):
         GGUFExportConfig(out=tmp_path, quant="q4_k_m,q9_9")
     assert GGUFExportConfig(out=tmp_path, quant=["q8_0,q4_k_m", "q6_k"]).quant == ["q8_0", "q4_k_m", "q6_k"]
+    assert GGUFExportConfig(out=tmp_path, tensor_type="attn_v=q8_0,ffn_down=q6_k").overrides == {
+        "attn_v": "q8_0", "ffn_down": "q6_k"}
+    with pytest.raises(ValueError, match="PATTERN=TYPE"):
+        GGUFExportConfig(out=tmp_path, tensor_type="attn_v")
+    with pytest.raises(ValueError, match="unknown type"):
+        GGUFExportConfig(out=tmp_path, tensor_type="attn_v=q9")
     with pytest.raises(ConfigError, match="out"):
         GGUFExportConfig.load(None)
 

@@ -53,6 +53,7 @@ class AnswerSheet:
     answers: list[str | None]
     valid: list[bool]
     correct: list[bool]
+    texts: list[str]  # the completions, prefill included (the reference's become teacher-forced traces)
 
     @classmethod
     def answer(cls, backend: Backend, problems: Sequence[Problem], fmt: ReasoningFormat,
@@ -62,7 +63,7 @@ class AnswerSheet:
         texts = [row[0].text for row in rows]
         answers = [extract_answer(t, fmt).text for t in texts]
         return cls(answers, [fmt.parse(t).valid for t in texts],
-                   [answers_equal(a, p.gold_answer) for a, p in zip(answers, problems)])
+                   [answers_equal(a, p.gold_answer) for a, p in zip(answers, problems)], texts)
 
     def compare(self, reference: AnswerSheet) -> dict[str, float]:
         n = max(1, len(self.answers))

@@ -72,15 +72,6 @@ def choose_smallest(entries: dict[str, dict], cfg: GGUFExportConfig) -> str | No
     return min(passing)[1] if passing else None
 
 
-def _overrides(cfg: GGUFExportConfig) -> dict[str, str]:
-    out = {}
-    if cfg.embeddings_type:
-        out["token_embd"] = cfg.embeddings_type
-    if cfg.output_type:
-        out["output"] = cfg.output_type
-    return out
-
-
 def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> ExportResult:
     console = console or Console()
     out_dir, threads = cfg.out, cfg.threads
@@ -96,7 +87,6 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
     need = params * (_BPW[cfg.outtype] + sum(_BPW.get(q, 8) for q in quants)) / 8 + (params * 4 if cfg.adapter else 0)
     require_free_space(out_dir, int(need * 1.1), f"{1 + len(quants)} GGUF files")
     result = ExportResult(out_dir)
-    overrides = _overrides(cfg)
     calibrated = cfg.imatrix or cfg.imatrix_file is not None
     missing = [q for q in quants if q in NEEDS_IMATRIX and not calibrated]
     if missing:
@@ -176,6 +166,8 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
     # 4. the quants (the ladder's candidates when gated)
     for q in quants:
         use = imatrix if q not in _FULL_PRECISION else None
+        # overrides keep tensors at more bits than the type's own recipe; at 8 bits they would only take bits away
+        overrides = cfg.overrides if q not in _FULL_PRECISION else {}
         settings = f"{q}+imatrix:{manifest.data['imatrix']['sha256'][:12] if use else 'none'}+{overrides}"
         make = functools.partial(_quantize, f16, quant=q, log=logs / f"quantize-{q}.log", threads=threads,
                                  imatrix=use, overrides=overrides)
