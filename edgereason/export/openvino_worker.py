@@ -30,6 +30,7 @@ def _calibration(spec: dict[str, Any], tokenizer: Any) -> Any:
 def export(spec: dict[str, Any]) -> dict[str, Any]:
     from optimum.exporters.openvino.convert import export_tokenizer
     from optimum.intel import OVConfig, OVModelForCausalLM, OVQuantizer, OVWeightQuantizationConfig
+    from optimum.intel.openvino.configuration import OVQuantizationMethod
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
@@ -44,7 +45,9 @@ def export(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         qconfig = OVWeightQuantizationConfig(
             bits=4, sym=False, group_size=spec["group_size"], ratio=spec["ratio"],
-            awq=bool(data_aware and spec["awq"]), scale_estimation=bool(data_aware and spec["scale_estimation"]),
+            # AWQ is optimum-intel's quant_method (an `awq=` keyword only reaches NNCF as a stray extra)
+            quant_method=OVQuantizationMethod.AWQ if data_aware and spec["awq"] else OVQuantizationMethod.DEFAULT,
+            scale_estimation=bool(data_aware and spec["scale_estimation"]),
             num_samples=spec["num_samples"] if data_aware else None)
     dataset = _calibration(spec, tokenizer) if data_aware else None
     OVQuantizer.from_pretrained(model).quantize(calibration_dataset=dataset, ov_config=OVConfig(quantization_config=qconfig),
