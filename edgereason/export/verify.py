@@ -3,8 +3,8 @@
 The reference is the merged HF model in float32. For every artifact we measure, on fixed inputs:
 - `top1_agreement`: teacher-forced, the share of positions where the artifact's top token is the
   reference's, over the reference's 32-token greedy continuations of a few reasoning prompts and
-  its whole greedy answers to the answer-check problems (about 1,500 tokens with the default 24, so
-  a 0.01 difference is more than noise; the four prompts alone gave 128 tokens);
+  its whole greedy answers to the answer-check problems (1,200-2,000 tokens with the default 24 on
+  SmolLM2, so a 0.01 difference is more than noise; the four prompts alone gave 128 tokens);
 - `greedy_prefix_match`: free-running, how many of the first 32 greedy tokens equal the reference's
   before the first difference (mean share over prompts);
 - `perplexity` on a held-out text and `mean_kl` = mean KL(reference ‖ artifact) per token, the
