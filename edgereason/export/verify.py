@@ -89,8 +89,8 @@ class Reference:
         fmt = get_format(format_name)
         self.format = fmt
         self.answer_problems = answer_problems or []
-        self.answers = (AnswerSheet.answer(TransformersBackend.from_model(model, tokenizer, "merged"),
-                                           self.answer_problems, fmt) if self.answer_problems else None)
+        backend = TransformersBackend.from_model(model, tokenizer, "merged")  # renders every prompt below
+        self.answers = AnswerSheet.answer(backend, self.answer_problems, fmt) if self.answer_problems else None
         self.tokenizer = tokenizer
         self.chat_template = tokenizer.chat_template
         self.prompts: list[list[int]] = []
@@ -98,8 +98,7 @@ class Reference:
         # teacher-forced sequences: (token ids, first scored position, the reference's top token at each)
         self.sequences: list[tuple[list[int], int, np.ndarray]] = []
         for q in VERIFY_QUESTIONS:
-            text = tokenizer.apply_chat_template(fmt.messages(q), add_generation_prompt=True, tokenize=False)
-            ids = tokenizer(text + fmt.prefill, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(backend.render(fmt.messages(q), fmt.prefill), add_special_tokens=False)["input_ids"]
             with torch.no_grad():
                 out = model.generate(
                     torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -109,8 +108,7 @@ class Reference:
             self.continuations.append(out[0, len(ids):].tolist())
             self.sequences.append((ids + self.continuations[-1], len(ids), np.asarray(self.continuations[-1])))
         for problem, text in zip(self.answer_problems, self.answers.texts if self.answers else []):
-            prompt = tokenizer.apply_chat_template(fmt.messages(problem.question), add_generation_prompt=True,
-                                                   tokenize=False)
+            prompt = backend.render(fmt.messages(problem.question))  # `text` starts with the prefill
             start = len(tokenizer(prompt + fmt.prefill, add_special_tokens=False)["input_ids"])
             ids = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
             if len(ids) <= start:
