@@ -192,7 +192,7 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
             progress(f"server: overhead and {cfg.load_clients} clients for {cfg.load_seconds:.0f} s")
         first = resolve_model(cfg.models[0]).require_gguf()
         results["serve"] = run_serve_bench(first, max(cfg.threads), slots=cfg.slots, load_clients=cfg.load_clients,
-                                           load_seconds=cfg.load_seconds)
+                                           load_seconds=cfg.load_seconds, repeats=cfg.repeats)
     return results
 
 

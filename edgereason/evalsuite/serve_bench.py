@@ -81,40 +81,51 @@ def _rss_mb(pid: int) -> float:
         return 0.0
 
 
-def _batched_bench_limit(model: Path, threads: int, ks: list[int], tokens: int, prompt_tokens: int) -> dict[str, float]:
+def _batched_bench_limit(model: Path, threads: int, ks: list[int], tokens: int, prompt_tokens: int,
+                         repeats: int = 3) -> dict[str, float]:
     """llama.cpp's own batched decode on this file: wall time of k sequences sharing one prompt,
-    as a multiple of one sequence (the best any server can do here)."""
+    as a multiple of one sequence (the best any server can do here). The median of `repeats` runs:
+    a single run's ratio moves by up to 20% on a shared 2-core machine."""
     from edgereason.native import tool
 
     npl = ",".join(str(k) for k in sorted({1, *ks}))
-    out = subprocess.run([str(tool("llama-batched-bench")), "-m", str(model), "-c", str(max(ks) * (tokens + prompt_tokens) + 512),
-                          "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens), "-ntg", str(tokens), "-npl", npl, "-pps",
-                          "-t", str(threads), "-tb", str(threads)], capture_output=True, text=True, timeout=1200)
-    times: dict[int, float] = {}
-    for line in out.stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 10 and re.fullmatch(r"\d+", cells[0] or ""):
-            times[int(cells[2])] = float(cells[8])  # B, T s (prompt + generation)
-    if 1 not in times:
-        raise RuntimeError(f"llama-batched-bench gave no result: {out.stderr[-300:]}")
-    return {str(k): times[k] / times[1] for k in ks if k in times}
+    runs: list[dict[str, float]] = []
+    for _ in range(repeats):
+        out = subprocess.run([str(tool("llama-batched-bench")), "-m", str(model),
+                              "-c", str(max(ks) * (tokens + prompt_tokens) + 512), "-b", "2048", "-ub", "512",
+                              "-npp", str(prompt_tokens), "-ntg", str(tokens), "-npl", npl, "-pps",
+                              "-t", str(threads), "-tb", str(threads)], capture_output=True, text=True, timeout=1200)
+        times: dict[int, float] = {}
+        for line in out.stdout.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 10 and re.fullmatch(r"\d+", cells[0] or ""):
+                times[int(cells[2])] = float(cells[8])  # B, T s (prompt + generation)
+        if 1 not in times:
+            raise RuntimeError(f"llama-batched-bench gave no result: {out.stderr[-300:]}")
+        runs.append({str(k): times[k] / times[1] for k in ks if k in times})
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def _maj_costs(base: str, model: str, ks: list[int], tokens: int) -> dict[str, dict[str, float]]:
-    """Wall time of k samples of one prompt as one n=k request through the gateway, x one sample."""
-    out: dict[str, dict[str, float]] = {}
+def _maj_costs(base: str, model: str, ks: list[int], tokens: int, repeats: int = 3) -> dict[str, dict[str, Any]]:
+    """Wall time of k samples of one prompt as one n=k request through the gateway, x one sample:
+    the median over `repeats` rounds of each round's ratio (k and one sample measured back to back)."""
+    rounds: list[dict[str, dict[str, float]]] = []
     with httpx.Client(timeout=1200) as http:
-        for k in [1, *ks]:
-            body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "n": k, "ignore_eos": True,
-                    "temperature": 0.7, "seed": 1}
-            http.post(f"{base}/v1/completions", json={**body, "n": 1, "max_tokens": 4})  # warm the prompt cache alike
-            t0 = time.perf_counter()
-            r = http.post(f"{base}/v1/completions", json=body)
-            r.raise_for_status()
-            out[str(k)] = {"seconds": time.perf_counter() - t0, "tokens": r.json()["usage"]["completion_tokens"]}
-    for v in out.values():
-        v["x_single"] = v["seconds"] / out["1"]["seconds"]
-    return out
+        for rep in range(repeats):
+            out: dict[str, dict[str, float]] = {}
+            for k in [1, *ks]:
+                body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "n": k, "ignore_eos": True,
+                        "temperature": 0.7, "seed": 1 + rep}
+                http.post(f"{base}/v1/completions", json={**body, "n": 1, "max_tokens": 4})  # warm the prompt cache alike
+                t0 = time.perf_counter()
+                r = http.post(f"{base}/v1/completions", json=body)
+                r.raise_for_status()
+                out[str(k)] = {"seconds": time.perf_counter() - t0, "tokens": r.json()["usage"]["completion_tokens"]}
+            rounds.append(out)
+    return {k: {"seconds": statistics.median(r[k]["seconds"] for r in rounds), "tokens": rounds[-1][k]["tokens"],
+                "x_single": statistics.median(r[k]["seconds"] / r["1"]["seconds"] for r in rounds),
+                "x_single_runs": [round(r[k]["seconds"] / r["1"]["seconds"], 3) for r in rounds]}
+            for k in rounds[0]}
 
 
 def _load(base: str, model: str, clients: int, seconds: float, pid: int) -> dict[str, Any]:
@@ -164,23 +175,17 @@ def _load(base: str, model: str, clients: int, seconds: float, pid: int) -> dict
 
 def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[int, ...] = (1, 4, 8, 16), tokens: int = 128,
                     requests_each: int = 2, vote_ks: tuple[int, ...] = (8, 16), load_clients: int = 64,
-                    load_seconds: float = 60.0, max_queue: int = 32) -> dict[str, Any]:
+                    load_seconds: float = 60.0, max_queue: int = 32, repeats: int = 3) -> dict[str, Any]:
     from edgereason.backends.llama_server import PLAIN_SAMPLING, LlamaServerBackend
 
     vote_ks = tuple(k for k in vote_ks if k <= slots)  # llama-server caps a request's n at its slots
 
-    result: dict[str, Any] = {"model": str(model), "threads": threads, "slots": slots, "tokens": tokens}
-    # 1. the anchor: raw llama-server, same file, slots and threads (managed here only to start and stop it)
+    result: dict[str, Any] = {"model": str(model), "threads": threads, "slots": slots, "tokens": tokens,
+                              "repeats": repeats}
+    # The anchor, raw llama-server (same file, slots and threads; managed here only to start and stop it),
+    # and `edgereason serve` as deployed (its own process and llama-server) run side by side: throughput
+    # is measured in rounds that alternate between them, so a drift in this machine's speed hits both.
     raw = LlamaServerBackend(str(model), slots=slots, threads=threads, ctx_per_slot=1024)
-    try:
-        name = raw.model_name
-        # The raw server samples as the gateway asks it to (the whole vocabulary, as OpenAI and vLLM do),
-        # not with llama-server's own top-k 40 / min-p 0.05: same work on both sides of the ratio.
-        raw_runs = [_drive(raw.url, c, requests_each, tokens, name, PLAIN_SAMPLING) for c in clients]
-        raw_ttft = _ttft(raw.url, name)
-    finally:
-        raw.close()
-    # 2. the same through `edgereason serve`, as deployed: its own process and llama-server
     port = free_port()
     proc = subprocess.Popen(python_module("edgereason.cli", "serve", "--model", str(model), "--port", str(port),
                                           "--threads", str(threads), "--slots", str(slots), "--ctx-per-slot", "1024",
@@ -193,16 +198,32 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
         if health is None:
             raise RuntimeError("edgereason serve did not start")
         gw_name = health["model"]
-        gw_runs = [_drive(base, c, requests_each, tokens, gw_name) for c in clients]
+        # The raw server samples as the gateway asks it to (the whole vocabulary, as OpenAI and vLLM do),
+        # not with llama-server's own top-k 40 / min-p 0.05: same work on both sides of the ratio.
+        sides = {"raw": (raw.url, raw.model_name, PLAIN_SAMPLING), "gateway": (base, gw_name, None)}
+        rounds: list[dict[tuple[str, int], dict[str, float]]] = []
+        for rep in range(repeats):
+            done: dict[tuple[str, int], dict[str, float]] = {}
+            for c in clients:
+                for side in (("raw", "gateway") if rep % 2 == 0 else ("gateway", "raw")):
+                    url, name, extra = sides[side]
+                    done[(side, c)] = _drive(url, c, requests_each, tokens, name, extra)
+            rounds.append(done)
+        raw_ttft = _ttft(raw.url, raw.model_name)
         gw_ttft = _ttft(base, gw_name)
-        maj = _maj_costs(base, gw_name, list(vote_ks), tokens)
+        raw.close()
+        maj = _maj_costs(base, gw_name, list(vote_ks), tokens, repeats)
         load = _load(base, gw_name, load_clients, load_seconds, proc.pid)
     finally:
+        raw.close()
         proc.terminate()
         proc.wait(timeout=60)
-    limit = _batched_bench_limit(model, threads, list(vote_ks), tokens, 60)
-    result["throughput"] = [{"clients": r["clients"], "raw_tok_s": r["tok_s"], "gateway_tok_s": g["tok_s"],
-                             "gateway_over_raw": g["tok_s"] / r["tok_s"]} for r, g in zip(raw_runs, gw_runs)]
+    limit = _batched_bench_limit(model, threads, list(vote_ks), tokens, 60, repeats)
+    result["throughput"] = [{"clients": c,
+                             "raw_tok_s": statistics.median(r[("raw", c)]["tok_s"] for r in rounds),
+                             "gateway_tok_s": statistics.median(r[("gateway", c)]["tok_s"] for r in rounds),
+                             "gateway_over_raw": statistics.median(r[("gateway", c)]["tok_s"] / r[("raw", c)]["tok_s"]
+                                                                   for r in rounds)} for c in clients]
     result["ttft"] = {"raw_s": raw_ttft, "gateway_s": gw_ttft, "overhead_s": gw_ttft - raw_ttft}
     result["voting"] = {k: {**v, "raw_limit_x": limit.get(k)} for k, v in maj.items() if k != "1"}
     result["load"] = load
@@ -214,13 +235,15 @@ def serve_bench_markdown(r: dict[str, Any]) -> list[str]:
              f"`edgereason serve` (gateway + managed llama-server) against raw llama-server on the same file, "
              f"{r['slots']} slots, {r['threads']} threads, {r['tokens']}-token completions (EOS ignored), both "
              "sampling from the whole vocabulary (top_k 0, min_p 0: what the gateway asks llama-server for).", "",
+             f"Throughput: medians of {r.get('repeats', 1)} rounds alternating between the two.", "",
              "| clients | raw llama-server tok/s | through edgereason tok/s | ratio |", "|---|---|---|---|"]
     lines += [f"| {t['clients']} | {t['raw_tok_s']:.1f} | {t['gateway_tok_s']:.1f} | {100 * t['gateway_over_raw']:.0f}% |"
               for t in r["throughput"]]
     tt = r["ttft"]
     lines += ["", f"TTFT: raw {1000 * tt['raw_s']:.0f} ms, through edgereason {1000 * tt['gateway_s']:.0f} ms "
               f"(+{1000 * tt['overhead_s']:.0f} ms).", "",
-              "| maj@k (one n=k request) | wall s | × one sample | llama-batched-bench limit × one | × the limit |",
+              f"| maj@k (one n=k request; medians of {r.get('repeats', 1)} rounds) | wall s | × one sample "
+              "| llama-batched-bench limit × one | × the limit |",
               "|---|---|---|---|---|"]
     for k, v in r["voting"].items():
         lim = v.get("raw_limit_x")
