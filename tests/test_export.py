@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgereason.config import ConfigError
-from edgereason.export.config import GGUFExportConfig, Int4ExportConfig
+from edgereason.export.config import GGUFExportConfig, Int4ExportConfig, OpenVINOExportConfig
 from edgereason.export.files import ExportError, atomic_output, require_free_space, sha256_file
 from edgereason.export.gguf_export import export_gguf
 from edgereason.export.llama_tools import convert_hf_to_gguf, quantize_gguf
@@ -183,6 +183,8 @@ def test_config_errors_name_the_field(tmp_path):
         GGUFExportConfig(out=tmp_path, tensor_type="attn_v=q9")
     with pytest.raises(ConfigError, match="out"):
         GGUFExportConfig.load(None)
+    with pytest.raises(ValueError, match="lora_correction corrects INT4"):
+        OpenVINOExportConfig(out=tmp_path, weights="int8", lora_correction=True)
 
 
 def test_lora_gguf_loads_with_lora_path_and_changes_the_output(exported, default_model):

@@ -51,7 +51,7 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
     same_sources = manifest.data.get("source_key") == src.key  # earlier traces in logs/ are this model's
     folder = f"openvino-{cfg.weights}" + ("" if cfg.ratio == 1.0 else f"-r{int(cfg.ratio * 100)}")
     final, staging, logs = out_dir / folder, out_dir / ".staging" / folder, out_dir / "logs"
-    settings = cfg.model_dump(include={"weights", "group_size", "ratio", "awq", "scale_estimation",
+    settings = cfg.model_dump(include={"weights", "group_size", "ratio", "awq", "scale_estimation", "lora_correction",
                                        "calibration_problems", "calibration_data", "seq_len"})
     key = f"{src.key}+{json.dumps(settings, sort_keys=True)}"
     if not cfg.force and final.is_dir() and manifest.done("openvino", key):
@@ -79,7 +79,8 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
     logs.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     console.print(f"[bold]openvino {cfg.weights}[/] → {folder} (optimum-intel + NNCF"
-                  + (f", AWQ and scale estimation on {calib.traces} traces" if calib else "") + ")")
+                  + (f", AWQ and scale estimation on {calib.traces} traces" if calib else "")
+                  + (", LoRA correction" if calib and cfg.lora_correction else "") + ")")
     t0 = time.perf_counter()
     log = logs / f"{folder}.log"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this edgereason, no install

@@ -48,6 +48,7 @@ def export(spec: dict[str, Any]) -> dict[str, Any]:
             # AWQ is optimum-intel's quant_method (an `awq=` keyword only reaches NNCF as a stray extra)
             quant_method=OVQuantizationMethod.AWQ if data_aware and spec["awq"] else OVQuantizationMethod.DEFAULT,
             scale_estimation=bool(data_aware and spec["scale_estimation"]),
+            lora_correction=bool(data_aware and spec["lora_correction"]),
             num_samples=spec["num_samples"] if data_aware else None)
     dataset = _calibration(spec, tokenizer) if data_aware else None
     OVQuantizer.from_pretrained(model).quantize(calibration_dataset=dataset, ov_config=OVConfig(quantization_config=qconfig),
