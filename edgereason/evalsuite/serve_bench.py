@@ -10,7 +10,8 @@ anchor measured in the same run:
 - **TTFT**: time to the first streamed token through the gateway against raw llama-server;
 - **load**: many clients for a fixed time: status counts (429s are the bounded queue doing its job),
   answers per minute, latency p50/p99, and the RSS of the gateway and its llama-server over time.
-Each server runs alone (never two at once on the same cores).
+Raw llama-server and the gateway are up together, but only one is driven at a time (never two loads
+on the same cores); throughput alternates between them in rounds, and every ratio is a median of rounds.
 """
 
 from __future__ import annotations
@@ -186,14 +187,16 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
     # and `edgereason serve` as deployed (its own process and llama-server) run side by side: throughput
     # is measured in rounds that alternate between them, so a drift in this machine's speed hits both.
     raw = LlamaServerBackend(str(model), slots=slots, threads=threads, ctx_per_slot=1024)
-    port = free_port()
-    proc = subprocess.Popen(python_module("edgereason.cli", "serve", "--model", str(model), "--port", str(port),
-                                          "--threads", str(threads), "--slots", str(slots), "--ctx-per-slot", "1024",
-                                          "--max-queue", str(max_queue), "--timeout-s", "300", "--max-tokens", "512",
-                                          "--max-n", str(max((16, *vote_ks)))),  # the maj@k requests are n=k
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        port = free_port()
+        proc = subprocess.Popen(python_module("edgereason.cli", "serve", "--model", str(model), "--port", str(port),
+                                              "--threads", str(threads), "--slots", str(slots), "--ctx-per-slot",
+                                              "1024", "--max-queue", str(max_queue), "--timeout-s", "300",
+                                              "--max-tokens", "512",
+                                              "--max-n", str(max((16, *vote_ks)))),  # the maj@k requests are n=k
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
         health = wait_healthy(base, 300, process=proc)
         if health is None:
             raise RuntimeError("edgereason serve did not start")
@@ -211,13 +214,14 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
             rounds.append(done)
         raw_ttft = _ttft(raw.url, raw.model_name)
         gw_ttft = _ttft(base, gw_name)
-        raw.close()
+        raw.close()  # the anchor is done: maj@k and the load test run with the gateway alone
         maj = _maj_costs(base, gw_name, list(vote_ks), tokens, repeats)
         load = _load(base, gw_name, load_clients, load_seconds, proc.pid)
     finally:
-        raw.close()
-        proc.terminate()
-        proc.wait(timeout=60)
+        raw.close()  # a no-op when already closed above
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
     limit = _batched_bench_limit(model, threads, list(vote_ks), tokens, 60, repeats)
     result["throughput"] = [{"clients": c,
                              "raw_tok_s": statistics.median(r[("raw", c)]["tok_s"] for r in rounds),
@@ -235,14 +239,14 @@ def serve_bench_markdown(r: dict[str, Any]) -> list[str]:
              f"`edgereason serve` (gateway + managed llama-server) against raw llama-server on the same file, "
              f"{r['slots']} slots, {r['threads']} threads, {r['tokens']}-token completions (EOS ignored), both "
              "sampling from the whole vocabulary (top_k 0, min_p 0: what the gateway asks llama-server for).", "",
-             f"Throughput: medians of {r.get('repeats', 1)} rounds alternating between the two.", "",
+             f"Throughput: medians of {r['repeats']} rounds alternating between the two.", "",
              "| clients | raw llama-server tok/s | through edgereason tok/s | ratio |", "|---|---|---|---|"]
     lines += [f"| {t['clients']} | {t['raw_tok_s']:.1f} | {t['gateway_tok_s']:.1f} | {100 * t['gateway_over_raw']:.0f}% |"
               for t in r["throughput"]]
     tt = r["ttft"]
     lines += ["", f"TTFT: raw {1000 * tt['raw_s']:.0f} ms, through edgereason {1000 * tt['gateway_s']:.0f} ms "
               f"(+{1000 * tt['overhead_s']:.0f} ms).", "",
-              f"| maj@k (one n=k request; medians of {r.get('repeats', 1)} rounds) | wall s | × one sample "
+              f"| maj@k (one n=k request; medians of {r['repeats']} rounds) | wall s | × one sample "
               "| llama-batched-bench limit × one | × the limit |",
               "|---|---|---|---|---|"]
     for k, v in r["voting"].items():
