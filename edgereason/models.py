@@ -8,7 +8,6 @@ is written to a temporary directory, then renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -21,6 +20,7 @@ from typing import Literal
 
 from filelock import FileLock
 
+from edgereason.files import sha256_file, write_text_atomic
 from edgereason.paths import cache_dir
 
 ModelSource = Literal["embedded", "local-hf", "local-gguf", "hub"]
@@ -139,8 +139,21 @@ def embedded_gguf(model: EmbeddedModel) -> Path:
 
 
 def _file_key(path: Path) -> str:
+    """The GGUF's content hash (12 hex digits), so every clone or reinstall of the same file shares one
+    Hugging Face copy (half a GB for the default model). Keying by path, as before, left a copy per venv.
+    The hash is remembered per (path, size, mtime) because hashing a multi-GB file takes seconds."""
     st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    stamp = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    index_path = cache_dir() / "hf" / "content-keys.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    if stamp not in index:
+        index[stamp] = sha256_file(path)[:12]
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(index_path, json.dumps(index, indent=1))  # a lost race only costs a rehash
+    return str(index[stamp])
 
 
 def gguf_to_hf(gguf_path: Path, name: str, chat_template: str | None = None) -> Path:

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -25,6 +26,21 @@ def test_default_model_generates_with_transformers(default_model):
 def test_cached_copy_is_reused(default_model):
     again = resolve_model("smollm2-135m")
     assert again.hf_dir == default_model.hf_dir
+
+
+def test_hf_copy_is_keyed_by_content_not_path(tmp_path, monkeypatch):
+    """Two clones (two venvs) of one GGUF share one cached copy; a changed file gets its own."""
+    from edgereason.models import _file_key
+
+    monkeypatch.setenv("EDGEREASON_CACHE_DIR", str(tmp_path / "cache"))
+    a, b, c = (tmp_path / n for n in ("a.gguf", "b.gguf", "c.gguf"))
+    a.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    b.write_bytes(a.read_bytes())
+    c.write_bytes(a.read_bytes()[:-1] + b"x")
+    assert _file_key(a) == _file_key(b) != _file_key(c)
+    c.write_bytes(a.read_bytes())  # rewritten in place: the remembered hash must not be reused
+    os.utime(c, ns=(1, 1))
+    assert _file_key(c) == _file_key(a)
 
 
 def test_local_paths_resolve(default_model):
