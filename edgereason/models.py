@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -90,6 +90,7 @@ class ResolvedModel:
     chat_template: str | None = None  # override for backends when the files carry none
     notes: str = ""
     format: str | None = None  # the reasoning format an `edgereason export` recorded for it
+    adapter: Path | None = None  # a GGUF LoRA to apply on `gguf_path` (an export whose ladder chose base + LoRA)
 
     def require_hf(self) -> Path:
         if self.hf_dir is None:
@@ -206,6 +207,12 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None, need_hf: b
         manifest = export_manifest(path)
         return ResolvedModel(path.name, "local-hf", path, ggufs[0] if ggufs else None, format=manifest.get("format"))
     if path.is_dir() and (path / "manifest.json").is_file():  # an export folder: its chosen GGUF
+        base_and_lora = chosen_lora(path)
+        if base_and_lora is not None:
+            base, lora = base_and_lora
+            manifest = export_manifest(path)
+            return replace(resolve_model(base, need_hf), name=str(manifest.get("name") or path.name),
+                                       adapter=lora, format=manifest.get("format"))
         return resolve_model(_chosen_artifact(path), need_hf)
     if path.is_file() and path.suffix == ".gguf":
         hf = gguf_to_hf(path, path.stem) if need_hf else _cached_hf(path, path.stem)
@@ -234,6 +241,21 @@ def export_manifest(model_path: Path) -> dict:
                 return {}
             return data if isinstance(data, dict) else {}
     return {}
+
+
+def chosen_lora(folder: Path) -> tuple[str, Path] | None:
+    """(base GGUF, LoRA) when the export's ladder chose its adapter on the base GGUF, else None."""
+    manifest = export_manifest(folder)
+    entry = (manifest.get("artifacts") or {}).get("lora") or {}
+    if not manifest.get("chosen") or manifest["chosen"] != entry.get("file") or not entry.get("base_gguf"):
+        return None
+    lora, base = folder / entry["file"], Path(entry["base_gguf"])
+    if not lora.is_file():
+        return None
+    if not base.is_file():
+        raise ModelNotFoundError(f"{folder}'s chosen artifact is {lora.name} on the base {base}, which is gone; "
+                                 "reinstall the base or export again")
+    return str(base), lora
 
 
 def _chosen_artifact(folder: Path) -> str:

@@ -171,6 +171,30 @@ def test_ladder_keeps_the_smallest_candidate_that_meets_the_target(exported, ada
     assert (out / "model-q8_0.gguf").exists() and json.loads((out / "manifest.json").read_text())["chosen"] == "model-q8_0.gguf"
 
 
+def test_ladder_weighs_base_plus_lora_by_what_serving_loads(exported, adapter, default_model, tmp_path):
+    """The adapter on the base GGUF is a candidate, sized as base + adapter; chosen, serving loads both."""
+    from edgereason.backends.llamacpp import LlamaCppBackend
+    from edgereason.models import resolve_model
+
+    out = tmp_path / "ladder"
+    shutil.copytree(exported[0], out)
+    result = export(out, adapter=adapter, ladder="q8_0", target_kl=0.03)
+    m = json.loads((out / "manifest.json").read_text())
+    candidates = {c["quant"]: c for c in m["ladder"]["candidates"]}
+    base = default_model.gguf_path.stat().st_size
+    assert candidates["lora"]["size_bytes"] == base + (out / "adapter-lora-f16.gguf").stat().st_size
+    assert candidates["lora"]["passed"] and candidates["q8_0"]["passed"]  # the f16 delta on the exact base
+    assert base < candidates["lora"]["size_bytes"] < candidates["q8_0"]["size_bytes"]
+    assert result.chosen == m["chosen"] == "adapter-lora-f16.gguf" and not (out / "model-q8_0.gguf").exists()
+    resolved = resolve_model(str(out))
+    assert resolved.gguf_path == default_model.gguf_path and resolved.adapter == out / "adapter-lora-f16.gguf"
+    backend = LlamaCppBackend(str(out), n_ctx=256)  # the in-process engine picks the LoRA up from the export
+    try:
+        assert str(backend.lora_path) == str(out / "adapter-lora-f16.gguf")
+    finally:
+        backend.close()
+
+
 def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="unknown type"):
         GGUFExportConfig(out=tmp_path, quant="q4_k_m,q9_9")

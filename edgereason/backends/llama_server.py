@@ -46,6 +46,7 @@ class LlamaServerBackend(OpenAIBackend):
                  served_name: str | None = None, extra_args: list[str] | None = None, prompt_cache: bool = True) -> None:
         resolved = resolve_model(model)
         gguf = resolved.require_gguf()
+        adapter = adapter if adapter is not None else resolved.adapter  # an export that chose base + LoRA
         info = gguf_info(gguf)
         trained = info.get("context_length") or 4096
         # The context per sequence is capped at the model's trained context unless asked for more.

@@ -40,6 +40,7 @@ class LlamaCppBackend(Backend):
 
         resolved = resolve_model(model)
         gguf = resolved.require_gguf()
+        lora_path = lora_path if lora_path is not None else resolved.adapter  # an export that chose base + LoRA
         self.model_name = resolved.name
         self.format = resolved.format
         self.threads = threads or os.cpu_count() or 1

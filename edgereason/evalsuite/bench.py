@@ -146,15 +146,20 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
     fmt = get_format()
     for name in cfg.models:
         openvino = (Path(name) / "openvino_model.xml").is_file()
-        path = Path(name) if openvino else resolve_model(name).require_gguf()
+        resolved = None if openvino else resolve_model(name)
+        path = Path(name) if resolved is None else resolved.require_gguf()
+        lora = resolved.adapter if resolved is not None else None  # an export whose ladder chose base + LoRA
         size = sum(f.stat().st_size for f in path.glob("*.bin")) if openvino else path.stat().st_size
-        art: dict[str, Any] = {"model": name, "file": str(path), "size_mb": round(size / 2**20, 1),
+        size += lora.stat().st_size if lora else 0
+        target = {"model": str(path), "lora": str(lora) if lora else None}  # what each worker loads
+        art: dict[str, Any] = {"model": name, "file": str(path), "lora": target["lora"],
+                               "size_mb": round(size / 2**20, 1),
                                "engine": "openvino" if openvino else "llama.cpp", "runs": []}
         chat = _chat_prompts(path, cfg.problems)
         for threads in cfg.threads:
             if progress:
                 progress(f"{path.name} · {threads} thread(s)")
-            spec = {"model": str(path), "n_ctx": cfg.n_ctx, "threads": threads, "pp": cfg.pp, "tg": cfg.tg,
+            spec = {**target, "n_ctx": cfg.n_ctx, "threads": threads, "pp": cfg.pp, "tg": cfg.tg,
                     "warmup": cfg.warmup, "repeats": cfg.repeats, "chat": chat if threads == max(cfg.threads) else [],
                     "answer_tokens": cfg.answer_tokens, "stop": fmt.stop_sequences(),
                     "vote_ks": cfg.vote_ks if threads == max(cfg.threads) else [],
@@ -169,7 +174,7 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
                 continue
             if progress:
                 progress(f"{path.name} · context {c}")
-            r = _run_worker({"model": str(path), "n_ctx": cfg.n_ctx, "threads": max(cfg.threads), "pp": c, "tg": 32,
+            r = _run_worker({**target, "n_ctx": cfg.n_ctx, "threads": max(cfg.threads), "pp": c, "tg": 32,
                              "warmup": 0, "repeats": 1})
             art["context"].append({"prompt_tokens": c, **r})
         if cfg.device_profile:
@@ -180,7 +185,7 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
             if not profile.gpu:
                 if progress:
                     progress(f"{path.name} · under a {profile.usable_gib} GiB limit")
-                confirm = _run_worker({"model": str(path), "n_ctx": cfg.n_ctx, "threads": max(cfg.threads), "pp": 64,
+                confirm = _run_worker({**target, "n_ctx": cfg.n_ctx, "threads": max(cfg.threads), "pp": 64,
                                        "tg": 8, "warmup": 0, "repeats": 1}, int(profile.usable_gib * 2**30))
                 f["confirmed_under_limit"] = "error" not in confirm
                 f["confirm_detail"] = confirm.get("error") or f"peak RSS {confirm['peak_rss_mb']:.0f} MB"
@@ -190,9 +195,10 @@ def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
 
         if progress:
             progress(f"server: overhead and {cfg.load_clients} clients for {cfg.load_seconds:.0f} s")
-        first = resolve_model(cfg.models[0]).require_gguf()
-        results["serve"] = run_serve_bench(first, max(cfg.threads), slots=cfg.slots, load_clients=cfg.load_clients,
-                                           load_seconds=cfg.load_seconds, repeats=cfg.repeats)
+        first = resolve_model(cfg.models[0])
+        results["serve"] = run_serve_bench(first.require_gguf(), max(cfg.threads), slots=cfg.slots,
+                                           load_clients=cfg.load_clients, load_seconds=cfg.load_seconds,
+                                           repeats=cfg.repeats, adapter=first.adapter)
     return results
 
 

@@ -12,6 +12,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -23,7 +24,7 @@ def measure(spec: dict) -> dict:
 
     t0 = time.perf_counter()
     # The prompt pass at the measured thread count too (llama-cpp-python's default uses every core).
-    llm = Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
+    llm = Llama(model_path=spec["model"], lora_path=spec.get("lora"), n_ctx=spec["n_ctx"], n_threads=spec["threads"],
                 n_threads_batch=spec["threads"], n_batch=512,
                 n_seq_max=spec.get("n_seq", 1), verbose=False)
     load_s = time.perf_counter() - t0
@@ -69,6 +70,8 @@ def measure(spec: dict) -> dict:
 
         ks = spec["vote_ks"]
         decoder = ParallelDecoder(llm, max(ks), spec["n_ctx"] + max(ks) * spec["answer_tokens"], spec["threads"])
+        if spec.get("lora"):  # the decoder has its own context: the LoRA is applied there too
+            decoder.set_lora(Path(spec["lora"]))
         prompt = llm.tokenize(spec["chat"][0].encode(), add_bos=False, special=True)
         votes = {}
         for k in ks:

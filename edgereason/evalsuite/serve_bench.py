@@ -83,7 +83,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def _batched_bench_limit(model: Path, threads: int, ks: list[int], tokens: int, prompt_tokens: int,
-                         repeats: int = 3) -> dict[str, float]:
+                         repeats: int = 3, adapter: Path | None = None) -> dict[str, float]:
     """llama.cpp's own batched decode on this file: wall time of k sequences sharing one prompt,
     as a multiple of one sequence (the best any server can do here). The median of `repeats` runs:
     a single run's ratio moves by up to 20% on a shared 2-core machine."""
@@ -95,7 +95,8 @@ def _batched_bench_limit(model: Path, threads: int, ks: list[int], tokens: int, 
         out = subprocess.run([str(tool("llama-batched-bench")), "-m", str(model),
                               "-c", str(max(ks) * (tokens + prompt_tokens) + 512), "-b", "2048", "-ub", "512",
                               "-npp", str(prompt_tokens), "-ntg", str(tokens), "-npl", npl, "-pps",
-                              "-t", str(threads), "-tb", str(threads)], capture_output=True, text=True, timeout=1200)
+                              "-t", str(threads), "-tb", str(threads), *(["--lora", str(adapter)] if adapter else [])],
+                             capture_output=True, text=True, timeout=1200)
         times: dict[int, float] = {}
         for line in out.stdout.splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -176,17 +177,19 @@ def _load(base: str, model: str, clients: int, seconds: float, pid: int) -> dict
 
 def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[int, ...] = (1, 4, 8, 16), tokens: int = 128,
                     requests_each: int = 2, vote_ks: tuple[int, ...] = (8, 16), load_clients: int = 64,
-                    load_seconds: float = 60.0, max_queue: int = 32, repeats: int = 3) -> dict[str, Any]:
+                    load_seconds: float = 60.0, max_queue: int = 32, repeats: int = 3,
+                    adapter: Path | None = None) -> dict[str, Any]:
     from edgereason.backends.llama_server import PLAIN_SAMPLING, LlamaServerBackend
 
     vote_ks = tuple(k for k in vote_ks if k <= slots)  # llama-server caps a request's n at its slots
 
-    result: dict[str, Any] = {"model": str(model), "threads": threads, "slots": slots, "tokens": tokens,
+    result: dict[str, Any] = {"model": str(model), "adapter": str(adapter) if adapter else None,
+                              "threads": threads, "slots": slots, "tokens": tokens,
                               "repeats": repeats}
     # The anchor, raw llama-server (same file, slots and threads; managed here only to start and stop it),
     # and `edgereason serve` as deployed (its own process and llama-server) run side by side: throughput
     # is measured in rounds that alternate between them, so a drift in this machine's speed hits both.
-    raw = LlamaServerBackend(str(model), slots=slots, threads=threads, ctx_per_slot=1024)
+    raw = LlamaServerBackend(str(model), adapter=adapter, slots=slots, threads=threads, ctx_per_slot=1024)
     proc: subprocess.Popen[bytes] | None = None
     try:
         port = free_port()
@@ -194,7 +197,8 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
                                               "--threads", str(threads), "--slots", str(slots), "--ctx-per-slot",
                                               "1024", "--max-queue", str(max_queue), "--timeout-s", "300",
                                               "--max-tokens", "512",
-                                              "--max-n", str(max((16, *vote_ks)))),  # the maj@k requests are n=k
+                                              "--max-n", str(max((16, *vote_ks))),  # the maj@k requests are n=k
+                                              *(["--adapter", str(adapter)] if adapter else [])),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         health = wait_healthy(base, 300, process=proc)
@@ -222,7 +226,7 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=60)
-    limit = _batched_bench_limit(model, threads, list(vote_ks), tokens, 60, repeats)
+    limit = _batched_bench_limit(model, threads, list(vote_ks), tokens, 60, repeats, adapter)
     result["throughput"] = [{"clients": c,
                              "raw_tok_s": statistics.median(r[("raw", c)]["tok_s"] for r in rounds),
                              "gateway_tok_s": statistics.median(r[("gateway", c)]["tok_s"] for r in rounds),

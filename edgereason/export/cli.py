@@ -24,17 +24,24 @@ console = Console()
 
 def _summary(out: Path) -> None:
     data = json.loads((out / "manifest.json").read_text())
-    table = Table(title=f"{out} (manifest.json)")
-    for col in ("artifact", "status", "size MiB", "bits/weight", "top-1", "KL", "answers = merged", "format"):
-        table.add_column(col)
-    for a in data["artifacts"].values():
+    table = Table(title=f"{out} (manifest.json)", caption="* served by default (the ladder's choice)")
+    for col in ("artifact", "status", "MiB", "bits/w", "top-1", "KL", "answers", "format"):
+        table.add_column(col, no_wrap=col in ("artifact", "status", "MiB"))
+
+    def num(value: object, digits: int) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, (int, float)) else ""
+
+    for name, a in data["artifacts"].items():  # keys (q4_k_m, lora, ...), not file names: it fits 80 columns
         v = a.get("verification") or {}
         answers = v.get("answers") or {}
         colour = {"ok": "green", "failed": "red"}.get(a["status"], "yellow")
-        table.add_row(a["file"] + (" [bold](chosen)[/]" if a["file"] == data.get("chosen") else ""),
-                      f"[{colour}]{a['status']}[/]", f"{a['size_bytes'] / 2**20:.1f}", str(a.get("bits_per_weight") or ""),
-                      str(v.get("top1_agreement", "")), str(v.get("mean_kl", "")),
-                      str(answers.get("answer_agreement", "")), str(answers.get("format_compliance", "")))
+        size = f"{a['size_bytes'] / 2**20:.1f}"
+        if a.get("kind") == "gguf-lora" and a.get("base_gguf") and Path(a["base_gguf"]).is_file():
+            size += f"+{Path(a['base_gguf']).stat().st_size / 2**20:.1f}"  # what serving loads: base + adapter
+        table.add_row(name + (" [bold]*[/]" if a["file"] == data.get("chosen") else ""),
+                      f"[{colour}]{a['status'].replace('passed-not-smallest', 'passed')}[/]", size,
+                      num(a.get("bits_per_weight"), 2), num(v.get("top1_agreement"), 3), num(v.get("mean_kl"), 4),
+                      num(answers.get("answer_agreement"), 2), num(answers.get("format_compliance"), 2))
     console.print(table)
 
 
@@ -52,8 +59,11 @@ def run_gguf(cfg: GGUFExportConfig) -> None:
         console.print(f"[red]{len(result.failed)} artifact(s) failed verification:[/] {', '.join(result.failed)} "
                       f"(kept under {cfg.out / 'failed'})")
         raise typer.Exit(1)
-    console.print(f"serve it: [bold]edgereason serve --model {cfg.out}[/] (the folder's "
-                  f"{result.chosen or 'smallest verified'} GGUF)")
+    from edgereason.models import chosen_lora
+
+    pair = chosen_lora(cfg.out) if result.chosen else None
+    what = f"{result.chosen} on {Path(pair[0]).name}" if pair else f"{result.chosen or 'smallest verified'} GGUF"
+    console.print(f"serve it: [bold]edgereason serve --model {cfg.out}[/] (the folder's {what})")
 
 
 def _run_one(export: Callable[[Any, Console], dict[str, Any]], cfg: Any, serve_hint: Callable[[Path], str]) -> None:

@@ -65,9 +65,15 @@ def meets_targets(ver: dict[str, Any], cfg: GGUFExportConfig) -> list[str]:
     return missed
 
 
+def serving_bytes(entry: dict[str, Any]) -> int:
+    """What serving an artifact loads: the file, plus the base GGUF under a LoRA."""
+    base = Path(entry["base_gguf"]) if entry.get("kind") == "gguf-lora" and entry.get("base_gguf") else None
+    return int(entry["size_bytes"]) + (base.stat().st_size if base is not None and base.is_file() else 0)
+
+
 def choose_smallest(entries: dict[str, dict], cfg: GGUFExportConfig) -> str | None:
-    """The smallest verified candidate that meets every target."""
-    passing = [(e["size_bytes"], name) for name, e in entries.items()
+    """The smallest verified candidate (by what serving loads) that meets every target."""
+    passing = [(serving_bytes(e), name) for name, e in entries.items()
                if e["status"] == "ok" and not meets_targets(e["verification"], cfg)]
     return min(passing)[1] if passing else None
 
@@ -174,14 +180,17 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
         produce(q, f"model-{q}.gguf", "gguf", q, settings, make, gguf_verify(q), imatrix=bool(use),
                 overrides=overrides or None)
 
+    # 5. the adapter alone, for llama.cpp's --lora on the base GGUF; with a ladder, a candidate too. It keeps
+    # the trained delta in f16, which any 4-bit grid of the merged weights mostly rounds away.
+    if cfg.lora and src.adapter is not None:
+        _export_lora(cfg, src, produce, logs, out_dir, manifest)
+        if cfg.gated and manifest.data["artifacts"].get("lora", {}).get("status") == "ok":
+            quants.append("lora")
+
     if cfg.gated:
         _settle_ladder(cfg, quants, manifest, result, console)
     elif manifest.data.get("chosen") and not (out_dir / manifest.data["chosen"]).is_file():
         del manifest.data["chosen"]  # an earlier ladder's pick that is gone
-
-    # 5. the adapter alone, for llama.cpp's --lora
-    if cfg.lora and src.adapter is not None:
-        _export_lora(cfg, src, produce, logs, out_dir, manifest)
     manifest.save()
     shutil.rmtree(staging, ignore_errors=True)
     return result
@@ -234,14 +243,15 @@ def _importance_matrix(cfg: GGUFExportConfig, f16: Path, fmt: Any, manifest: Man
 
 def _settle_ladder(cfg: GGUFExportConfig, quants: list[str], manifest: Manifest, result: ExportResult,
                    console: Console) -> None:
-    """Keep the smallest candidate that meets every target; record and remove the others."""
+    """Keep the smallest candidate that meets every target; record and remove the others (the base + LoRA
+    candidate stays: it is written whenever `lora` is on)."""
     entries = {q: manifest.data["artifacts"][q] for q in quants if q in manifest.data["artifacts"]}
     chosen = choose_smallest(entries, cfg)
     targets = {"top1_agreement": cfg.target_agreement, "mean_kl": cfg.target_kl, "answer_agreement": cfg.target_answers}
     ladder = []
     for q, e in entries.items():
         missed = meets_targets(e["verification"], cfg) if e["status"] == "ok" else ["failed verification"]
-        ladder.append({"quant": q, "size_bytes": e["size_bytes"], "passed": not missed, "missed": missed,
+        ladder.append({"quant": q, "file": e["file"], "size_bytes": serving_bytes(e), "passed": not missed, "missed": missed,
                        "top1_agreement": e["verification"]["top1_agreement"], "mean_kl": e["verification"]["mean_kl"],
                        "answers": e["verification"].get("answers")})
     manifest.data["ladder"] = {"targets": targets, "candidates": ladder}
@@ -250,15 +260,16 @@ def _settle_ladder(cfg: GGUFExportConfig, quants: list[str], manifest: Manifest,
         wanted = ", ".join(f"{k} {v}" for k, v in targets.items() if v is not None)
         raise ExportError(f"no candidate of {', '.join(quants)} meets the targets ({wanted}); see {cfg.out / 'manifest.json'}")
     for q, e in entries.items():
-        if q != chosen and e["status"] == "ok":
+        if q != chosen and q != "lora" and e["status"] == "ok":
             e["status"] = "rejected" if meets_targets(e["verification"], cfg) else "passed-not-smallest"
             (cfg.out / e["file"]).unlink(missing_ok=True)
             result.rejected.append(q)
     manifest.data["chosen"] = entries[chosen]["file"]
     result.chosen = entries[chosen]["file"]
     full = manifest.data["artifacts"][cfg.outtype]["size_bytes"]
-    console.print(f"[bold green]chosen[/] {entries[chosen]['file']}: {entries[chosen]['size_bytes'] / full:.0%} of "
-                  f"{cfg.outtype}, the smallest of {len(entries)} candidates meeting the targets")
+    on_base = f" on {Path(entries[chosen]['base_gguf']).name}" if chosen == "lora" else ""
+    console.print(f"[bold green]chosen[/] {entries[chosen]['file']}{on_base}: {serving_bytes(entries[chosen]) / full:.0%} "
+                  f"of {cfg.outtype}, the smallest of {len(entries)} candidates meeting the targets")
     from edgereason.export.ladder_plot import ladder_plot
 
     ladder_plot(manifest.data, cfg.out / "ladder.png")

@@ -9,12 +9,12 @@ from edgereason.plots import pyplot, save_figure
 
 
 def ladder_plot(manifest: dict[str, Any], path: Path) -> Path:
-    """Three panels over size (MiB): top-1 agreement, mean KL, and answer-level agreement and format
-    compliance; the chosen candidate ringed, each target drawn as a dashed line."""
+    """Three panels over size (MiB, what serving loads: base + adapter for the LoRA candidate): top-1
+    agreement, mean KL, and answer-level agreement and format compliance; the chosen candidate ringed,
+    each target drawn as a dashed line."""
     plt = pyplot()
     ladder = manifest["ladder"]
     rows = sorted(ladder["candidates"], key=lambda c: c["size_bytes"])
-    chosen = Path(manifest.get("chosen") or "").stem.removeprefix("model-")
     size = [c["size_bytes"] / 2**20 for c in rows]
     answers = [c.get("answers") or {} for c in rows]
     panels = [
@@ -24,16 +24,25 @@ def ladder_plot(manifest: dict[str, Any], path: Path) -> Path:
          ladder["targets"].get("answer_agreement")),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    lora = [i for i, c in enumerate(rows) if c["quant"] == "lora"]
+    quant = [i for i in range(len(rows)) if i not in lora]
     for ax, (title, ys, target) in zip(axes, panels):
-        ax.plot(size, ys, "o-", color="tab:blue")
+        # The quants of the merged model are one frontier; the adapter on the base is a point of its own.
+        ax.plot([size[i] for i in quant], [ys[i] for i in quant], "o-", color="tab:blue", label="merged, quantized")
+        if lora:
+            ax.plot([size[i] for i in lora], [ys[i] for i in lora], "D", color="tab:purple", label="base GGUF + LoRA")
         for x, y, c in zip(size, ys, rows):
-            ax.annotate(c["quant"], (x, y), textcoords="offset points", xytext=(3, 4), fontsize=8)
-            if c["quant"] == chosen:
+            label = "base+LoRA" if c["quant"] == "lora" else c["quant"]
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 4), fontsize=8)
+            if c.get("file") == manifest.get("chosen"):
                 ax.plot([x], [y], "o", ms=13, mfc="none", mec="tab:green", mew=2)
         if title.startswith("greedy"):
-            ax.plot(size, [a.get("format_compliance", float("nan")) for a in answers], "s--", color="tab:orange",
-                    label="format compliance")
-            ax.legend(fontsize=8)
+            ax.plot([size[i] for i in quant], [answers[i].get("format_compliance", float("nan")) for i in quant], "s--",
+                    color="tab:orange", label="format compliance")
+            ax.plot([size[i] for i in lora], [answers[i].get("format_compliance", float("nan")) for i in lora], "s",
+                    color="tab:orange")
+        if lora or title.startswith("greedy"):
+            ax.legend(fontsize=7)
         if target is not None:
             ax.axhline(target, ls="--", color="tab:red", lw=1)
         ax.set_title(title, fontsize=10)
