@@ -70,6 +70,7 @@ class LlamaServerBackend(OpenAIBackend):
             if Path(adapter).suffix != ".gguf":
                 raise ValueError(f"llama-server takes a GGUF LoRA (export one with `edgereason export gguf`), not {adapter}")
             cmd += ["--lora", str(adapter)]
+        self.files = {"model": str(gguf), "lora": str(adapter) if adapter is not None else None}
         cmd += list(extra_args or [])
         log = cache_dir() / "logs" / f"llama-server-{port}.log"
         self.process = ManagedProcess(cmd, f"http://127.0.0.1:{port}", log, startup_timeout_s=startup_timeout_s,
@@ -175,7 +176,7 @@ class LlamaServerBackend(OpenAIBackend):
 
     def health(self) -> dict[str, Any]:
         return {**super().health(), "engine": "llama-server", "pid": self.process.pid, "slots": self.slots,
-                "ctx_per_slot": self.ctx_per_slot, "restarts": self.process.restarts,
+                "ctx_per_slot": self.ctx_per_slot, "files": self.files, "restarts": self.process.restarts,
                 "ready": self.process.ready.is_set(), "log": str(self.process.log_path)}
 
     def close(self) -> None:

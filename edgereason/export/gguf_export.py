@@ -120,7 +120,8 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
     def produce(name: str, filename: str, kind: str, quant: str, settings: str, make: Callable[[Path], None],
                 verify: Callable[[Path, Reference], Verification], **extra: Any) -> None:
         final = out_dir / filename
-        artifact_key = f"{key}+{settings}"
+        # The check set is part of the key: a ladder compares candidates verified against one reference.
+        artifact_key = f"{key}+{settings}+check:{cfg.answer_problems}"
         if not cfg.force and final.exists() and manifest.done(name, artifact_key):
             console.print(f"[dim]skip {filename}: already exported and verified[/]")
             result.skipped.append(name)
