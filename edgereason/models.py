@@ -206,7 +206,7 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None, need_hf: b
         ggufs = sorted(path.glob("*.gguf"))
         manifest = export_manifest(path)
         return ResolvedModel(path.name, "local-hf", path, ggufs[0] if ggufs else None, format=manifest.get("format"))
-    if path.is_dir() and (path / "manifest.json").is_file():  # an export folder: its chosen GGUF
+    if path.is_dir() and (path / "manifest.json").is_file():  # an export folder: its chosen GGUF (+ LoRA)
         base_and_lora = chosen_lora(path)
         if base_and_lora is not None:
             base, lora = base_and_lora

@@ -5,7 +5,7 @@ Target strings (for `--model` and `--compare`):
   smollm2-135m+runs/x/adapter       the same with a PEFT LoRA adapter
   exports/x/model-q4_k_m.gguf       a GGUF on llama.cpp in process (`concurrency` prompts decoded together)
   base.gguf+adapter-lora-f16.gguf   a GGUF with a GGUF LoRA on top
-  exports/x                         an export folder: its chosen GGUF
+  exports/x                         an export folder: its chosen GGUF (or base GGUF + LoRA)
   exports/x/openvino-int4           an OpenVINO IR folder (`export openvino`) on openvino-genai
   http://127.0.0.1:8000/v1#name     an OpenAI-compatible server (model `name`; default: its first)
 """
