@@ -23,6 +23,8 @@ console = Console()
 
 
 def _summary(out: Path) -> None:
+    from edgereason.export.gguf_export import serving_bytes
+
     data = json.loads((out / "manifest.json").read_text())
     table = Table(title=f"{out} (manifest.json)", caption="* served by default (the ladder's choice)")
     for col in ("artifact", "status", "MiB", "bits/w", "top-1", "KL", "answers", "format"):
@@ -36,8 +38,8 @@ def _summary(out: Path) -> None:
         answers = v.get("answers") or {}
         colour = {"ok": "green", "failed": "red"}.get(a["status"], "yellow")
         size = f"{a['size_bytes'] / 2**20:.1f}"
-        if a.get("kind") == "gguf-lora" and a.get("base_gguf") and Path(a["base_gguf"]).is_file():
-            size += f"+{Path(a['base_gguf']).stat().st_size / 2**20:.1f}"  # what serving loads: base + adapter
+        if base_bytes := serving_bytes(a) - a["size_bytes"]:  # a LoRA: serving loads its base GGUF too
+            size += f"+{base_bytes / 2**20:.1f}"
         table.add_row(name + (" [bold]*[/]" if a["file"] == data.get("chosen") else ""),
                       f"[{colour}]{a['status'].replace('passed-not-smallest', 'passed')}[/]", size,
                       num(a.get("bits_per_weight"), 2), num(v.get("top1_agreement"), 3), num(v.get("mean_kl"), 4),
