@@ -212,7 +212,7 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None, need_hf: b
             base, lora = base_and_lora
             manifest = export_manifest(path)
             return replace(resolve_model(base, need_hf), name=str(manifest.get("name") or path.name),
-                                       adapter=lora, format=manifest.get("format"))
+                           adapter=lora, format=manifest.get("format"))
         return resolve_model(_chosen_artifact(path), need_hf)
     if path.is_file() and path.suffix == ".gguf":
         hf = gguf_to_hf(path, path.stem) if need_hf else _cached_hf(path, path.stem)
