@@ -211,8 +211,14 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None, need_hf: b
         if base_and_lora is not None:
             base, lora = base_and_lora
             manifest = export_manifest(path)
-            return replace(resolve_model(base, need_hf), name=str(manifest.get("name") or path.name),
-                           adapter=lora, format=manifest.get("format"))
+            name, fmt = str(manifest.get("name") or path.name), manifest.get("format")
+            if need_hf:  # a GGUF LoRA has no Hugging Face form; the export's merged checkpoint is the same model
+                merged = path / "merged-hf"
+                if not (merged / "config.json").is_file():
+                    raise ModelNotFoundError(f"{path} serves {lora.name} on a base GGUF, which only llama.cpp applies, "
+                                             "and holds no merged-hf checkpoint for Hugging Face backends")
+                return replace(resolve_model(str(merged)), name=name, format=fmt)
+            return replace(resolve_model(base), name=name, format=fmt, adapter=lora)
         return resolve_model(_chosen_artifact(path), need_hf)
     if path.is_file() and path.suffix == ".gguf":
         hf = gguf_to_hf(path, path.stem) if need_hf else _cached_hf(path, path.stem)

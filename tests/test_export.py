@@ -188,6 +188,8 @@ def test_ladder_weighs_base_plus_lora_by_what_serving_loads(exported, adapter, d
     assert result.chosen == m["chosen"] == "adapter-lora-f16.gguf" and not (out / "model-q8_0.gguf").exists()
     resolved = resolve_model(str(out))
     assert resolved.gguf_path == default_model.gguf_path and resolved.adapter == out / "adapter-lora-f16.gguf"
+    as_hf = resolve_model(str(out), need_hf=True)  # transformers and vLLM get the same model, merged, not the bare base
+    assert as_hf.hf_dir == out / "merged-hf" and as_hf.adapter is None
     backend = LlamaCppBackend(str(out), n_ctx=256)  # the in-process engine picks the LoRA up from the export
     try:
         assert str(backend.lora_path) == str(out / "adapter-lora-f16.gguf")
