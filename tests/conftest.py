@@ -6,6 +6,8 @@ rest form the fast lane, `make test-fast`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgereason.models import ResolvedModel, resolve_model
@@ -28,3 +30,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def default_model() -> ResolvedModel:
     """The embedded SmolLM2-135M with its cached Hugging Face copy (made once per cache)."""
     return resolve_model("smollm2-135m", need_hf=True)
+
+
+def make_adapter(base_hf: Path, out: Path, seed: int = 0, std: float = 0.01,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj", "down_proj")) -> Path:
+    """A real PEFT LoRA on the base with non-zero B matrices (N(0, std)), so merging changes the model:
+    on SmolLM2-135M, std 0.01 moves it by a KL of about 0.001 and std 0.1 (on q/k/v/down) by 0.07."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base_hf), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(base_hf)).save_pretrained(out)
+    return out

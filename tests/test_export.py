@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_adapter
 
 from edgereason.config import ConfigError
 from edgereason.export.config import GGUFExportConfig, Int4ExportConfig, OpenVINOExportConfig
@@ -23,27 +24,9 @@ def export(out: Path, **kw):
     return export_gguf(GGUFExportConfig(out=out, **kw))
 
 
-def _make_adapter(base_hf: Path, out: Path, seed: int = 0) -> Path:
-    """A real PEFT LoRA on the base with non-zero B matrices, so merging changes the model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_hf), dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(base_hf)).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapter(default_model, tmp_path_factory) -> Path:
-    return _make_adapter(default_model.hf_dir, tmp_path_factory.mktemp("adapter") / "adapter")
+    return make_adapter(default_model.hf_dir, tmp_path_factory.mktemp("adapter") / "adapter")
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +267,7 @@ def test_clear_errors_before_any_damage(tmp_path, default_model):
                                  num_key_value_heads=2, vocab_size=49152)).save_pretrained(tiny_dir)
     shutil.copy(default_model.hf_dir / "tokenizer.json", tiny_dir)
     shutil.copy(default_model.hf_dir / "tokenizer_config.json", tiny_dir)
-    wrong = _make_adapter(tiny_dir, tmp_path / "wrong-adapter")
+    wrong = make_adapter(tiny_dir, tmp_path / "wrong-adapter")
     with pytest.raises(ExportError, match="does not fit base model"):
         export(tmp_path / "o2", adapter=wrong)
     assert not (tmp_path / "o2" / "model-f16.gguf").exists()

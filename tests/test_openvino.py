@@ -8,6 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from conftest import make_adapter
 from live_server import Server
 
 from edgereason.backends.base import SamplingParams
@@ -43,6 +44,52 @@ def test_int4_export_is_verified_and_recorded(exported):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["artifacts"]["openvino"]["sha256"] == entry["sha256"]
     assert not (out / ".staging" / entry["file"]).exists()
+
+
+@pytest.fixture(scope="module")
+def base_lora(default_model, tmp_path_factory):
+    """base-lora with an adapter that moves the model by a KL of about 0.07 (so a dropped branch shows)."""
+    root = tmp_path_factory.mktemp("ovbl")
+    adapter = make_adapter(default_model.hf_dir, root / "adapter", std=0.1, targets=("q_proj", "k_proj", "v_proj", "down_proj"))
+    out = root / "x"
+    entry = export_openvino(OpenVINOExportConfig(out=out, base="smollm2-135m", adapter=adapter, format="reasoning-answer",
+                                                 weights="base-lora", answer_problems=4))
+    return out, entry
+
+
+def test_base_lora_carries_the_base_gguf_blocks_and_the_adapter(base_lora):
+    import openvino as ov
+
+    out, entry = base_lora
+    assert entry["status"] == "ok" and entry["quant"] == "base-lora" and entry["file"] == "openvino-base-lora"
+    graft = entry["worker"]["base_lora"]
+    assert graft["carried"] == {"Q4_1": 210, "Q8_0": 1} and graft["kept_float"] == 0  # every matrix of the Q4_1 GGUF
+    assert graft["lora_modules"] == 4 * 30
+    # the trained model, not the base: the adapter alone moves it by KL ~0.07; the IR is within 0.01 of it
+    assert entry["verification"]["mean_kl"] < 0.01 and entry["verification"]["top1_agreement"] >= 0.95
+    # the CPU plugin keeps the blocks compressed: its matmuls read u4 (and the embedding's i8), not a float copy
+    core = ov.Core()
+    runtime = core.compile_model(core.read_model(str(out / entry["file"] / "openvino_model.xml")), "CPU").get_runtime_model()
+    weights = [op.input_value(1).get_node().get_rt_info()["outputPrecisions"].astype(str) for op in runtime.get_ops()
+               if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
+    assert weights.count("u4") == 210 and weights.count("i8") == 1
+
+
+def test_base_lora_refuses_what_it_cannot_carry_before_any_work(tmp_path, default_model):
+    with pytest.raises(ValueError, match="give --adapter"):
+        OpenVINOExportConfig(out=tmp_path / "x", base="smollm2-135m", weights="base-lora")
+    hf_only = tmp_path / "hf-only"  # a base with Hugging Face weights and no GGUF of its own
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(hf_only)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model.hf_dir / f, hf_only)
+    adapter = make_adapter(hf_only, tmp_path / "adapter", targets=("q_proj",))
+    with pytest.raises(ExportError, match="has no GGUF"):
+        export_openvino(OpenVINOExportConfig(out=tmp_path / "out", base=str(hf_only), adapter=adapter,
+                                             weights="base-lora", answer_problems=0))
+    assert not (tmp_path / "out" / "openvino-base-lora").exists()
 
 
 def test_backend_answers_in_format_under_the_grammar(exported):

@@ -112,7 +112,10 @@ class Int4ExportConfig(ExportSourceConfig):
 class OpenVINOExportConfig(ExportSourceConfig):
     """`edgereason export openvino`: an OpenVINO IR (optimum-intel), weights compressed by NNCF."""
 
-    weights: Literal["int4", "int8"] = Field("int4", description="Weight format: int4 (group-wise, asymmetric) or int8.")
+    weights: Literal["int4", "int8", "base-lora"] = Field(
+        "int4", description="Weight format: int4 (group-wise, asymmetric, NNCF) or int8; base-lora: the base GGUF's own "
+        "4-bit blocks carried into the IR unchanged, the adapter as a low-rank branch beside them (a base that is "
+        "itself a Q4_0/Q4_1/Q8_0 GGUF, such as the embedded default, and an --adapter).")
     group_size: int = Field(64, description="INT4 group size (-1: per channel).")
     ratio: float = Field(1.0, gt=0, le=1, description="Share of layers at INT4; the rest INT8 (a mixed model below 1).")
     awq: bool = Field(True, description="INT4: NNCF's AWQ on the calibration traces.")
@@ -131,5 +134,9 @@ class OpenVINOExportConfig(ExportSourceConfig):
         if self.group_size != -1 and self.group_size < 8:
             raise ValueError("group_size must be -1 (per channel) or at least 8")
         if self.lora_correction and self.weights != "int4":
-            raise ValueError("lora_correction corrects INT4 weights; it does not apply to weights=int8")
+            raise ValueError(f"lora_correction corrects NNCF's INT4 weights; it does not apply to weights={self.weights}")
+        if self.weights == "base-lora" and self.adapter is None:
+            raise ValueError("weights=base-lora writes an adapter beside the base's blocks: give --adapter")
+        if self.weights == "base-lora" and self.ratio != 1.0:
+            raise ValueError("ratio mixes NNCF's INT4 and INT8; weights=base-lora keeps the base's own blocks")
         return self

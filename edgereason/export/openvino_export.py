@@ -4,7 +4,9 @@
 2. Calibration traces: the model's own format-valid answers to training problems, rendered as
    served (the same source as the GGUF importance matrix; reused when the folder has them).
 3. optimum-intel + NNCF in their own venv (edgereason.openvino_env): INT4 with AWQ and scale
-   estimation on those traces, or INT8; the tokenizer converted with openvino-tokenizers.
+   estimation on those traces, or INT8; the tokenizer converted with openvino-tokenizers. Or
+   `base-lora`: the base exported uncompressed, then its GGUF's own blocks and the adapter's
+   low-rank branches written in (edgereason.export.openvino_base_lora).
 4. Verification with the OpenVINO runtime and openvino-genai in this environment, the same figures
    as GGUF (top-1 agreement, KL, perplexity, tokenizer and template round trip, greedy answers).
 The IR is written to `.staging/` and moved to `openvino-<weights>/` only once verified; a failed
@@ -30,6 +32,7 @@ from edgereason.export.config import OpenVINOExportConfig
 from edgereason.export.files import ExportError, require_free_space, sha256_file
 from edgereason.export.manifest import Manifest, resolve_source
 from edgereason.export.merge import load_hf, merged_checkpoint, parameter_count
+from edgereason.export.openvino_base_lora import check_base, graft
 from edgereason.export.verify import Reference, verify_openvino
 from edgereason.formats import get_format
 
@@ -59,12 +62,15 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
         return manifest.data["artifacts"]["openvino"]
     params = parameter_count(src.base.require_hf())
     require_free_space(out_dir, params * 8, "the merged checkpoint and the OpenVINO IR")
+    if cfg.weights == "base-lora":
+        check_base(src.base.gguf_path)
     try:
         python = ensure(lambda m: console.print(f"[dim]{m}[/]"))
     except OpenVINOEnvError as e:
         raise ExportError(str(e)) from None
 
-    hf_dir, _ = merged_checkpoint(src, manifest, cfg.force, console)
+    # base-lora exports the base itself: the adapter goes in as branches, not merged
+    hf_dir = src.base.require_hf() if cfg.weights == "base-lora" else merged_checkpoint(src, manifest, cfg.force, console)[0]
     model, tok = load_hf(src.base, src.adapter)
     manifest.start(src, params, tok.chat_template)
     calib = None
@@ -73,12 +79,14 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
 
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"merged": str(hf_dir), "out": str(staging), "calibration": str(calib.file) if calib else None,
+    spec = {"checkpoint": str(hf_dir), "out": str(staging), "calibration": str(calib.file) if calib else None,
             "num_samples": calib.traces if calib else 0, **settings}
     spec_file = logs / f"{folder}.json"
     logs.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-    console.print(f"[bold]openvino {cfg.weights}[/] → {folder} (optimum-intel + NNCF"
+    console.print(f"[bold]openvino {cfg.weights}[/] → {folder} (optimum-intel"
+                  + (f" + the blocks of {src.base.gguf_path.name} and the adapter" if cfg.weights == "base-lora" and
+                     src.base.gguf_path else " + NNCF")
                   + (f", AWQ and scale estimation on {calib.traces} traces" if calib else "")
                   + (", LoRA correction" if calib and cfg.lora_correction else "") + ")")
     t0 = time.perf_counter()
@@ -93,6 +101,14 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
         raise ExportError(f"the OpenVINO export failed (exit {rc}); last lines of {log}:\n{tail}")
     info = json.loads((staging / "edgereason-export.json").read_text())
+    if cfg.weights == "base-lora":
+        assert src.base.gguf_path is not None and src.adapter is not None  # checked above / by the config
+        try:
+            info["base_lora"] = graft(staging / "openvino_model.xml", src.base.gguf_path, hf_dir, src.adapter)
+        except ExportError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        wall = round(time.perf_counter() - t0, 1)
 
     problems = training_problems(cfg.answer_problems) if cfg.answer_problems else []
     reference = Reference(model, tok, src.format_name, problems)

@@ -2,10 +2,12 @@
 
     python -P -m edgereason.export.openvino_worker spec.json
 
-Merged HF checkpoint → OpenVINO IR with optimum-intel, weights compressed by NNCF, tokenizer and
+HF checkpoint → OpenVINO IR with optimum-intel, weights compressed by NNCF, tokenizer and
 detokenizer converted with openvino-tokenizers, all written into `spec["out"]`. INT4 is data-aware
 when calibration text is given: NNCF's AWQ and scale estimation run on the activations of those
-texts (the model's own reasoning traces). Imports nothing of edgereason beyond this file, so the
+texts (the model's own reasoning traces). `base-lora` leaves the base's weights uncompressed: the
+main environment then writes the base GGUF's own blocks and the adapter into the IR
+(edgereason.export.openvino_base_lora). Imports nothing of edgereason beyond this file, so the
 venv needs only the export toolchain.
 """
 
@@ -35,10 +37,16 @@ def export(spec: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     out = Path(spec["out"])
-    tokenizer = AutoTokenizer.from_pretrained(spec["merged"])
-    model = OVModelForCausalLM.from_pretrained(spec["merged"], export=True, load_in_8bit=False, compile=False)
+    tokenizer = AutoTokenizer.from_pretrained(spec["checkpoint"])
+    model = OVModelForCausalLM.from_pretrained(spec["checkpoint"], export=True, load_in_8bit=False, compile=False)
     exported = time.perf_counter() - t0
     weights = spec["weights"]
+    if weights == "base-lora":
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        export_tokenizer(tokenizer, out)
+        return {"export_s": round(exported, 1), "total_s": round(time.perf_counter() - t0, 1), "data_aware": False,
+                "quantization": {"weights": "float: the base GGUF's blocks are written in next"}}
     data_aware = weights.startswith("int4") and spec.get("calibration")
     if weights == "int8":
         qconfig = OVWeightQuantizationConfig(bits=8, sym=False)

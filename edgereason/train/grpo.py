@@ -237,7 +237,7 @@ def choose_engine(cfg: TrainConfig, model_config: Any) -> str:
         return cfg.rollout_engine
     if cfg.use_vllm:
         return "trl"
-    from edgereason.train.lora_gguf import SUPPORTED
+    from edgereason.gguf_layout import SUPPORTED
 
     if not cfg.full_finetune and getattr(model_config, "model_type", None) in SUPPORTED:
         return "llama.cpp"
@@ -367,7 +367,7 @@ def _make_engine(name: str, cfg: TrainConfig, prep: Prepared, tokenizer: Any, mo
                  run_dir: Path) -> Any:
     schedule = cfg.temperature_schedule
     if name == "llama.cpp":
-        from edgereason.train.lora_gguf import LoraLayout
+        from edgereason.gguf_layout import LoraLayout
         from edgereason.train.rollouts import LlamaCppRollouts
 
         rows = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps

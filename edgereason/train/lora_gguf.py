@@ -12,63 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-# HF model_type -> (GGUF architecture, whether q/k rows are permuted as in convert_hf_to_gguf's LlamaModel)
-SUPPORTED: dict[str, tuple[str, bool]] = {
-    "llama": ("llama", True),
-    "qwen2": ("qwen2", False),
-    "qwen3": ("qwen3", False),
-    "gemma3_text": ("gemma3", False),
-}
-
-
-@dataclass(frozen=True)
-class LoraLayout:
-    """What the writer needs to know about the base model."""
-
-    arch: str
-    permute: bool
-    n_layers: int
-    n_head: int
-    n_kv_head: int
-
-    @classmethod
-    def from_hf_config(cls, config: Any) -> LoraLayout:
-        model_type = getattr(config, "model_type", None)
-        if model_type not in SUPPORTED:
-            raise ValueError(f"the llama.cpp rollout engine writes LoRAs for {', '.join(SUPPORTED)} models, not "
-                             f"{model_type!r}; train with rollout_engine=transformers")
-        arch, permute = SUPPORTED[model_type]
-        n_head = int(config.num_attention_heads)
-        return cls(arch, permute, int(config.num_hidden_layers), n_head,
-                   int(getattr(config, "num_key_value_heads", None) or n_head))
-
-
-def _permute(rows: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf's LlamaModel.permute on the output rows."""
-    return rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
-
-
-def lora_pairs(state: Mapping[str, object]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{HF module weight name: (A, B)} from a PEFT state dict (adapter name "default" or none)."""
-    pairs: dict[str, dict[str, np.ndarray]] = {}
-    for key, tensor in state.items():
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}."
-            if marker in key:
-                module = key.split(marker)[0]
-                module = module.removeprefix("base_model.model.")
-                array = tensor.detach().float().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
-                pairs.setdefault(module + ".weight", {})[part] = array
-    missing = [m for m, p in pairs.items() if len(p) != 2]
-    if missing:
-        raise ValueError(f"incomplete LoRA pairs for {missing[:3]}")
-    return {m: (p["lora_A"], p["lora_B"]) for m, p in pairs.items()}
+from edgereason.gguf_layout import LoraLayout, lora_pairs, permute_rows
 
 
 def write_lora_gguf(state: Mapping[str, object], layout: LoraLayout, alpha: float, out: Path) -> Path:
@@ -88,9 +36,9 @@ def write_lora_gguf(state: Mapping[str, object], layout: LoraLayout, alpha: floa
             if name is None:
                 raise ValueError(f"no llama.cpp tensor for {module}")
             if layout.permute and module.endswith("q_proj.weight"):
-                b = _permute(b, layout.n_head)
+                b = permute_rows(b, layout.n_head)
             elif layout.permute and module.endswith("k_proj.weight"):
-                b = _permute(b, layout.n_kv_head)
+                b = permute_rows(b, layout.n_kv_head)
             writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a, dtype=np.float32))
             writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b, dtype=np.float32))
         writer.write_header_to_file()
