@@ -64,7 +64,7 @@ def test_base_lora_carries_the_base_gguf_blocks_and_the_adapter(base_lora):
     assert entry["status"] == "ok" and entry["quant"] == "base-lora" and entry["file"] == "openvino-base-lora"
     graft = entry["worker"]["base_lora"]
     assert graft["carried"] == {"Q4_1": 210, "Q8_0": 1} and graft["kept_float"] == 0  # every matrix of the Q4_1 GGUF
-    assert graft["lora_modules"] == 4 * 30
+    assert graft["lora_modules"] == 4 * 30 and graft["lora_branches"] == 2 * 30  # q/k/v share one branch a layer
     # the trained model, not the base: the adapter alone moves it by KL ~0.07; the IR is within 0.01 of it
     assert entry["verification"]["mean_kl"] < 0.01 and entry["verification"]["top1_agreement"] >= 0.95
     # the CPU plugin keeps the blocks compressed: its matmuls read u4 (and the embedding's i8), not a float copy

@@ -112,4 +112,5 @@ app.command("int4")(stage_command(
 app.command("openvino")(stage_command(
     OpenVINOExportConfig, run_openvino, short={"out": "-o", "base": "-b", "adapter": "-a"}, errors=_errors(),
     help="Merge → OpenVINO IR (optimum-intel) with INT4/INT8 weights (NNCF, AWQ and scale estimation on the model's "
-    "own reasoning traces) → verify with the OpenVINO runtime; for Intel CPUs, iGPUs and NPUs."))
+    "own reasoning traces), or base-lora (the base GGUF's own 4-bit blocks + the adapter as branches) → verify with "
+    "the OpenVINO runtime; for Intel CPUs, iGPUs and NPUs."))

@@ -10,6 +10,7 @@ base that is itself a Q4_1 GGUF (the embedded default) sits on a grid with a flo
   copy of the weights at run time);
 - the adapter as a low-rank branch on each target linear, `y += (x·Aᵀ)·(s·B)ᵀ` in f16: the trained
   model exactly, as llama.cpp's `--lora` on the same base GGUF (the GGUF ladder's `lora` candidate).
+  Linears that read the same input share one branch (A stacked, B block-diagonal, then split).
 
 Every carried tensor is checked against the base's HF weights (the same GGUF dequantized by
 transformers) before it is written, so a wrong name map or row order fails here, not in a reply.
@@ -214,22 +215,37 @@ def graft(ir_xml: Path, base_gguf: Path, hf_dir: Path, adapter_dir: Path) -> dic
             raise ExportError(f"{name}: the IR holds it as {tuple(const.get_output_shape(0))}, not [out, in]")
         const.output(0).replace(_decompressed(b, const).output(0))
         carried[b.kind] = carried.get(b.kind, 0) + 1
-    branch_params = 0
-    for name, (a, bmat) in pairs.items():
+    # linears reading the same input (q/k/v, gate/up) share one branch: their A stacked, their B block-diagonal,
+    # two small matmuls and a split instead of two matmuls each (fewer ops per token in decode)
+    groups: dict[tuple[str, int], list[tuple[str, Any]]] = {}
+    for name in pairs:
         mm = matmuls[name]
         if mm is None or not mm.get_attributes().get("transpose_b"):
             raise ExportError(f"{name}: no linear MatMul (x·Wᵀ) found for it in the IR")
-        r = a.shape[0]
-        scale = alpha / (np.sqrt(r) if rslora else r)
         x = mm.input_value(0)
-        y = mm.output(0)
-        consumers = list(y.get_target_inputs())
-        down = ops.matmul(x, ops.convert(ops.constant(a.astype(np.float16)), ov.Type.f32), False, True)
-        up = ops.matmul(down, ops.convert(ops.constant((bmat * scale).astype(np.float16)), ov.Type.f32), False, True)
-        total = ops.add(y, up)
-        for c in consumers:
-            c.replace_source_output(total.output(0))
-        branch_params += a.size + bmat.size
+        groups.setdefault((x.get_node().get_friendly_name(), x.get_index()), []).append((name, mm))
+    branch_params = 0
+    for group in groups.values():
+        a_cat = np.concatenate([pairs[n][0] for n, _ in group])  # [Σr, in]
+        outs = [pairs[n][1].shape[0] for n, _ in group]
+        b_diag = np.zeros((sum(outs), a_cat.shape[0]), dtype=np.float32)
+        row = col = 0
+        for n, _ in group:
+            a, b = pairs[n]
+            b_diag[row:row + b.shape[0], col:col + a.shape[0]] = b * (alpha / (np.sqrt(a.shape[0]) if rslora else a.shape[0]))
+            row, col = row + b.shape[0], col + a.shape[0]
+        x = group[0][1].input_value(0)
+        down = ops.matmul(x, ops.convert(ops.constant(a_cat.astype(np.float16)), ov.Type.f32), False, True)
+        up = ops.matmul(down, ops.convert(ops.constant(b_diag.astype(np.float16)), ov.Type.f32), False, True)
+        parts = [up.output(0)] if len(group) == 1 else ops.variadic_split(
+            up, ops.constant(np.int64(-1)), ops.constant(np.array(outs, dtype=np.int64))).outputs()
+        for (_, mm), part in zip(group, parts):
+            y = mm.output(0)
+            consumers = list(y.get_target_inputs())
+            total = ops.add(y, part)
+            for c in consumers:
+                c.replace_source_output(total.output(0))
+        branch_params += a_cat.size + b_diag.size
     model.validate_nodes_and_infer_types()
     tmp = ir_xml.with_name("grafted.xml")
     ov.save_model(model, str(tmp), compress_to_fp16=False)
@@ -237,4 +253,5 @@ def graft(ir_xml: Path, base_gguf: Path, hf_dir: Path, adapter_dir: Path) -> dic
     tmp.replace(ir_xml)
     tmp.with_suffix(".bin").replace(ir_xml.with_suffix(".bin"))
     return {"base_gguf": str(base_gguf), "carried": carried, "kept_float": len(consts) - sum(carried.values()),
-            "lora_modules": len(pairs), "lora_params": int(branch_params), "lora_alpha": alpha, "rslora": rslora}
+            "lora_modules": len(pairs), "lora_branches": len(groups), "lora_params": int(branch_params),
+            "lora_alpha": alpha, "rslora": rslora}
