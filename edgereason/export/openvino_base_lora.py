@@ -231,9 +231,10 @@ def graft(ir_xml: Path, base_gguf: Path, hf_dir: Path, adapter_dir: Path) -> dic
         b_diag = np.zeros((sum(outs), a_cat.shape[0]), dtype=np.float32)
         row = col = 0
         for n, _ in group:
-            a, b = pairs[n]
-            b_diag[row:row + b.shape[0], col:col + a.shape[0]] = b * (alpha / (np.sqrt(a.shape[0]) if rslora else a.shape[0]))
-            row, col = row + b.shape[0], col + a.shape[0]
+            lora_a, lora_b = pairs[n]
+            rank = lora_a.shape[0]
+            b_diag[row:row + lora_b.shape[0], col:col + rank] = lora_b * (alpha / (np.sqrt(rank) if rslora else rank))
+            row, col = row + lora_b.shape[0], col + rank
         x = group[0][1].input_value(0)
         down = ops.matmul(x, ops.convert(ops.constant(a_cat.astype(np.float16)), ov.Type.f32), False, True)
         up = ops.matmul(down, ops.convert(ops.constant(b_diag.astype(np.float16)), ov.Type.f32), False, True)

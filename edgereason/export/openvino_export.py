@@ -105,7 +105,7 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
         assert src.base.gguf_path is not None and src.adapter is not None  # checked above / by the config
         try:
             info["base_lora"] = graft(staging / "openvino_model.xml", src.base.gguf_path, hf_dir, src.adapter)
-        except ExportError:
+        except Exception:  # nothing half-written stays behind, whatever failed
             shutil.rmtree(staging, ignore_errors=True)
             raise
         wall = round(time.perf_counter() - t0, 1)
