@@ -192,8 +192,12 @@ def test_config_errors_name_the_field(tmp_path):
         GGUFExportConfig(out=tmp_path, tensor_type="attn_v=q9")
     with pytest.raises(ConfigError, match="out"):
         GGUFExportConfig.load(None)
-    with pytest.raises(ValueError, match="lora_correction corrects INT4"):
+    with pytest.raises(ValueError, match="lora_correction corrects NNCF's INT4"):
         OpenVINOExportConfig(out=tmp_path, weights="int8", lora_correction=True)
+    with pytest.raises(ValueError, match="give --adapter"):
+        OpenVINOExportConfig(out=tmp_path, weights="base-lora")
+    with pytest.raises(ValueError, match="ratio mixes"):
+        OpenVINOExportConfig(out=tmp_path, weights="base-lora", adapter=tmp_path, ratio=0.5)
 
 
 def test_lora_gguf_loads_with_lora_path_and_changes_the_output(exported, default_model):
