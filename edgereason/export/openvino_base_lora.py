@@ -2,8 +2,8 @@
 
 NNCF's INT4 re-quantizes the merged weights onto a grid with an *integer* zero point per group. A
 base that is itself a Q4_1 GGUF (the embedded default) sits on a grid with a float offset per group
-(`w = d·q + m`), so re-quantizing it loses what the base already had (about 0.07 KL on SmolLM2-135M,
-2.5× GGUF Q4_K_M's). This writes the base's blocks into the IR unchanged instead:
+(`w = d·q + m`), so re-quantizing it loses what the base already had (KL 0.07–0.21 on SmolLM2-135M's
+adapters, against GGUF Q4_K_M's 0.025–0.028). This writes the base's blocks into the IR unchanged instead:
 
 - Q4_1 → u4 weights, f16 scale `d`, f16 zero point `-m/d`; Q4_0 → u4, zero point 8; Q8_0 → i8 and
   scale. The CPU plugin keeps them compressed and decompresses inside its matmul (checked: no f32
