@@ -24,7 +24,7 @@ SUPPORTED: dict[str, tuple[str, bool]] = {
 
 @dataclass(frozen=True)
 class LoraLayout:
-    """What the writer needs to know about the base model."""
+    """How a base model's tensors sit in llama.cpp's GGUF layout."""
 
     arch: str
     permute: bool
@@ -42,6 +42,21 @@ class LoraLayout:
         n_head = int(config.num_attention_heads)
         return cls(arch, permute, int(config.num_hidden_layers), n_head,
                    int(getattr(config, "num_key_value_heads", None) or n_head))
+
+    def permuted_heads(self, weight_name: str) -> int | None:
+        """The head count by which llama.cpp's converter permuted this weight's rows, or None."""
+        if self.permute and weight_name.endswith("q_proj.weight"):
+            return self.n_head
+        if self.permute and weight_name.endswith("k_proj.weight"):
+            return self.n_kv_head
+        return None
+
+    def tensor_names(self) -> Any:
+        """gguf-py's map from HF tensor names to this architecture's GGUF names."""
+        import gguf
+
+        arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == self.arch)
+        return gguf.get_tensor_name_map(arch_enum, self.n_layers)
 
 
 def permute_rows(rows: np.ndarray, n_head: int) -> np.ndarray:

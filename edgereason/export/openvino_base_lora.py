@@ -14,11 +14,11 @@ adapters, against GGUF Q4_K_M's 0.025–0.028). This writes the base's blocks in
 
 Every carried tensor is checked against the base's HF weights (the same GGUF dequantized by
 transformers) before it is written, so a wrong name map or row order fails here, not in a reply.
+The name map and q/k row order are llama.cpp's, as the training rollouts write them (gguf_layout).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from edgereason.export.files import ExportError
-from edgereason.gguf_layout import lora_pairs, permute_rows
+from edgereason.export.merge import read_adapter_config
+from edgereason.gguf_layout import SUPPORTED, LoraLayout, lora_pairs, permute_rows
 
 #: GGUF tensor types carried as they are (others keep the IR's own floating-point weights).
 CARRIED = ("Q4_0", "Q4_1", "Q8_0")
@@ -71,71 +72,83 @@ def _unpack(kind: str, raw: np.ndarray) -> Blocks:
     return Blocks(q, scale, zero, kind)
 
 
-def _row_order(blocks: Blocks, hf: np.ndarray, n_heads: list[int]) -> Blocks:
-    """The blocks in the HF weight's row order (llama.cpp permutes q/k rows of llama models), checked
-    against the HF weight itself. The f16 zero point `-m/d` is within 2⁻⁸ of a step of Q4_1's
-    own offset, about 1e-4 of the weight's norm; a wrong row order is off by about 1.4."""
-    for n_head in [None, *n_heads]:
-        cand = blocks
-        if n_head is not None:
-            if blocks.q.shape[0] % (2 * n_head):
-                continue
-            inverse = np.argsort(permute_rows(np.arange(blocks.q.shape[0]), n_head))
-            cand = Blocks(blocks.q[inverse], blocks.scale[inverse],
-                          None if blocks.zero is None else blocks.zero[inverse], blocks.kind)
-        w = cand.dequantize()
-        if w.shape == hf.shape and np.linalg.norm(w - hf) <= 1e-3 * max(float(np.linalg.norm(hf)), 1e-12):
-            return cand
-    raise ExportError("the base GGUF's blocks do not reproduce the base's HF weights (another model, or an "
-                      "unknown row order): use --weights int4")
+def _in_hf_order(blocks: Blocks, heads: int | None) -> Blocks:
+    """The blocks in the HF weight's row order: llama.cpp's converter permutes q/k rows of llama models."""
+    if heads is None:
+        return blocks
+    inverse = np.argsort(permute_rows(np.arange(blocks.q.shape[0]), heads))
+    return Blocks(blocks.q[inverse], blocks.scale[inverse], None if blocks.zero is None else blocks.zero[inverse],
+                  blocks.kind)
 
 
-def read_blocks(base_gguf: Path, hf_weights: dict[str, np.ndarray], n_heads: list[int]) -> dict[str, Blocks]:
-    """{HF weight name: blocks} for every carried tensor of `base_gguf` the HF model has."""
+def read_blocks(base_gguf: Path, hf_weights: dict[str, np.ndarray], layout: LoraLayout) -> dict[str, Blocks]:
+    """{HF weight name: blocks} for every carried tensor of `base_gguf` the HF model has, each checked
+    against its HF weight. The f16 zero point `-m/d` is within 2⁻⁸ of a step of Q4_1's own offset,
+    about 1e-4 of the weight's norm; a wrong row order or another model is off by about 1.4."""
     import gguf
 
-    reader = gguf.GGUFReader(str(base_gguf))
-    arch = reader.fields["general.architecture"].contents()
-    arch_enum = next((k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), None)
-    if arch_enum is None:
-        raise ExportError(f"{base_gguf.name}: gguf-py knows no architecture {arch!r}")
-    names = gguf.get_tensor_name_map(arch_enum, int(reader.fields[f"{arch}.block_count"].contents()))
-    by_gguf = {t.name: t for t in reader.tensors}
+    names = layout.tensor_names()
+    by_gguf = {t.name: t for t in gguf.GGUFReader(str(base_gguf)).tensors}
     out: dict[str, Blocks] = {}
     for hf_name, hf in hf_weights.items():
         tensor = by_gguf.get(names.get_name(hf_name, try_suffixes=(".weight",)) or "")
         if tensor is None or tensor.tensor_type.name not in CARRIED:
             continue
-        out[hf_name] = _row_order(_unpack(tensor.tensor_type.name, np.asarray(tensor.data)), hf, n_heads)
+        blocks = _in_hf_order(_unpack(tensor.tensor_type.name, np.asarray(tensor.data)), layout.permuted_heads(hf_name))
+        w = blocks.dequantize()
+        if w.shape != hf.shape or np.linalg.norm(w - hf) > 1e-3 * max(float(np.linalg.norm(hf)), 1e-12):
+            raise ExportError(f"{tensor.name} of {base_gguf.name} does not reproduce the base's {hf_name} (another "
+                              "model?): use --weights int4")
+        out[hf_name] = blocks
     return out
 
 
-def check_base(base_gguf: Path | None) -> dict[str, int]:
-    """Before any work: the base has a GGUF whose weights are mostly in a carried type."""
+@dataclass(frozen=True)
+class GraftPlan:
+    """What base-lora writes, checked before any work (`plan_graft`)."""
+
+    base_gguf: Path
+    hf_dir: Path  # the base's HF weights: the same GGUF dequantized, the reference for every block
+    adapter: Path
+    layout: LoraLayout
+    alpha: float
+    rslora: bool
+
+
+def plan_graft(base_gguf: Path | None, hf_dir: Path, adapter_dir: Path) -> GraftPlan:
+    """Before any work: the base has a GGUF of a known layout whose matrices are mostly in a carried
+    type, and the adapter is a plain LoRA in safetensors."""
     import gguf
+    from transformers import AutoConfig
 
     if base_gguf is None:
         raise ExportError("--weights base-lora carries the base's own GGUF blocks, and this base has no GGUF: "
                           "use --weights int4")
+    config = AutoConfig.from_pretrained(str(hf_dir))
+    if getattr(config, "model_type", None) not in SUPPORTED:
+        raise ExportError(f"--weights base-lora knows llama.cpp's tensor layout for {', '.join(SUPPORTED)} models, "
+                          f"not {config.model_type!r}: use --weights int4")
+    layout = LoraLayout.from_hf_config(config)
+    reader = gguf.GGUFReader(str(base_gguf))
+    arch = reader.fields["general.architecture"].contents()
+    if arch != layout.arch:
+        raise ExportError(f"{base_gguf.name} is a {arch!r} GGUF, and the base's HF config a {layout.arch!r} model")
     counts: dict[str, int] = {}
-    for t in gguf.GGUFReader(str(base_gguf)).tensors:
+    for t in reader.tensors:
         if len(t.shape) == 2:
             counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
-    carried = sum(n for k, n in counts.items() if k in CARRIED)
-    if carried * 2 < sum(counts.values()):
+    if sum(n for k, n in counts.items() if k in CARRIED) * 2 < sum(counts.values()):
         raise ExportError(f"{base_gguf.name}: its matrices are {counts}; --weights base-lora carries "
                           f"{', '.join(CARRIED)} only: use --weights int4")
-    return counts
-
-
-def adapter_scaling(adapter_dir: Path) -> tuple[float, bool]:
-    """lora_alpha and whether it is rsLoRA, refusing what a plain low-rank branch cannot express."""
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    cfg = read_adapter_config(adapter_dir)
     if cfg.get("use_dora"):
         raise ExportError("--weights base-lora adds plain LoRA branches; this adapter is DoRA")
     if cfg.get("alpha_pattern") or cfg.get("modules_to_save"):
         raise ExportError("--weights base-lora: adapters with alpha_pattern or modules_to_save are not supported")
-    return float(cfg.get("lora_alpha", cfg.get("r", 8))), bool(cfg.get("use_rslora"))
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise ExportError(f"--weights base-lora reads adapter_model.safetensors, which {adapter_dir} does not hold")
+    return GraftPlan(base_gguf, hf_dir, adapter_dir, layout, float(cfg.get("lora_alpha", cfg.get("r", 8))),
+                     bool(cfg.get("use_rslora")))
 
 
 def _weight_constants(model: Any) -> dict[str, Any]:
@@ -180,23 +193,19 @@ def _matmul_of(const: Any) -> Any | None:
     return None
 
 
-def graft(ir_xml: Path, base_gguf: Path, hf_dir: Path, adapter_dir: Path) -> dict[str, Any]:
+def graft(ir_xml: Path, plan: GraftPlan) -> dict[str, Any]:
     """Rewrite the IR at `ir_xml` (an uncompressed export of the base) in place: the base GGUF's
     blocks for its weights, the adapter's branches on its linears. Returns what was done."""
     import openvino as ov
     from openvino import opset13 as ops
     from safetensors.numpy import load_file
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(hf_dir))
-    n_heads = sorted({int(config.num_attention_heads), int(getattr(config, "num_key_value_heads", None)
-                                                            or config.num_attention_heads)})
     hf_weights: dict[str, np.ndarray] = {}
-    for f in sorted(hf_dir.glob("*.safetensors")):
+    for f in sorted(plan.hf_dir.glob("*.safetensors")):
         hf_weights.update({k: v.astype(np.float32) for k, v in load_file(str(f)).items() if v.ndim == 2})
-    blocks = read_blocks(base_gguf, hf_weights, n_heads)
-    alpha, rslora = adapter_scaling(adapter_dir)
-    pairs = lora_pairs(load_file(str(adapter_dir / "adapter_model.safetensors")))
+    blocks = read_blocks(plan.base_gguf, hf_weights, plan.layout)
+    alpha, rslora = plan.alpha, plan.rslora
+    pairs = lora_pairs(load_file(str(plan.adapter / "adapter_model.safetensors")))
 
     core = ov.Core()
     model = core.read_model(str(ir_xml))
@@ -253,6 +262,6 @@ def graft(ir_xml: Path, base_gguf: Path, hf_dir: Path, adapter_dir: Path) -> dic
     del model
     tmp.replace(ir_xml)
     tmp.with_suffix(".bin").replace(ir_xml.with_suffix(".bin"))
-    return {"base_gguf": str(base_gguf), "carried": carried, "kept_float": len(consts) - sum(carried.values()),
+    return {"base_gguf": str(plan.base_gguf), "carried": carried, "kept_float": len(consts) - sum(carried.values()),
             "lora_modules": len(pairs), "lora_branches": len(groups), "lora_params": int(branch_params),
             "lora_alpha": alpha, "rslora": rslora}

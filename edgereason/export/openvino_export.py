@@ -32,7 +32,7 @@ from edgereason.export.config import OpenVINOExportConfig
 from edgereason.export.files import ExportError, require_free_space, sha256_file
 from edgereason.export.manifest import Manifest, resolve_source
 from edgereason.export.merge import load_hf, merged_checkpoint, parameter_count
-from edgereason.export.openvino_base_lora import check_base, graft
+from edgereason.export.openvino_base_lora import graft, plan_graft
 from edgereason.export.verify import Reference, verify_openvino
 from edgereason.formats import get_format
 
@@ -62,8 +62,10 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
         return manifest.data["artifacts"]["openvino"]
     params = parameter_count(src.base.require_hf())
     require_free_space(out_dir, params * 8, "the merged checkpoint and the OpenVINO IR")
+    graft_plan = None
     if cfg.weights == "base-lora":
-        check_base(src.base.gguf_path)
+        assert src.adapter is not None  # the config requires it
+        graft_plan = plan_graft(src.base.gguf_path, src.base.require_hf(), src.adapter)
     try:
         python = ensure(lambda m: console.print(f"[dim]{m}[/]"))
     except OpenVINOEnvError as e:
@@ -85,8 +87,7 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
     logs.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     console.print(f"[bold]openvino {cfg.weights}[/] → {folder} (optimum-intel"
-                  + (f" + the blocks of {src.base.gguf_path.name} and the adapter" if cfg.weights == "base-lora" and
-                     src.base.gguf_path else " + NNCF")
+                  + (f" + the blocks of {graft_plan.base_gguf.name} and the adapter" if graft_plan else " + NNCF")
                   + (f", AWQ and scale estimation on {calib.traces} traces" if calib else "")
                   + (", LoRA correction" if calib and cfg.lora_correction else "") + ")")
     t0 = time.perf_counter()
@@ -101,10 +102,9 @@ def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
         raise ExportError(f"the OpenVINO export failed (exit {rc}); last lines of {log}:\n{tail}")
     info = json.loads((staging / "edgereason-export.json").read_text())
-    if cfg.weights == "base-lora":
-        assert src.base.gguf_path is not None and src.adapter is not None  # checked above / by the config
+    if graft_plan is not None:
         try:
-            info["base_lora"] = graft(staging / "openvino_model.xml", src.base.gguf_path, hf_dir, src.adapter)
+            info["base_lora"] = graft(staging / "openvino_model.xml", graft_plan)
         except Exception:  # nothing half-written stays behind, whatever failed
             shutil.rmtree(staging, ignore_errors=True)
             raise

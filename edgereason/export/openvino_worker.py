@@ -41,30 +41,29 @@ def export(spec: dict[str, Any]) -> dict[str, Any]:
     model = OVModelForCausalLM.from_pretrained(spec["checkpoint"], export=True, load_in_8bit=False, compile=False)
     exported = time.perf_counter() - t0
     weights = spec["weights"]
-    if weights == "base-lora":
+    data_aware = bool(weights == "int4" and spec.get("calibration"))
+    if weights == "base-lora":  # float weights: the main environment writes the base GGUF's blocks in next
         model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        export_tokenizer(tokenizer, out)
-        return {"export_s": round(exported, 1), "total_s": round(time.perf_counter() - t0, 1), "data_aware": False,
-                "quantization": {"weights": "float: the base GGUF's blocks are written in next"}}
-    data_aware = weights.startswith("int4") and spec.get("calibration")
-    if weights == "int8":
-        qconfig = OVWeightQuantizationConfig(bits=8, sym=False)
+        quantization: dict[str, Any] = {"weights": "float, for the base GGUF's blocks"}
     else:
-        qconfig = OVWeightQuantizationConfig(
-            bits=4, sym=False, group_size=spec["group_size"], ratio=spec["ratio"],
-            # AWQ is optimum-intel's quant_method (an `awq=` keyword only reaches NNCF as a stray extra)
-            quant_method=OVQuantizationMethod.AWQ if data_aware and spec["awq"] else OVQuantizationMethod.DEFAULT,
-            scale_estimation=bool(data_aware and spec["scale_estimation"]),
-            lora_correction=bool(data_aware and spec["lora_correction"]),
-            num_samples=spec["num_samples"] if data_aware else None)
-    dataset = _calibration(spec, tokenizer) if data_aware else None
-    OVQuantizer.from_pretrained(model).quantize(calibration_dataset=dataset, ov_config=OVConfig(quantization_config=qconfig),
-                                                save_directory=str(out))
+        if weights == "int8":
+            qconfig = OVWeightQuantizationConfig(bits=8, sym=False)
+        else:
+            qconfig = OVWeightQuantizationConfig(
+                bits=4, sym=False, group_size=spec["group_size"], ratio=spec["ratio"],
+                # AWQ is optimum-intel's quant_method (an `awq=` keyword only reaches NNCF as a stray extra)
+                quant_method=OVQuantizationMethod.AWQ if data_aware and spec["awq"] else OVQuantizationMethod.DEFAULT,
+                scale_estimation=bool(data_aware and spec["scale_estimation"]),
+                lora_correction=bool(data_aware and spec["lora_correction"]),
+                num_samples=spec["num_samples"] if data_aware else None)
+        dataset = _calibration(spec, tokenizer) if data_aware else None
+        OVQuantizer.from_pretrained(model).quantize(calibration_dataset=dataset,
+                                                    ov_config=OVConfig(quantization_config=qconfig), save_directory=str(out))
+        quantization = {k: v for k, v in qconfig.to_dict().items() if isinstance(v, (int, float, str, bool))}
     tokenizer.save_pretrained(out)
     export_tokenizer(tokenizer, out)  # openvino_tokenizer.xml / openvino_detokenizer.xml for openvino-genai
-    return {"export_s": round(exported, 1), "total_s": round(time.perf_counter() - t0, 1), "data_aware": bool(data_aware),
-            "quantization": {k: v for k, v in qconfig.to_dict().items() if isinstance(v, (int, float, str, bool))}}
+    return {"export_s": round(exported, 1), "total_s": round(time.perf_counter() - t0, 1), "data_aware": data_aware,
+            "quantization": quantization}
 
 
 def main(argv: list[str]) -> int:

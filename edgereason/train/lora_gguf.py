@@ -23,8 +23,7 @@ def write_lora_gguf(state: Mapping[str, object], layout: LoraLayout, alpha: floa
     """Write the LoRA in `state` as a GGUF LoRA at `out` (temp file, then rename)."""
     import gguf
 
-    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == layout.arch)
-    names = gguf.get_tensor_name_map(arch_enum, layout.n_layers)
+    names = layout.tensor_names()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(str(tmp), layout.arch)
     try:
@@ -35,10 +34,8 @@ def write_lora_gguf(state: Mapping[str, object], layout: LoraLayout, alpha: floa
             name = names.get_name(module, try_suffixes=(".weight",))
             if name is None:
                 raise ValueError(f"no llama.cpp tensor for {module}")
-            if layout.permute and module.endswith("q_proj.weight"):
-                b = permute_rows(b, layout.n_head)
-            elif layout.permute and module.endswith("k_proj.weight"):
-                b = permute_rows(b, layout.n_kv_head)
+            if heads := layout.permuted_heads(module):
+                b = permute_rows(b, heads)
             writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a, dtype=np.float32))
             writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b, dtype=np.float32))
         writer.write_header_to_file()
