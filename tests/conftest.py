@@ -50,3 +50,17 @@ def make_adapter(base_hf: Path, out: Path, seed: int = 0, std: float = 0.01,
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(str(base_hf)).save_pretrained(out)
     return out
+
+
+def tiny_llama(out: Path, tokenizer_from: Path) -> Path:
+    """A 2-layer random Llama with the default model's vocabulary and tokenizer files: a real HF
+    checkpoint in a second, cheaply, for paths that need one that is not the default model."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_from / f, out)
+    return out

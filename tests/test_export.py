@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter
+from conftest import make_adapter, tiny_llama
 
 from edgereason.config import ConfigError
 from edgereason.export.config import GGUFExportConfig, Int4ExportConfig, OpenVINOExportConfig
@@ -250,8 +250,6 @@ def test_atomic_output_removes_partial_files_on_error(tmp_path):
 
 
 def test_clear_errors_before_any_damage(tmp_path, default_model):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     with pytest.raises(ExportError, match="does not exist"):
         export(tmp_path / "o", adapter=tmp_path / "missing")
     not_adapter = tmp_path / "not-adapter"
@@ -266,11 +264,7 @@ def test_clear_errors_before_any_damage(tmp_path, default_model):
         require_free_space(tmp_path, shutil.disk_usage(tmp_path).free + 2**40, "a test")
 
     # An adapter trained on another (smaller) base model: a shape mismatch, reported as such.
-    tiny_dir = tmp_path / "tiny"
-    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(tiny_dir)
-    shutil.copy(default_model.hf_dir / "tokenizer.json", tiny_dir)
-    shutil.copy(default_model.hf_dir / "tokenizer_config.json", tiny_dir)
+    tiny_dir = tiny_llama(tmp_path / "tiny", default_model.hf_dir)
     wrong = make_adapter(tiny_dir, tmp_path / "wrong-adapter")
     with pytest.raises(ExportError, match="does not fit base model"):
         export(tmp_path / "o2", adapter=wrong)

@@ -3,12 +3,11 @@ on first use), verified with the OpenVINO runtime, and served by openvino-genai 
 Decoding is forced (greedy, the format grammar) so nothing depends on what the model samples."""
 
 import json
-import shutil
 from pathlib import Path
 
 import openai
 import pytest
-from conftest import make_adapter
+from conftest import make_adapter, tiny_llama
 from live_server import Server
 
 from edgereason.backends.base import SamplingParams
@@ -76,13 +75,7 @@ def test_base_lora_carries_the_base_gguf_blocks_and_the_adapter(base_lora):
 
 
 def test_base_lora_refuses_what_it_cannot_carry_before_any_work(tmp_path, default_model):
-    hf_only = tmp_path / "hf-only"  # a base with Hugging Face weights and no GGUF of its own
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(hf_only)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(default_model.hf_dir / f, hf_only)
+    hf_only = tiny_llama(tmp_path / "hf-only", default_model.hf_dir)  # Hugging Face weights, no GGUF of its own
     adapter = make_adapter(hf_only, tmp_path / "adapter", targets=("q_proj",))
     with pytest.raises(ExportError, match="has no GGUF"):
         export_openvino(OpenVINOExportConfig(out=tmp_path / "out", base=str(hf_only), adapter=adapter,
@@ -137,13 +130,7 @@ def test_served_behind_the_same_api(exported):
 
 
 def test_a_failed_export_leaves_nothing_half_written(tmp_path, default_model):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    odd = tmp_path / "odd"
-    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(odd)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(default_model.hf_dir / f, odd)
+    odd = tiny_llama(tmp_path / "odd", default_model.hf_dir)
     cfg = json.loads((odd / "config.json").read_text())
     cfg["architectures"], cfg["model_type"] = ["NoSuchModelForCausalLM"], "no-such-model"
     (odd / "config.json").write_text(json.dumps(cfg))
