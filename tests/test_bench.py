@@ -61,6 +61,8 @@ def test_server_bench_against_raw_llama_server(default_model, tmp_path):
     assert r["ttft"]["raw_s"] > 0 and r["ttft"]["gateway_s"] > 0
     vote = r["voting"]["2"]
     assert vote["tokens"] == 2 * 16 and vote["x_single"] > 0 and vote["raw_limit_x"] > 0
+    # the limit is measured in every round, and the ratio to it is paired by round
+    assert len(vote["raw_limit_runs"]) == len(vote["x_limit_runs"]) == r["repeats"] and vote["x_limit"] > 0
     load = r["load"]
     assert load["ok"] >= 1 and load["errors_other_than_429"] == 0
     assert load["statuses"].get("429", 0) >= 1  # 8 clients on 2 slots and a queue of 1: the bound is enforced

@@ -6,7 +6,7 @@ anchor measured in the same run:
   on the same GGUF with the same slots and threads, driven by the same load generator;
 - **maj@k**: the wall time of k samples of one prompt through the gateway (one n=k request), as a
   multiple of one sample, beside the limit of this CPU: llama.cpp's own `llama-batched-bench` on the
-  same file (k sequences sharing one prompt) against one sequence;
+  same file (k sequences sharing one prompt) against one sequence, run just before in each round;
 - **TTFT**: time to the first streamed token through the gateway against raw llama-server;
 - **load**: many clients for a fixed time: status counts (429s are the bounded queue doing its job),
   answers per minute, latency p50/p99, and the RSS of the gateway and its llama-server over time.
@@ -82,52 +82,69 @@ def _rss_mb(pid: int) -> float:
         return 0.0
 
 
-def _batched_bench_limit(model: Path, threads: int, ks: list[int], tokens: int, prompt_tokens: int,
-                         repeats: int = 3, adapter: Path | None = None) -> dict[str, float]:
+def _batched_bench_once(model: Path, threads: int, ks: list[int], tokens: int, prompt_tokens: int,
+                        adapter: Path | None = None) -> dict[str, float]:
     """llama.cpp's own batched decode on this file: wall time of k sequences sharing one prompt,
-    as a multiple of one sequence (the best any server can do here). The median of `repeats` runs:
-    a single run's ratio moves by up to 20% on a shared 2-core machine."""
+    as a multiple of one sequence (the best any server can do here), from one run."""
     from edgereason.native import tool
 
     npl = ",".join(str(k) for k in sorted({1, *ks}))
-    runs: list[dict[str, float]] = []
-    for _ in range(repeats):
-        out = subprocess.run([str(tool("llama-batched-bench")), "-m", str(model),
-                              "-c", str(max(ks) * (tokens + prompt_tokens) + 512), "-b", "2048", "-ub", "512",
-                              "-npp", str(prompt_tokens), "-ntg", str(tokens), "-npl", npl, "-pps",
-                              "-t", str(threads), "-tb", str(threads), *(["--lora", str(adapter)] if adapter else [])],
-                             capture_output=True, text=True, timeout=1200)
-        times: dict[int, float] = {}
-        for line in out.stdout.splitlines():
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) >= 10 and re.fullmatch(r"\d+", cells[0] or ""):
-                times[int(cells[2])] = float(cells[8])  # B, T s (prompt + generation)
-        if 1 not in times:
-            raise RuntimeError(f"llama-batched-bench gave no result: {out.stderr[-300:]}")
-        runs.append({str(k): times[k] / times[1] for k in ks if k in times})
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out = subprocess.run([str(tool("llama-batched-bench")), "-m", str(model),
+                          "-c", str(max(ks) * (tokens + prompt_tokens) + 512), "-b", "2048", "-ub", "512",
+                          "-npp", str(prompt_tokens), "-ntg", str(tokens), "-npl", npl, "-pps",
+                          "-t", str(threads), "-tb", str(threads), *(["--lora", str(adapter)] if adapter else [])],
+                         capture_output=True, text=True, timeout=1200)
+    times: dict[int, float] = {}
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and re.fullmatch(r"\d+", cells[0] or ""):
+            times[int(cells[2])] = float(cells[8])  # B, T s (prompt + generation)
+    if 1 not in times:
+        raise RuntimeError(f"llama-batched-bench gave no result: {out.stderr[-300:]}")
+    return {str(k): times[k] / times[1] for k in ks if k in times}
 
 
-def _maj_costs(base: str, model: str, ks: list[int], tokens: int, repeats: int = 3) -> dict[str, dict[str, Any]]:
-    """Wall time of k samples of one prompt as one n=k request through the gateway, x one sample:
-    the median over `repeats` rounds of each round's ratio (k and one sample measured back to back)."""
+def _maj_round(http: httpx.Client, base: str, model: str, ks: list[int], tokens: int, seed: int) -> dict[str, dict[str, float]]:
+    """Wall time of k samples of one prompt as one n=k request through the gateway, and of one sample,
+    measured back to back."""
+    out: dict[str, dict[str, float]] = {}
+    for k in [1, *ks]:
+        body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "n": k, "ignore_eos": True,
+                "temperature": 0.7, "seed": seed}
+        http.post(f"{base}/v1/completions", json={**body, "n": 1, "max_tokens": 4})  # warm the prompt cache alike
+        t0 = time.perf_counter()
+        r = http.post(f"{base}/v1/completions", json=body)
+        r.raise_for_status()
+        out[str(k)] = {"seconds": time.perf_counter() - t0, "tokens": r.json()["usage"]["completion_tokens"]}
+    return out
+
+
+def _maj_costs(base: str, model: str, gguf: Path, threads: int, ks: list[int], tokens: int, repeats: int = 3,
+               adapter: Path | None = None) -> dict[str, dict[str, Any]]:
+    """maj@k through the gateway against the CPU's limit, in rounds: each round runs llama-batched-bench
+    once and then the gateway's k samples and one sample, so the two ratios of a round see the same
+    machine speed (a single run's ratio moves by up to 20% on a shared 2-core machine). Per k: the
+    medians over rounds of the gateway's ratio (× one sample), the limit's, and their quotient
+    (× the limit, paired by round)."""
+    limits: list[dict[str, float]] = []
     rounds: list[dict[str, dict[str, float]]] = []
     with httpx.Client(timeout=1200) as http:
         for rep in range(repeats):
-            out: dict[str, dict[str, float]] = {}
-            for k in [1, *ks]:
-                body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "n": k, "ignore_eos": True,
-                        "temperature": 0.7, "seed": 1 + rep}
-                http.post(f"{base}/v1/completions", json={**body, "n": 1, "max_tokens": 4})  # warm the prompt cache alike
-                t0 = time.perf_counter()
-                r = http.post(f"{base}/v1/completions", json=body)
-                r.raise_for_status()
-                out[str(k)] = {"seconds": time.perf_counter() - t0, "tokens": r.json()["usage"]["completion_tokens"]}
-            rounds.append(out)
-    return {k: {"seconds": statistics.median(r[k]["seconds"] for r in rounds), "tokens": rounds[-1][k]["tokens"],
-                "x_single": statistics.median(r[k]["seconds"] / r["1"]["seconds"] for r in rounds),
-                "x_single_runs": [round(r[k]["seconds"] / r["1"]["seconds"], 3) for r in rounds]}
-            for k in rounds[0]}
+            limits.append(_batched_bench_once(gguf, threads, ks, tokens, 60, adapter))
+            rounds.append(_maj_round(http, base, model, ks, tokens, seed=1 + rep))
+    result: dict[str, dict[str, Any]] = {}
+    for k in ks:
+        x = [r[str(k)]["seconds"] / r["1"]["seconds"] for r in rounds]
+        lim = [li.get(str(k)) for li in limits]
+        paired = [a / b for a, b in zip(x, lim) if b]
+        result[str(k)] = {"seconds": statistics.median(r[str(k)]["seconds"] for r in rounds),
+                          "tokens": rounds[-1][str(k)]["tokens"], "x_single": statistics.median(x),
+                          "x_single_runs": [round(v, 3) for v in x],
+                          "raw_limit_x": statistics.median(b for b in lim if b) if any(lim) else None,
+                          "raw_limit_runs": [round(b, 3) if b else None for b in lim],
+                          "x_limit": statistics.median(paired) if paired else None,
+                          "x_limit_runs": [round(v, 3) for v in paired]}
+    return result
 
 
 def _load(base: str, model: str, clients: int, seconds: float, pid: int) -> dict[str, Any]:
@@ -219,21 +236,20 @@ def run_serve_bench(model: Path, threads: int, slots: int = 8, clients: tuple[in
         raw_ttft = _ttft(raw.url, raw.model_name)
         gw_ttft = _ttft(base, gw_name)
         raw.close()  # the anchor is done: maj@k and the load test run with the gateway alone
-        maj = _maj_costs(base, gw_name, list(vote_ks), tokens, repeats)
+        maj = _maj_costs(base, gw_name, model, threads, list(vote_ks), tokens, repeats, adapter)
         load = _load(base, gw_name, load_clients, load_seconds, proc.pid)
     finally:
         raw.close()  # a no-op when already closed above
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=60)
-    limit = _batched_bench_limit(model, threads, list(vote_ks), tokens, 60, repeats, adapter)
     result["throughput"] = [{"clients": c,
                              "raw_tok_s": statistics.median(r[("raw", c)]["tok_s"] for r in rounds),
                              "gateway_tok_s": statistics.median(r[("gateway", c)]["tok_s"] for r in rounds),
                              "gateway_over_raw": statistics.median(r[("gateway", c)]["tok_s"] / r[("raw", c)]["tok_s"]
                                                                    for r in rounds)} for c in clients]
     result["ttft"] = {"raw_s": raw_ttft, "gateway_s": gw_ttft, "overhead_s": gw_ttft - raw_ttft}
-    result["voting"] = {k: {**v, "raw_limit_x": limit.get(k)} for k, v in maj.items() if k != "1"}
+    result["voting"] = maj
     result["load"] = load
     return result
 
@@ -250,13 +266,15 @@ def serve_bench_markdown(r: dict[str, Any]) -> list[str]:
     tt = r["ttft"]
     lines += ["", f"TTFT: raw {1000 * tt['raw_s']:.0f} ms, through edgereason {1000 * tt['gateway_s']:.0f} ms "
               f"(+{1000 * tt['overhead_s']:.0f} ms).", "",
-              f"| maj@k (one n=k request; medians of {r['repeats']} rounds) | wall s | × one sample "
-              "| llama-batched-bench limit × one | × the limit |",
-              "|---|---|---|---|---|"]
+              f"maj@k as one n=k request, in {r['repeats']} rounds of llama-batched-bench then the gateway; medians, "
+              "and × the limit paired by round:", "",
+              "| maj@k | wall s | × one sample | llama-batched-bench limit × one | × the limit | per round |",
+              "|---|---|---|---|---|---|"]
     for k, v in r["voting"].items():
-        lim = v.get("raw_limit_x")
-        lines.append(f"| {k} | {v['seconds']:.1f} | {v['x_single']:.2f} | {lim:.2f} | {v['x_single'] / lim:.2f} |"
-                     if lim else f"| {k} | {v['seconds']:.1f} | {v['x_single']:.2f} | | |")
+        lim, xl = v.get("raw_limit_x"), v.get("x_limit")
+        lines.append(f"| {k} | {v['seconds']:.1f} | {v['x_single']:.2f} | {lim:.2f} | {xl:.2f} | "
+                     f"{', '.join(f'{x:.2f}' for x in v['x_limit_runs'])} |"
+                     if lim and xl else f"| {k} | {v['seconds']:.1f} | {v['x_single']:.2f} | | | |")
     load = r["load"]
     lines += ["", f"Load: {load['clients']} clients for {load['seconds']:.0f} s: statuses {load['statuses']} (errors other "
               f"than 429: {load['errors_other_than_429']}), {load['answers_per_min']:.0f} answers/min, latency p50 "
