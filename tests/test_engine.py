@@ -146,3 +146,16 @@ async def test_prompt_too_long_and_max_tokens_capped():
     p = params(e, max_tokens=1000)
     n = await e.check_prompt(" ".join(["word"] * 20), p)
     assert n == 20 and p.max_tokens == 30
+
+
+async def test_a_completion_cut_by_max_tokens_is_not_retried_and_a_greedy_retry_samples():
+    # Cut by the token budget: a retry would be cut by the same budget, so it comes back as it is.
+    e = engine(lambda prompt, seed: VALID, EngineLimits(format_retries=2))
+    (a,) = await e.complete("q", params(e, max_tokens=3), 1, validate=True)
+    assert not a.parsed.valid and a.completion.finish_reason == "length" and a.attempts == 1
+    assert len(e.backend.calls) == 1 and e.counters["format_retries"] == 0 and e.counters["invalid"] == 1
+    # Ended by itself but invalid, asked greedily: the retry samples (greedy would repeat the text).
+    e = engine(lambda prompt, seed: VALID if seed >= 1000 else INVALID, EngineLimits(format_retries=1))
+    (a,) = await e.complete("q", params(e, temperature=0.0), 1, validate=True)
+    assert a.parsed.valid and a.attempts == 2
+    assert [c.params.temperature for c in e.backend.calls] == [0.0, 0.7]

@@ -27,7 +27,9 @@ class EngineLimits(Section):
     max_n: int = Field(8, ge=1, description="Ceiling for n.")
     max_k: int = Field(16, ge=1, description="Ceiling for voting.k.")
     max_queue: int = Field(32, ge=0, description="Requests allowed to wait for the engine; more get 429.")
-    format_retries: int = Field(1, ge=0, description="Extra attempts for a completion failing format validation.")
+    format_retries: int = Field(1, ge=0, description="Extra attempts for a completion failing format validation "
+                                "(one that ended by itself; a completion cut by max_tokens is returned as it is, with "
+                                "finish_reason 'length'). A retry samples at temperature >= 0.7 with a new seed.")
     timeout_s: float = Field(300.0, gt=0, description="Per-request generation deadline (HTTP 504 when it passes).")
 
 

@@ -24,6 +24,9 @@ from edgereason.grading import extract_answer
 from edgereason.serve.config import EngineLimits
 from edgereason.voting import VoteResult, VoteTally, majority_vote
 
+#: A format retry samples at least this hot: a greedy retry would repeat the invalid text verbatim.
+RETRY_TEMPERATURE = 0.7
+
 
 class QueueFullError(RuntimeError):
     """More requests waiting than the configured queue allows (HTTP 429)."""
@@ -140,6 +143,19 @@ class ReasoningEngine:
             raise TimeoutError  # the engine stopped at the deadline: a cut answer is not an answer
         return out
 
+    @staticmethod
+    def worth_retrying(answer: Answer) -> bool:
+        """A format-invalid completion is retried only when it ended by itself: one cut by the token
+        budget (finish_reason "length") would be cut again by the same budget, and under load every
+        such retry doubles the work for nothing; the client sees "length" and can raise max_tokens."""
+        return answer.validated and not answer.parsed.valid and answer.completion.finish_reason != "length"
+
+    @staticmethod
+    def retry_params(params: SamplingParams, offset: int = 1000) -> SamplingParams:
+        """A retry's own seed, and a sampling temperature: greedy decoding would repeat the invalid text."""
+        return replace(params, n=1, seed=None if params.seed is None else params.seed + offset,
+                       temperature=max(params.temperature, RETRY_TEMPERATURE))
+
     async def _generate_valid(self, prompt: str, params: SamplingParams, validate: bool) -> Answer:
         """One completion; with `validate`, retried with a new seed while the format fails."""
         spent, attempts = 0, 0
@@ -148,13 +164,13 @@ class ReasoningEngine:
             (c,) = await self._call(prompt, replace(params, n=1))
             answer = self.answer_of(c, params, validate)
             spent += c.completion_tokens
-            if answer.parsed.valid or not validate or attempts > self.limits.format_retries:
+            if not self.worth_retrying(answer) or attempts > self.limits.format_retries:
                 if validate and not answer.parsed.valid:
                     self.counters["invalid"] += 1
                 answer.attempts, answer.tokens_spent = attempts, spent
                 return answer
             self.counters["format_retries"] += 1
-            params = replace(params, seed=None if params.seed is None else params.seed + 1000)
+            params = self.retry_params(params)
 
     async def complete(self, prompt: str, params: SamplingParams, n: int, validate: bool) -> list[Answer]:
         """n completions; backends that decode samples together get one call, then retries."""
@@ -162,9 +178,9 @@ class ReasoningEngine:
             first = [self.answer_of(c, params, validate) for c in await self._call(prompt, replace(params, n=n))]
             out = []
             for i, a in enumerate(first):
-                if validate and not a.parsed.valid and self.limits.format_retries:
+                if self.worth_retrying(a) and self.limits.format_retries:
                     self.counters["format_retries"] += 1
-                    retry = await self._generate_valid(prompt, params.nth(1000 + i), validate)
+                    retry = await self._generate_valid(prompt, self.retry_params(params, 1000 + i), validate)
                     retry.attempts += 1
                     retry.tokens_spent += a.tokens_spent
                     out.append(retry)
