@@ -54,6 +54,10 @@ class Verification(Result):
     passed: bool
     top1_agreement: float
     greedy_prefix_match: float
+    # top-1 agreement where the merged model's own top token leads by >= 1 logit, and the share of
+    # near-tie positions left out (edgereason.export.verify); absent in manifests written before them
+    top1_confident: float | None = None
+    near_tie_share: float | None = None
     perplexity: float
     reference_perplexity: float
     mean_kl: float

@@ -94,6 +94,12 @@ def test_manifest_records_every_file_with_hashes_and_verification(exported, adap
         v = a["verification"]
         assert v["passed"] and 0 <= v["mean_kl"] and v["perplexity"] > 1
     assert arts["q8_0"]["verification"]["top1_agreement"] >= 0.9
+    # Off the merged model's near-ties (top two logits within 1), f16 rounding flips nothing: a
+    # misaligned position or margin would show here. Every quant reports the share it left out.
+    assert arts["f16"]["verification"]["top1_confident"] == 1.0
+    for name in ("f16", "q8_0", "q4_k_m", "lora"):
+        v = arts[name]["verification"]
+        assert 0 < v["near_tie_share"] < 0.5 and v["top1_confident"] >= v["top1_agreement"] - 0.02
     assert arts["f16"]["verification"]["tokenizer_match"] is True
     assert arts["f16"]["verification"]["chat_template_match"] is True
     # Quantization shrinks files in the expected order.

@@ -27,7 +27,8 @@ def _summary(out: Path) -> None:
 
     data = json.loads((out / "manifest.json").read_text())
     table = Table(title=f"{out} (manifest.json)", caption="* served by default (the ladder's choice)")
-    for col in ("artifact", "status", "MiB", "bits/w", "top-1", "KL", "answers", "format"):
+    # "sure": top-1 agreement off the merged model's near-ties (export.verify.top1_confident)
+    for col in ("artifact", "status", "MiB", "bits/w", "top-1", "sure", "KL", "answers", "format"):
         table.add_column(col, no_wrap=col in ("artifact", "status", "MiB"))
 
     def num(value: object, digits: int) -> str:
@@ -42,7 +43,8 @@ def _summary(out: Path) -> None:
             size += f"+{base_bytes / 2**20:.1f}"
         table.add_row(name + (" [bold]*[/]" if a["file"] == data.get("chosen") else ""),
                       f"[{colour}]{a['status'].replace('passed-not-smallest', 'passed')}[/]", size,
-                      num(a.get("bits_per_weight"), 2), num(v.get("top1_agreement"), 3), num(v.get("mean_kl"), 4),
+                      num(a.get("bits_per_weight"), 2), num(v.get("top1_agreement"), 3), num(v.get("top1_confident"), 3),
+                      num(v.get("mean_kl"), 4),
                       num(answers.get("answer_agreement"), 2), num(answers.get("format_compliance"), 2))
     console.print(table)
 

@@ -139,7 +139,8 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
                                     verification=ver.to_dict(), **extra)
             answers = ver.answers or {}
             console.print(
-                f"  [green]verified[/] top-1 {ver.top1_agreement:.3f}, KL {ver.mean_kl:.4f}, "
+                f"  [green]verified[/] top-1 {ver.top1_agreement:.3f} ({ver.top1_confident:.3f} off near-ties), "
+                f"KL {ver.mean_kl:.4f}, "
                 f"PPL {ver.perplexity:.2f} (ref {ver.reference_perplexity:.2f})"
                 + (f", answers {answers['answer_agreement']:.2f}, format {answers['format_compliance']:.2f}"
                    if answers else "") + f", {entry['size_bytes'] / 2**20:.1f} MiB"
@@ -253,7 +254,8 @@ def _settle_ladder(cfg: GGUFExportConfig, quants: list[str], manifest: Manifest,
     for q, e in entries.items():
         missed = meets_targets(e["verification"], cfg) if e["status"] == "ok" else ["failed verification"]
         ladder.append({"quant": q, "file": e["file"], "size_bytes": serving_bytes(e), "passed": not missed, "missed": missed,
-                       "top1_agreement": e["verification"]["top1_agreement"], "mean_kl": e["verification"]["mean_kl"],
+                       "top1_agreement": e["verification"]["top1_agreement"],
+                       "top1_confident": e["verification"].get("top1_confident"), "mean_kl": e["verification"]["mean_kl"],
                        "answers": e["verification"].get("answers")})
     manifest.data["ladder"] = {"targets": targets, "candidates": ladder}
     if chosen is None:  # nothing is removed: the verified files stay, and so does an earlier pick

@@ -36,12 +36,17 @@ def ladder_plot(manifest: dict[str, Any], path: Path) -> Path:
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 4), fontsize=8)
             if c.get("file") == manifest.get("chosen"):
                 ax.plot([x], [y], "o", ms=13, mfc="none", mec="tab:green", mew=2)
+        if title.startswith("top-1") and any(c.get("top1_confident") is not None for c in rows):
+            # the same agreement off the merged model's near-ties: what is left is real damage
+            sure = [c.get("top1_confident") or float("nan") for c in rows]
+            ax.plot([size[i] for i in quant], [sure[i] for i in quant], "^:", color="tab:gray", label="off near-ties")
+            ax.plot([size[i] for i in lora], [sure[i] for i in lora], "^", color="tab:gray")
         if title.startswith("greedy"):
             ax.plot([size[i] for i in quant], [answers[i].get("format_compliance", float("nan")) for i in quant], "s--",
                     color="tab:orange", label="format compliance")
             ax.plot([size[i] for i in lora], [answers[i].get("format_compliance", float("nan")) for i in lora], "s",
                     color="tab:orange")
-        if lora or title.startswith("greedy"):
+        if lora or not title.startswith("mean"):
             ax.legend(fontsize=7)
         if target is not None:
             ax.axhline(target, ls="--", color="tab:red", lw=1)

@@ -5,6 +5,10 @@ The reference is the merged HF model in float32. For every artifact we measure, 
   reference's, over the reference's 32-token greedy continuations of a few reasoning prompts and
   its whole greedy answers to the answer-check problems (1,200-2,000 tokens with the default 24 on
   SmolLM2, so a 0.01 difference is more than noise; the four prompts alone gave 128 tokens);
+- `top1_confident`: the same agreement where the reference's top token leads its second by at least
+  `CONFIDENT_MARGIN` logits. A small model's reasoning text is full of near-ties (on the pipeline
+  adapter 18% of positions are within 1 logit) that any requantization flips at random, so this
+  figure separates real damage from those coin flips; `near_tie_share` is the share left out;
 - `greedy_prefix_match`: free-running, how many of the first 32 greedy tokens equal the reference's
   before the first difference (mean share over prompts);
 - `perplexity` on a held-out text and `mean_kl` = mean KL(reference ‖ artifact) per token, the
@@ -33,6 +37,8 @@ from edgereason.problems import Problem
 from edgereason.results import Verification
 
 GREEDY_TOKENS = 32
+#: Positions where the reference's top two logits are closer than this are near-ties (see top1_confident).
+CONFIDENT_MARGIN = 1.0
 VERIFY_QUESTIONS = (
     "A baker makes 24 muffins and sells 15 of them. How many muffins are left?",
     "Tom has 3 boxes with 12 pencils each. He gives away 10 pencils. How many pencils does he keep?",
@@ -71,6 +77,12 @@ def thresholds_for(quant: str) -> Thresholds:
     return Thresholds(0.75, 0.6)
 
 
+def _margins(logits: Any) -> np.ndarray:
+    """Per position, the reference's top logit minus its second (a tensor of rows of logits)."""
+    top2 = logits.float().topk(2, dim=-1).values
+    return (top2[..., 0] - top2[..., 1]).numpy()
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
@@ -95,8 +107,9 @@ class Reference:
         self.chat_template = tokenizer.chat_template
         self.prompts: list[list[int]] = []
         self.continuations: list[list[int]] = []
-        # teacher-forced sequences: (token ids, first scored position, the reference's top token at each)
-        self.sequences: list[tuple[list[int], int, np.ndarray]] = []
+        # teacher-forced sequences: (token ids, first scored position, the reference's top token at each,
+        # and its margin over the second)
+        self.sequences: list[tuple[list[int], int, np.ndarray, np.ndarray]] = []
         for q in VERIFY_QUESTIONS:
             ids = tokenizer(backend.render(fmt.messages(q), fmt.prefill), add_special_tokens=False)["input_ids"]
             with torch.no_grad():
@@ -106,7 +119,10 @@ class Reference:
                 )
             self.prompts.append(ids)
             self.continuations.append(out[0, len(ids):].tolist())
-            self.sequences.append((ids + self.continuations[-1], len(ids), np.asarray(self.continuations[-1])))
+            full = ids + self.continuations[-1]
+            with torch.no_grad():
+                margins = _margins(model(torch.tensor([full])).logits[0, len(ids) - 1 : len(full) - 1])
+            self.sequences.append((full, len(ids), np.asarray(self.continuations[-1]), margins))
         for problem, text in zip(self.answer_problems, self.answers.texts if self.answers else []):
             prompt = backend.render(fmt.messages(problem.question))  # `text` starts with the prefill
             start = len(tokenizer(prompt + fmt.prefill, add_special_tokens=False)["input_ids"])
@@ -114,8 +130,8 @@ class Reference:
             if len(ids) <= start:
                 continue
             with torch.no_grad():
-                top = model(torch.tensor([ids])).logits[0, start - 1 : len(ids) - 1].argmax(dim=-1).numpy()
-            self.sequences.append((ids, start, top))
+                logits = model(torch.tensor([ids])).logits[0, start - 1 : len(ids) - 1]
+            self.sequences.append((ids, start, logits.argmax(dim=-1).numpy(), _margins(logits)))
         self.text_ids = tokenizer(HELDOUT_TEXT, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(torch.tensor([self.text_ids])).logits[0].float().numpy()
@@ -126,7 +142,7 @@ class Reference:
     @property
     def max_tokens(self) -> int:
         """The longest input an artifact is given (its context must hold it)."""
-        return max([len(self.text_ids)] + [len(ids) for ids, _, _ in self.sequences]
+        return max([len(self.text_ids)] + [len(ids) for ids, _, _, _ in self.sequences]
                    + [len(p) + GREEDY_TOKENS for p in self.prompts])
 
 
@@ -138,6 +154,8 @@ def _perplexity(logprobs: np.ndarray, ids: list[int]) -> float:
 @dataclass
 class _Measured:
     top1: float
+    top1_confident: float
+    near_ties: float
     prefix: float
     perplexity: float
     kl: float
@@ -148,11 +166,14 @@ def _measure(ref: Reference, logits_of: Callable[[list[int]], np.ndarray], greed
              detokenize: Callable[[list[int]], str]) -> _Measured:
     """The token-level figures of one engine: `logits_of(ids)` gives a row of logits per position,
     `greedy(prompt, n)` up to n greedy tokens (stopping at EOS)."""
-    agree = total = 0
-    for ids, start, ref_top in ref.sequences:
-        top = logits_of(ids)[start - 1 : len(ids) - 1].argmax(axis=-1)
-        agree += int((top == ref_top).sum())
+    agree = total = agree_confident = confident = 0
+    for ids, start, ref_top, margin in ref.sequences:
+        same = logits_of(ids)[start - 1 : len(ids) - 1].argmax(axis=-1) == ref_top
+        sure = margin >= CONFIDENT_MARGIN
+        agree += int(same.sum())
         total += len(ref_top)
+        agree_confident += int(same[sure].sum())
+        confident += int(sure.sum())
     prefix_shares: list[float] = []
     sample = ""
     for prompt, cont in zip(ref.prompts, ref.continuations):
@@ -163,7 +184,8 @@ def _measure(ref: Reference, logits_of: Callable[[list[int]], np.ndarray], greed
         prefix_shares.append(match / max(1, len(cont)))
     logprobs = _log_softmax(logits_of(ref.text_ids)[: len(ref.text_ids) - 1])
     kl = float((np.exp(ref.text_logprobs) * (ref.text_logprobs - logprobs)).sum(axis=-1).mean())
-    return _Measured(agree / max(1, total), float(np.mean(prefix_shares)), _perplexity(logprobs, ref.text_ids), kl, sample)
+    return _Measured(agree / max(1, total), agree_confident / max(1, confident), 1 - confident / max(1, total),
+                     float(np.mean(prefix_shares)), _perplexity(logprobs, ref.text_ids), kl, sample)
 
 
 def _answers(ref: Reference, make_backend: Callable[[], Any]) -> dict[str, float] | None:
@@ -302,7 +324,8 @@ def _judge(quant: str, m: _Measured, ref: Reference, *, tokenizer_match: bool | 
     if chat_template_match is False:
         problems.append("the chat template did not survive conversion")
     return Verification(
-        passed=not problems, top1_agreement=round(m.top1, 4), greedy_prefix_match=round(m.prefix, 4),
+        passed=not problems, top1_agreement=round(m.top1, 4), top1_confident=round(m.top1_confident, 4),
+        near_tie_share=round(m.near_ties, 4), greedy_prefix_match=round(m.prefix, 4),
         perplexity=round(m.perplexity, 4), reference_perplexity=round(ref.perplexity, 4), mean_kl=round(m.kl, 5),
         tokenizer_match=tokenizer_match, chat_template_match=chat_template_match, sample_answer=m.sample,
         thresholds=asdict(th), problems=problems, answers=answers,
