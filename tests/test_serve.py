@@ -122,6 +122,28 @@ def test_a_vote_is_one_request_with_k_distinct_seeded_samples(server, client):
     assert len({c.text for c in r.choices}) == 4
 
 
+def test_n_samples_take_adjacent_slots(default_model):
+    """A batch's attention spans every KV stream between its lowest and highest slot, so the n=k
+    request's parent is pinned to the lowest idle slot; llama-server's own choice on a fresh server
+    is the last slot (least recently used, ties to the end), with the children at the start."""
+    import asyncio
+
+    from edgereason.backends.base import SamplingParams
+    from edgereason.backends.llama_server import LlamaServerBackend
+
+    backend = LlamaServerBackend(str(default_model.gguf_path), slots=6, ctx_per_slot=256, threads=2)
+    try:
+        async def sample() -> int:
+            params = SamplingParams(max_tokens=4, temperature=1.0, seed=3, ignore_eos=True)
+            return len([c async for c in backend.asamples("The story begins", params, 3)])
+
+        assert asyncio.run(sample()) == 3
+        used = sorted(s["id"] for s in backend.slot_states() if "id_task" in s)  # what llama-server records
+        assert used == [0, 1, 2]
+    finally:
+        backend.close()
+
+
 def test_a_disconnected_client_stops_its_generation(server):
     wait_idle(server)
     before = engine_metrics(server)

@@ -94,6 +94,10 @@ class OpenAIBackend(Backend):
         return len(r.json()["tokens"])
 
     # ---- request bodies and responses --------------------------------------------------------
+    async def samples_body(self, k: int) -> dict[str, Any]:
+        """Fields an n=k request adds for this server (none for a plain OpenAI server)."""
+        return {}
+
     def completion_body(self, prompt: str, params: SamplingParams, stream: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.upstream_model, "prompt": prompt, "max_tokens": params.max_tokens,
                                 "n": params.n, "temperature": params.temperature, "top_p": params.top_p,
@@ -274,7 +278,7 @@ class OpenAIBackend(Backend):
         texts: dict[int, str] = {}
         counts: dict[int, int] = {}
         finished: set[int] = set()
-        body = self.completion_body(prompt, replace(params, n=k), stream=True)
+        body = {**self.completion_body(prompt, replace(params, n=k), stream=True), **await self.samples_body(k)}
         try:
             async with self.ahttp.stream("POST", f"{self.url}/v1/completions", json=body) as r:
                 if r.status_code >= 400:
