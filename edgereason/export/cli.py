@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -26,10 +27,13 @@ def _summary(out: Path) -> None:
     from edgereason.export.gguf_export import serving_bytes
 
     data = json.loads((out / "manifest.json").read_text())
-    table = Table(title=f"{out} (manifest.json)", caption="* served by default (the ladder's choice)")
-    # "sure": top-1 agreement off the merged model's near-ties (export.verify.top1_confident)
-    for col in ("artifact", "status", "MiB", "bits/w", "top-1", "sure", "KL", "answers", "format"):
-        table.add_column(col, no_wrap=col in ("artifact", "status", "MiB"))
+    # No vertical rules and short headers: nine columns fit 80 characters without cutting a figure.
+    table = Table(title=f"{out} (manifest.json)", caption="* served by default (the ladder's choice)",
+                  box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    # "sure": top-1 agreement off the merged model's near-ties (export.verify.top1_confident);
+    # "ans" and "fmt": greedy answers equal to the merged model's, and format compliance
+    for col in ("artifact", "status", "MiB", "bits", "top-1", "sure", "KL", "ans", "fmt"):
+        table.add_column(col, no_wrap=True)
 
     def num(value: object, digits: int) -> str:
         return f"{value:.{digits}f}" if isinstance(value, (int, float)) else ""
