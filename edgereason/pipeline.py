@@ -187,11 +187,13 @@ def write_pipeline_report(cfg: PipelineConfig, timings: dict[str, float], benche
 
     manifest = ExportManifest.read(p["export"] / "manifest.json")
     lines += ["", "## Export (each artifact verified against the merged model)", "",
-              "| artifact | size MiB | bits/weight | top-1 agreement | PPL (ref) | mean KL | status |",
-              "|---|---|---|---|---|---|---|"]
+              "| artifact | size MiB | bits/weight | top-1 agreement | off near-ties | PPL (ref) | mean KL | status |",
+              "|---|---|---|---|---|---|---|---|"]
     for a in manifest.artifacts.values():
         v = a.verification
-        checks = f"{v.top1_agreement} | {v.perplexity} ({v.reference_perplexity}) | {v.mean_kl}" if v else "(the reference) | | "
+        sure = "" if v is None or v.top1_confident is None else v.top1_confident
+        checks = (f"{v.top1_agreement} | {sure} | {v.perplexity} ({v.reference_perplexity}) | {v.mean_kl}" if v
+                  else "(the reference) | | | ")
         lines.append(f"| {a.file} | {a.size_bytes / 2**20:.1f} | {a.bits_per_weight or ''} | {checks} | {a.status} |")
 
     lines += ["", "## Eval: base vs trained vs quantized, the same problems, greedy", "",
