@@ -135,7 +135,10 @@ def test_n_samples_take_adjacent_slots(default_model):
     try:
         async def sample() -> int:
             params = SamplingParams(max_tokens=4, temperature=1.0, seed=3, ignore_eos=True)
-            return len([c async for c in backend.asamples("The story begins", params, 3)])
+            try:
+                return len([c async for c in backend.asamples("The story begins", params, 3)])
+            finally:  # its connections belong to this loop: close them here, not from close()'s own loop
+                await backend.ahttp.aclose()
 
         assert asyncio.run(sample()) == 3
         used = sorted(s["id"] for s in backend.slot_states() if "id_task" in s)  # what llama-server records
