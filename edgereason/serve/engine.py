@@ -153,8 +153,7 @@ class ReasoningEngine:
     @staticmethod
     def retry_params(params: SamplingParams, offset: int = 1000) -> SamplingParams:
         """A retry's own seed, and a sampling temperature: greedy decoding would repeat the invalid text."""
-        return replace(params, n=1, seed=None if params.seed is None else params.seed + offset,
-                       temperature=max(params.temperature, RETRY_TEMPERATURE))
+        return replace(params.nth(offset), temperature=max(params.temperature, RETRY_TEMPERATURE))
 
     async def _generate_valid(self, prompt: str, params: SamplingParams, validate: bool) -> Answer:
         """One completion; with `validate`, retried with a new seed while the format fails."""
