@@ -155,7 +155,7 @@ class ComparisonRow(Result):
     baseline: float
     tokens: float
     partial: bool = False
-    delta: dict[str, float] = Field(default_factory=dict)  # rule -> accuracy difference vs the first target
+    delta: dict[str, float] = Field(default_factory=dict)  # strict/flexible/format -> difference vs the first target
     p_value: dict[str, float] = Field(default_factory=dict)  # rule -> McNemar p
     discordant: dict[str, tuple[int, int]] = Field(default_factory=dict)  # rule -> (only this, only the first)
     maj: dict[str, dict[str, float]] = Field(default_factory=dict)

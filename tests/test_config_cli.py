@@ -90,6 +90,16 @@ def test_eval_bad_benchmark_is_a_clear_error():
     assert out.returncode == 2 and "unknown benchmark" in out.stdout + out.stderr
 
 
+def test_eval_checks_every_target_before_evaluating_any(tmp_path):
+    # the bad target is the last: without the check, the first would be evaluated (minutes) before it fails
+    out = run_cli("eval", "-m", "smollm2-135m", "--compare", "smollm2-135m+no/such/adapter", "--limit", "1",
+                  "--out", str(tmp_path))
+    assert out.returncode == 2 and "no/such/adapter not found" in out.stdout + out.stderr
+    out = run_cli("eval", "-m", "smollm2-135m", "--compare", "no-such-model", "--limit", "1", "--out", str(tmp_path))
+    assert out.returncode == 2 and "unknown model 'no-such-model'" in out.stdout + out.stderr
+    assert not list(tmp_path.rglob("samples.jsonl"))
+
+
 def test_grader_bench_command():
     out = run_cli("eval", "--grader-bench")
     assert out.returncode == 0 and "hand-labelled completions" in out.stdout and "Flexible rules" in out.stdout

@@ -8,7 +8,7 @@ import pytest
 from edgereason.data import DataError, load_benchmark
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact
-from edgereason.evalsuite.report import write_report, write_transfer_report
+from edgereason.evalsuite.report import compare_rows, write_report, write_transfer_report
 from edgereason.evalsuite.runner import EvalError, baseline_of, run_eval
 from edgereason.evalsuite.targets import parse_target
 from edgereason.grading import choice_letter, is_correct
@@ -98,6 +98,10 @@ def test_targets_parse(tmp_path):
     assert t.backend == "llama.cpp" and str(t.adapter) == "adapter-lora-f16.gguf"
     (tmp_path / "manifest.json").write_text("{}")
     assert parse_target(str(tmp_path)).backend == "llama.cpp"  # an export folder
+    plus = tmp_path / "q5_1+ffn_down8.gguf"  # a file whose name holds "+" is that file
+    plus.write_bytes(b"")
+    t = parse_target(str(plus))
+    assert (t.model, t.adapter, t.backend) == (str(plus), None, "llama.cpp")
     t = parse_target("http://127.0.0.1:8000/v1#smol")
     assert (t.backend, t.url, t.model) == ("server", "http://127.0.0.1:8000/v1", "smol")
 
@@ -146,6 +150,12 @@ def test_real_eval_through_transformers_and_llama_cpp_writes_everything(tmp_path
     report = write_report([hf, cpp], tmp_path / "report")
     text = report.read_text()
     assert "Δ strict (p)" in text and "Δ flexible (p)" in text and "maj@3" in text and "Baseline" in text
+    # format compliance is paired per problem too: gained / lost counted from the two targets' samples
+    assert "Δ format (p; gained / lost)" in text
+    row = compare_rows([hf, cpp])[1]
+    fh, fc = ({r["id"]: r["format_valid"] for r in _rows(tmp_path / n / "samples.jsonl")} for n in ("hf", "cpp"))
+    assert row.discordant["format"] == (sum(fc[i] and not fh[i] for i in fh), sum(fh[i] and not fc[i] for i in fh))
+    assert row.delta["format"] == pytest.approx(cpp.format_compliance - hf.format_compliance)
     for png in ("models.png", "accuracy_by_k.png"):
         assert (tmp_path / "report" / png).stat().st_size > 5000
 

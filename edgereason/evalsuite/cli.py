@@ -38,12 +38,14 @@ def run(cfg: EvalConfig) -> None:
         return
     from edgereason.evalsuite.report import short_name, write_report, write_transfer_report
     from edgereason.evalsuite.runner import default_out_dir, run_eval
-    from edgereason.evalsuite.targets import parse_target
+    from edgereason.evalsuite.targets import check_target, parse_target
     from edgereason.quiet import quiet_libraries
 
     quiet_libraries()
     targets = [parse_target(spec, cfg.backend, cfg.adapter if i == 0 else None)
                for i, spec in enumerate([cfg.model, *cfg.compare])]
+    for t in targets:  # every target before the first is evaluated: a typo in the last costs no compute
+        check_target(t)
     benches = cfg.benchmarks
     first = cfg.model_copy(update={"benchmark": [benches[0]], "transfer": False})
     root = Path(cfg.out) if cfg.out else (Path("results") / "transfer" if len(benches) > 1 else default_out_dir(first, targets[0]))

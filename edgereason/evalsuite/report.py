@@ -11,16 +11,21 @@ from edgereason.evalsuite.runner import RULES
 from edgereason.plots import pyplot, save_figure
 from edgereason.results import ComparisonRow, EvalSummary
 
+# Paired per problem against the first target: both accuracies and format compliance (what a
+# quantized or retrained model most often loses first).
+PAIRED = (*RULES, "format")
+
 
 def _verdicts(summary: EvalSummary) -> dict[str, dict[str, bool]]:
     path = Path(summary.out_dir) / "samples.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {rule: {r["id"]: bool(r[f"{rule}_correct"]) for r in rows} for rule in RULES}
+    verdicts = {rule: {r["id"]: bool(r[f"{rule}_correct"]) for r in rows} for rule in RULES}
+    return {**verdicts, "format": {r["id"]: bool(r["format_valid"]) for r in rows}}
 
 
 def compare_rows(summaries: list[EvalSummary]) -> list[ComparisonRow]:
-    """One row per target; differences and exact McNemar p-values (per rule) are against the first
-    target, on the problems both finished."""
+    """One row per target; differences and exact McNemar p-values (per rule, and for format
+    compliance) are against the first target, on the problems both finished."""
     base = _verdicts(summaries[0])
     rows = []
     for s in summaries:
@@ -31,7 +36,7 @@ def compare_rows(summaries: list[EvalSummary]) -> list[ComparisonRow]:
             **{"pass": s.pass_at_k})
         if s is not summaries[0]:
             mine = _verdicts(s)
-            for rule in RULES:
+            for rule in PAIRED:
                 shared = [i for i in base[rule] if i in mine[rule]]
                 b01, b10, p = mcnemar_exact([base[rule][i] for i in shared], [mine[rule][i] for i in shared])
                 row.delta[rule] = (sum(mine[rule][i] for i in shared) - sum(base[rule][i] for i in shared)) / max(1, len(shared))
@@ -72,7 +77,7 @@ def benchmark_table(summaries: list[EvalSummary], rows: list[ComparisonRow]) -> 
     head = ["target", "strict (95% CI)", "flexible (95% CI)", "format", "tokens"]
     head += [f"maj@{k} strict / flexible" for k in ks] + [f"pass@{k} flexible" for k in ks]
     if len(summaries) > 1:
-        head += ["Δ strict (p)", "Δ flexible (p)"]
+        head += ["Δ strict (p)", "Δ flexible (p)", "Δ format (p; gained / lost)"]
     lines = [f"Baseline: {_pct(first.baseline.rate)} ({first.baseline.note or first.baseline.kind})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s, r in zip(summaries, rows):
@@ -85,8 +90,11 @@ def benchmark_table(summaries: list[EvalSummary], rows: list[ComparisonRow]) -> 
                   else "" for k in ks]
         cells += [_pct(s.pass_at_k["flexible"][k]) if k in s.pass_at_k.get("flexible", {}) else "" for k in ks]
         if len(summaries) > 1:
-            cells += ["", ""] if not r.delta else [
+            cells += ["", "", ""] if not r.delta else [
                 f"{100 * r.delta[rule]:+.1f} pts ({_sig(r.p_value[rule])})" for rule in RULES]
+            if r.delta:
+                gained, lost = r.discordant["format"]
+                cells.append(f"{100 * r.delta['format']:+.1f} pts ({_sig(r.p_value['format'])}; +{gained} / -{lost})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -107,7 +115,7 @@ def write_report(summaries: list[EvalSummary], out: Path, title: str = "edgereas
     lines += benchmark_table(summaries, rows)
     if len(summaries) > 1:
         lines += ["", "Δ and p are against the first target on the same problems (exact McNemar test on the problems "
-                  "only one of the two solved; * = p < 0.05)."]
+                  "only one of the two solved, or only one of the two answered in format; * = p < 0.05)."]
     for s in summaries:
         for key, groups in s.categories.items():
             lines += ["", f"### `{short_name(s.target)}` by {key}", "",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgereason.backends import Backend, create_backend
 from edgereason.formats import ReasoningFormat
+from edgereason.models import resolve_model
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ def parse_target(spec: str, backend: str | None = None, adapter: Path | None = N
     if spec.startswith(("http://", "https://")):
         url, _, model = spec.partition("#")
         return Target(spec, "server", model, url=url.rstrip("/"))
-    model, plus, extra = spec.partition("+")
+    # A file or folder whose name holds a "+" is that path, not model+adapter.
+    model, plus, extra = (spec, "", "") if Path(spec).exists() else spec.partition("+")
     if plus:
         adapter = Path(extra)
     if backend in (None, "server"):
@@ -48,6 +50,18 @@ def parse_target(spec: str, backend: str | None = None, adapter: Path | None = N
         else:
             backend = "llama.cpp" if model.endswith(".gguf") or is_export else "transformers"
     return Target(spec, backend, model, adapter)
+
+
+def check_target(target: Target) -> None:
+    """Raise before any compute when a target cannot be opened: an unknown model, a missing file or
+    adapter. (A server is checked when it is opened: it may still be starting.)"""
+    if target.backend == "server":
+        return
+    if target.adapter is not None and not target.adapter.exists():
+        raise FileNotFoundError(f"{target.spec}: adapter {target.adapter} not found")
+    if target.backend == "openvino":
+        return  # parse_target chose it because the IR is there
+    resolve_model(target.model)
 
 
 def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, threads: int | None = None,
