@@ -1,0 +1,19 @@
+"""The pipeline's eval targets: base, F16 and the quantized export, and the base GGUF + LoRA when the
+export made one (the artifact that keeps what requantizing the merged weights loses)."""
+
+from edgereason.evalsuite.targets import parse_target
+from edgereason.pipeline import PipelineConfig, _eval_targets
+
+
+def test_eval_targets_add_the_base_gguf_with_the_lora_once_export_made_it(tmp_path):
+    cfg = PipelineConfig(exports_root=tmp_path)
+    labels = [label for label, _ in _eval_targets(cfg)]
+    assert labels == ["base", "trained (F16)", "trained (Q4_K_M)"]
+    export = tmp_path / cfg.name
+    export.mkdir()
+    (export / "adapter-lora-f16.gguf").write_bytes(b"")
+    (label, spec), base = _eval_targets(cfg)[3], _eval_targets(cfg)[0][1]
+    assert label == "trained (base Q4_1 + LoRA)" and base.endswith("Q4_1.gguf")
+    target = parse_target(spec)  # the eval reads it as the base GGUF with a GGUF LoRA on top
+    assert (target.model, target.adapter, target.backend) == (base, export / "adapter-lora-f16.gguf", "llama.cpp")
+    assert target.slug != parse_target(base).slug  # separate results folders
