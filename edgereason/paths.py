@@ -35,3 +35,22 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("EDGEREASON_CACHE_DIR", Path.home() / ".cache" / "edgereason")).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+
+def slug(spec: str, max_len: int = 80) -> str:
+    """A folder name for anything a user names: a model, a target, a benchmark or a file path.
+
+    Never the raw string: an absolute path joined onto a results folder replaces it (pathlib keeps
+    the right-hand absolute path), so results would land beside, or inside, the user's data file.
+    Every character outside `[A-Za-z0-9_.-]` becomes `_` (`/data/svamp.jsonl` -> `data_svamp.jsonl`),
+    so the same spec always maps to the same folder (results resume) and two files named alike in
+    different folders stay apart. A long spec keeps its first characters and 8 hex digits of the
+    whole: a base GGUF and that GGUF + a LoRA share a long prefix."""
+    import hashlib
+    import re
+
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.replace("://", "-")).strip("_") or "_"
+    if len(out) <= max_len:
+        return out
+    return f"{out[: max_len - 9]}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"

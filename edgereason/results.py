@@ -128,6 +128,10 @@ class EvalSummary(Result):
     samples_per_problem: int = 0
     maj_at_k: dict[str, dict[str, float]] = Field(default_factory=dict)  # rule -> k -> value
     pass_at_k: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Votes that check the work: mode (verified, best, repaired) -> rule -> k -> value; and each mode
+    # against maj@k at the largest k ({"k", "majority", mode: {"rate", "gained", "lost", "p"}}).
+    checked_at_k: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    checked_vs_majority: dict[str, Any] = Field(default_factory=dict)
     sample_format_compliance: float | None = None
     categories: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
     partial: bool = False

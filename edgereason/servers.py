@@ -145,6 +145,26 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def serving(self) -> bool:
+        """Up and answering: started, healthy, and its process still running. The process check makes
+        a death visible at once (to /health and to the next request), before the watchdog's next look."""
+        return self.ready.is_set() and self.alive()
+
+    def confirm_death(self, wait_s: float = 1.0) -> bool:
+        """After a failed call: True (and marked not ready) if the process has exited or exits within
+        `wait_s`. A killed server closes its sockets as it exits, so a client can see the broken
+        connection a moment before the exit is reaped; a live process is left as it is."""
+        proc = self.proc
+        if proc is None:
+            return True
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return False
+        if self.proc is proc:  # the watchdog has not already replaced it
+            self.ready.clear()
+        return True
+
     def _kill(self) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:

@@ -133,7 +133,21 @@ def test_voting_counts_every_sample(client):
     assert r.usage.completion_tokens == 4 * len(ANSWER.split())
 
 
+def test_a_verified_vote_reports_each_samples_check(client):
+    r = client.chat.completions.create(model="scripted", messages=USER, max_tokens=64,
+                                       extra_body={"voting": {"k": 3, "early_stop": False, "mode": "verified"}})
+    vote = r.model_extra["voting"]
+    assert vote["mode"] == "verified" and vote["answer"] == "7" and vote["note"] is None
+    assert vote["votes"][0]["weight"] == pytest.approx(3.0)  # three consistent samples, 1.0 each
+    assert [c["status"] for c in vote["checks"]] == ["consistent"] * 3
+    assert all(c["score"] == 1.0 and c["claims"] == 1 and c["answer"] == "7" for c in vote["checks"])
+    plain = client.chat.completions.create(model="scripted", messages=USER, max_tokens=64,
+                                           extra_body={"voting": {"k": 2}})
+    assert plain.model_extra["voting"]["mode"] == "majority" and plain.model_extra["voting"]["checks"] is None
+
+
 @pytest.mark.parametrize("body, status, fragment", [
+    ({"model": "scripted", "messages": USER, "voting": {"k": 2, "mode": "loudest"}}, 400, "voting.mode"),
     ({"model": "scripted", "messages": USER, "temperatur": 0.5}, 400, "temperatur"),  # a typo is not ignored
     ({"model": "scripted", "messages": USER, "logprobs": True}, 400, "logprobs"),  # the engine cannot give them
     ({"model": "scripted", "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),

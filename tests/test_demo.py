@@ -66,3 +66,57 @@ def test_demo_in_a_real_browser():
         demo.close()
         server.stop()
     assert (SHOTS / "demo.png").stat().st_size > 20_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_the_page_shows_each_samples_check_and_flags_a_wrong_step():
+    """Scripted samples with a known fault (two miscompute 3 * 4, one is right): the verified vote
+    answers 10 where the majority answers 12, the page lists each sample's check, and under the
+    majority vote the winning chain's wrong step is marked."""
+    from live_server import free_port
+    from playwright.sync_api import expect, sync_playwright
+
+    from edgereason.backends.scripted import ScriptedBackend
+    from edgereason.formats import get_format
+    from edgereason.serve.app import create_app, serve_in_thread
+    from edgereason.serve.config import EngineLimits
+    from edgereason.serve.engine import ReasoningEngine
+    from edgereason.serve.demo import build_demo, TutorClient, CSS
+
+    fmt = get_format()
+    wrong = fmt.render("3 * 4 = 14 apples.\n14 - 2 = 12 apples left.", "12").removeprefix(fmt.prefill)
+    right = fmt.render("3 * 4 = 12 apples.\n12 - 2 = 10 apples left.", "10").removeprefix(fmt.prefill)
+    script = {1000: wrong, 1001: wrong, 1002: right}
+    engine = ReasoningEngine(ScriptedBackend(lambda prompt, seed: script.get(seed, right)), fmt, EngineLimits())
+    server = serve_in_thread(create_app(engine, "scripted"))
+    demo = build_demo(TutorClient(server.base + "/v1"), default_model="scripted")
+    demo.queue(default_concurrency_limit=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, css=CSS, quiet=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#question textarea").fill(
+                "Tom has 3 boxes with 4 apples in each. He eats 2 apples. How many apples are left?")
+            page.locator("#solve").click()
+            card = page.locator("#answer-card")
+            expect(card).to_contain_text("weighted by checked work", timeout=60_000)
+            expect(card.locator(".final")).to_have_text("10")
+            expect(card).to_contain_text("Sample 1: 12 ✗ miscomputed: 3 * 4 = 14")
+            expect(card).to_contain_text("Sample 3: 10 ✓")
+            page.screenshot(path=str(SHOTS / "demo-verified.png"), full_page=True)
+            # The plain majority takes the miscomputed chain, and its wrong step is marked.
+            page.locator("#mode input").click()
+            page.get_by_role("option", name="majority").click()
+            page.locator("#solve").click()
+            expect(card.locator(".final")).to_have_text("12", timeout=60_000)
+            page.locator("#show-all").click()
+            expect(page.locator("#steps-card li.flagged")).to_have_count(1, timeout=10_000)
+            expect(page.locator("#steps-card li.flagged")).to_contain_text("3 * 4 = 14")
+            browser.close()
+    finally:
+        demo.close()
+        server.stop()

@@ -219,3 +219,29 @@ def test_eval_against_a_live_server_and_a_dead_one(tmp_path):
     assert all(r["completion"] for r in _rows(tmp_path / "srv" / "samples.jsonl"))
     with pytest.raises(EvalError, match="cannot open"):
         run_eval(_cfg(tmp_path, "dead", model=f"http://127.0.0.1:{free_port()}/v1", limit=2), show_progress=False)
+
+
+@pytest.mark.model
+def test_two_absolute_data_files_in_one_eval_keep_their_results_apart(tmp_path, default_model):
+    # `root / bench` with an absolute bench path is that path: results went inside the data file
+    # (NotADirectoryError, issue #29). Each benchmark's folder is now its slug under --out.
+    from edgereason.evalsuite.cli import run
+    from edgereason.paths import slug
+
+    files = []
+    for name in ("svamp", "asdiv"):
+        data = tmp_path / "data" / name / "test.jsonl"  # the same file name in two folders
+        data.parent.mkdir(parents=True)
+        data.write_text("\n".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)})
+                                  for i in range(1, 4)) + "\n")
+        files.append(data.resolve())
+    before = [f.read_bytes() for f in files]
+    out = tmp_path / "results"
+    run(EvalConfig(model=str(default_model.gguf_path), benchmark=[str(f) for f in files], limit=2, max_tokens=8,
+                   out=out))
+    folders = [out / slug(str(f)) for f in files]
+    assert folders[0] != folders[1]
+    for folder in folders:
+        assert len(_rows(folder / "samples.jsonl")) == 2 and (folder / "report.md").is_file()
+    assert (out / "transfer.md").is_file()
+    assert [f.read_bytes() for f in files] == before and all(f.is_file() for f in files)

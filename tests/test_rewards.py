@@ -3,13 +3,13 @@ import math
 import pytest
 
 from edgereason.formats import get_format
+from edgereason.work_check import check_arithmetic
 from edgereason.train.rewards import (
     FORMAT_EXACT,
     FORMAT_INVALID_CAP,
     REWARD_NAMES,
     CosineLengthParams,
     accuracy_reward,
-    check_arithmetic,
     correctness_reward,
     cosine_length_reward,
     format_reward,

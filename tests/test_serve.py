@@ -319,3 +319,48 @@ def test_tools_pass_through_to_llama_server_and_come_back_as_tool_calls(client):
         {"role": "tool", "tool_call_id": call.id, "content": "7"},
     ], tool_choice="none")
     assert follow.choices[0].message.content
+
+
+def test_engine_killed_under_concurrent_load_gives_no_500():
+    """Chaos: 24 concurrent requests (plain, format-constrained, voted), the llama-server child killed
+    with SIGKILL while they run. Every request ends in 200, 502, 503 or 504 (never a 500), the
+    requests the kill cut fail as the engine's unavailability, and the server answers again once its
+    engine is back."""
+    s = Server(llama_cpp={"ctx_per_slot": 1024, "slots": 4}, limits={"max_tokens": 256, "max_k": 4, "max_queue": 64})
+    statuses: list[int] = []
+    try:
+        backend = s.engine.backend
+        old = backend.process.pid
+        bodies = []
+        for i in range(24):
+            body = {"model": "smollm2-135m", "max_tokens": 96, "temperature": 0.7, "seed": i, "messages": QUESTION}
+            if i % 3 == 0:
+                body.update(reasoning=False, ignore_eos=True)
+            elif i % 3 == 2:
+                body["voting"] = {"k": 2}
+            bodies.append(body)
+        with httpx.Client(timeout=120) as http, cf.ThreadPoolExecutor(24) as pool:
+            futures = [pool.submit(http.post, s.base + "/v1/chat/completions", json=b) for b in bodies]
+            deadline = time.monotonic() + 60
+            while s.engine.in_flight == 0:
+                assert time.monotonic() < deadline, "no request reached the engine within 60 s"
+                time.sleep(0.01)
+            os.kill(old, signal.SIGKILL)
+            for f in futures:
+                r = f.result(timeout=180)
+                statuses.append(r.status_code)
+                if r.status_code != 200:
+                    assert r.json()["error"]["type"] in ("service_unavailable", "upstream_error", "timeout_error")
+        assert set(statuses) <= {200, 502, 503, 504}, statuses
+        assert any(code != 200 for code in statuses), "the kill cut no request"
+        deadline = time.monotonic() + 120
+        while not backend.process.serving():
+            assert time.monotonic() < deadline, "llama-server did not come back within 120 s"
+            time.sleep(0.1)
+        assert backend.process.pid != old
+        r = httpx.post(s.base + "/v1/chat/completions", timeout=120,
+                       json={"model": "smollm2-135m", "max_tokens": 4, "reasoning": False, "messages": QUESTION})
+        assert r.status_code == 200
+    finally:
+        s.stop()
+        print(f"outcomes after the kill: { {c: statuses.count(c) for c in sorted(set(statuses))} }")

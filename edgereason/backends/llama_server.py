@@ -13,16 +13,17 @@ Requests carrying `tools` go to its `/v1/chat/completions`, where its Jinja temp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from edgereason.backends import tool_calls
-from edgereason.backends.base import BackendUnavailable, Completion, Delta, Messages, SamplingParams
+from edgereason.backends.base import BackendError, BackendRejected, BackendUnavailable, Completion, Delta, Messages, SamplingParams
 from edgereason.backends.chat_template import ChatTemplate
 from edgereason.backends.openai_client import OpenAIBackend
 from edgereason.gguf_meta import gguf_info
@@ -102,8 +103,23 @@ class LlamaServerBackend(OpenAIBackend):
         return {"id_slot": idle[0]} if len(idle) >= k else {}
 
     def _require_ready(self) -> None:
-        if not self.process.ready.is_set():
+        if not self.process.serving():
             raise BackendUnavailable(f"llama-server is restarting (restart {self.process.restarts}); retry shortly")
+
+    def _failure(self, error: BackendError) -> BackendError:
+        """What a failed call to llama-server means for the client: if the process died, the engine is
+        unavailable (HTTP 503) and is marked so at once (/health says it before the watchdog's next
+        look, and the requests after it get 503 without trying); otherwise the engine's own error."""
+        if isinstance(error, BackendRejected) or not self.process.confirm_death():
+            return error
+        return BackendUnavailable(f"llama-server stopped during the request ({error}); it is being restarted")
+
+    def count_tokens(self, text: str) -> int:
+        self._require_ready()
+        try:
+            return super().count_tokens(text)
+        except BackendError as e:
+            raise self._failure(e) from e
 
     async def acomplete(self, prompt: str, params: SamplingParams) -> list[Completion]:
         """Streamed from llama-server even when the caller wants whole answers: a streamed request
@@ -118,24 +134,30 @@ class LlamaServerBackend(OpenAIBackend):
             final = None
             async for d in super().astream(prompt, params):
                 final = d.completion or final
-            assert final is not None
-            return [final]
-        except Exception:
-            self._raise_if_down()
-            raise
+        except BackendError as e:
+            raise await asyncio.to_thread(self._failure, e) from e
+        if final is None:
+            raise BackendError("llama-server ended the stream without a final chunk")
+        return [final]
 
     async def astream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
         self._require_ready()
         try:
             async for d in super().astream(prompt, params):
                 yield d
-        except Exception:
-            self._raise_if_down()
-            raise
+        except BackendError as e:
+            raise await asyncio.to_thread(self._failure, e) from e
 
-    def _raise_if_down(self) -> None:
-        if not self.process.alive() or not self.process.ready.is_set():
-            raise BackendUnavailable("llama-server stopped during the request; it is being restarted") from None
+    async def asamples(self, prompt: str, params: SamplingParams, k: int) -> AsyncGenerator[tuple[int, Completion], None]:
+        self._require_ready()
+        gen = super().asamples(prompt, params, k)
+        try:
+            async for item in gen:
+                yield item
+        except BackendError as e:
+            raise await asyncio.to_thread(self._failure, e) from e
+        finally:
+            await gen.aclose()  # closing early (a settled vote) closes the stream, which stops the rest
 
     async def achat_tools(self, messages: Messages, params: SamplingParams, tools: list[dict[str, Any]],
                           tool_choice: Any) -> list[Completion]:
@@ -159,8 +181,7 @@ class LlamaServerBackend(OpenAIBackend):
         try:
             r = await self.ahttp.post(f"{self.url}/v1/chat/completions", json=body)
         except httpx.HTTPError as e:
-            self._raise_if_down()
-            raise BackendUnavailable(f"llama-server: {type(e).__name__}: {e}") from None
+            raise await asyncio.to_thread(self._failure, BackendError(f"llama-server: {type(e).__name__}: {e}")) from e
         data = self._check(r)
         out = []
         prompt, per_choice, cached = self._usage(data, len(data.get("choices") or []))
@@ -190,7 +211,7 @@ class LlamaServerBackend(OpenAIBackend):
     def health(self) -> dict[str, Any]:
         return {**super().health(), "engine": "llama-server", "pid": self.process.pid, "slots": self.slots,
                 "ctx_per_slot": self.ctx_per_slot, "files": self.files, "restarts": self.process.restarts,
-                "ready": self.process.ready.is_set(), "log": str(self.process.log_path)}
+                "ready": self.process.serving(), "log": str(self.process.log_path)}
 
     def close(self) -> None:
         super().close()

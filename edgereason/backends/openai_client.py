@@ -88,7 +88,10 @@ class OpenAIBackend(Backend):
         return self.template.render(messages, tools) + prefix
 
     def count_tokens(self, text: str) -> int:
-        r = self.http.post(f"{self.url}/tokenize", json={"content": text, "add_special": False})
+        try:
+            r = self.http.post(f"{self.url}/tokenize", json={"content": text, "add_special": False})
+        except httpx.HTTPError as e:
+            raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from e
         if r.status_code != 200:
             raise BackendError(f"{self.url} cannot count tokens (no /tokenize endpoint)")
         return len(r.json()["tokens"])
@@ -263,8 +266,8 @@ class OpenAIBackend(Backend):
                             text += piece
                             logprobs += lps or []
                             yield Delta(piece, logprobs=lps)
-        except httpx.HTTPError as e:
-            raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None
+        except (httpx.HTTPError, json.JSONDecodeError) as e:  # a truncated event: the stream was cut
+            raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from e
         prompt_tokens, completion_tokens, cached = self._usage({"usage": usage}, 1) if usage else (0, n_tokens, None)
         done = Completion(text, prompt_tokens, completion_tokens or n_tokens, _finish(finish), time.perf_counter() - t0,
                           ttft, logprobs or None, cached)
@@ -303,8 +306,8 @@ class OpenAIBackend(Backend):
                                                         else (0, counts[i], None))
                             yield i, Completion(texts[i], n_prompt, tokens, _finish(c["finish_reason"]),
                                                 time.perf_counter() - t0, cached_tokens=cached)
-        except httpx.HTTPError as e:
-            raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from None
+        except (httpx.HTTPError, json.JSONDecodeError) as e:  # a truncated event: the stream was cut
+            raise BackendError(f"{self.url}: {type(e).__name__}: {e}") from e
         for i in range(k):
             if i not in finished:
                 (c,) = await self.acomplete(prompt, params.nth(i))

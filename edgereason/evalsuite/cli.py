@@ -39,6 +39,7 @@ def run(cfg: EvalConfig) -> None:
     from edgereason.evalsuite.report import short_name, write_report, write_transfer_report
     from edgereason.evalsuite.runner import default_out_dir, run_eval
     from edgereason.evalsuite.targets import check_target, parse_target
+    from edgereason.paths import slug
     from edgereason.quiet import quiet_libraries
 
     quiet_libraries()
@@ -55,7 +56,9 @@ def run(cfg: EvalConfig) -> None:
     reports = []
     for bench in benches:
         one = cfg.model_copy(update={"benchmark": [bench], "transfer": False})
-        bench_root = root / bench if len(benches) > 1 else root
+        # A folder per benchmark named by its slug, never the raw name: an absolute data path joined
+        # onto `root` would replace it and put results inside the user's data file.
+        bench_root = root / slug(bench) if len(benches) > 1 else root
         summaries = []
         for t in targets:
             sub = bench_root / t.slug if len(targets) > 1 else bench_root
@@ -67,7 +70,8 @@ def run(cfg: EvalConfig) -> None:
     for bench, summaries in by_benchmark.items():
         s0 = summaries[0]
         table = Table(title=f"{bench}: {s0.n} problems (baseline {s0.baseline.rate:.1%})")
-        for col in ("target", "strict", "flexible", "95% CI (flexible)", "format", "maj@k", "tokens", "time"):
+        for col in ("target", "strict", "flexible", "95% CI (flexible)", "format", "maj@k", "verified@k", "tokens",
+                    "time"):
             table.add_column(col, overflow="fold")
         for s in summaries:
             lo, hi = s.flexible.ci95
@@ -76,6 +80,7 @@ def run(cfg: EvalConfig) -> None:
             table.add_row(short_name(s.target) + (" [red](partial)[/]" if s.partial else "") + warn,
                           f"{s.strict.value:.1%}", f"{s.flexible.value:.1%}", f"{lo:.1%}–{hi:.1%}",
                           f"{s.format_compliance:.1%}", f"maj@{kmax} {s.maj_at_k['flexible'][kmax]:.1%}" if kmax else "",
+                          f"{s.checked_at_k['verified']['flexible'][kmax]:.1%}" if kmax and s.checked_at_k else "",
                           f"{s.mean_completion_tokens:.0f}", f"{s.seconds:.0f} s" + (f" ({s.resumed} resumed)" if s.resumed else ""))
         console.print(table)
     for r in reports:

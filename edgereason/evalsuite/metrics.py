@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -37,16 +38,35 @@ def majority_correct(answers: list[str | None], valid: list[bool], correct: list
     """maj@k of one problem from its first k samples: 1 if the majority answer is correct, 0 if it is
     wrong, and for a tie at the top the expected value of breaking it uniformly (the share of tied
     groups that are correct), so ties neither help nor hurt on average."""
-    from edgereason.voting import majority_vote
+    return vote_correct("majority", answers, valid, correct, k)[0]
+
+
+def vote_correct(mode: str, answers: list[str | None], valid: list[bool], correct: list[bool], k: int,
+                 scores: list[float] | None = None) -> tuple[float, bool]:
+    """One problem's vote over its first k samples: (the expected correctness with ties at the top
+    broken uniformly, whether the answer the vote returns is correct: ties to the earliest group, what
+    a paired test needs). `mode` is majority, verified (votes weighted by `scores`, the samples' work
+    checks) or best (the best-scored sample). A repaired vote is a verified one over the repaired
+    ballots (`edgereason.voting.repaired_ballots`)."""
+    from edgereason.voting import best_vote, weighted_vote
 
     if k > len(answers):
-        raise ValueError(f"maj@{k} needs at least {k} samples, got {len(answers)}")
-    vote = majority_vote(answers[:k], valid[:k])
-    if not vote.groups:
-        return 0.0
-    top = vote.groups[0].count
-    tied = [g for g in vote.groups if g.count == top]
-    return sum(correct[g.members[0]] for g in tied) / len(tied)
+        raise ValueError(f"@{k} needs at least {k} samples, got {len(answers)}")
+    if mode != "majority" and scores is None:
+        raise ValueError(f"a {mode} vote needs the samples' scores")
+    if mode == "best":
+        result = best_vote(answers[:k], (scores or [])[:k], valid[:k])
+    else:
+        result = weighted_vote(answers[:k], scores[:k] if mode == "verified" and scores else None, valid[:k])
+    if not result.groups:
+        return 0.0, False
+    top = result.groups[0]
+
+    def rank(g: Any) -> tuple[float, int]:
+        return (g.weight, g.count if mode == "best" else 0)
+
+    tied = [g for g in result.groups if rank(g) == rank(top)]
+    return sum(correct[g.members[0]] for g in tied) / len(tied), bool(correct[top.members[0]])
 
 
 def mcnemar_exact(a_correct: list[bool], b_correct: list[bool]) -> tuple[int, int, float]:

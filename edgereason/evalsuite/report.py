@@ -99,6 +99,28 @@ def benchmark_table(summaries: list[EvalSummary], rows: list[ComparisonRow]) -> 
     return lines
 
 
+def checked_vote_table(summaries: list[EvalSummary]) -> list[str]:
+    """Votes that check the work beside maj@k and pass@k at the largest k (flexible), each against
+    maj@k on the same problems; empty when no target sampled with checks."""
+    with_checks = [s for s in summaries if s.checked_vs_majority]
+    if not with_checks:
+        return []
+    lines = ["", "### Voting that checks the work", "",
+             "At the largest k, flexible rule: `verified` weighs each sample by a re-execution of its own arithmetic, "
+             "`best` takes the best-checked sample, `repaired` votes after recomputing miscomputed steps "
+             "(`edgereason.voting`). Gained / lost and p (exact McNemar) are against maj@k on the same problems.", "",
+             "| target | k | maj@k | verified@k | best@k | repaired@k | pass@k |", "|---|---|---|---|---|---|---|"]
+    for s in with_checks:
+        v = s.checked_vs_majority
+        k = str(v["k"])
+        cells = [f"`{short_name(s.target)}`", k, _pct(v["majority"])]
+        cells += [f"{_pct(v[m]['rate'])} (+{v[m]['gained']} / -{v[m]['lost']}, p {_sig(v[m]['p'])})"
+                  for m in ("verified", "best", "repaired")]
+        cells.append(_pct(s.pass_at_k.get("flexible", {}).get(k, 0.0)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(summaries: list[EvalSummary], out: Path, title: str = "edgereason eval") -> Path:
     """report.md + plots (PNG) + comparison.json for one benchmark; returns the report path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -116,6 +138,7 @@ def write_report(summaries: list[EvalSummary], out: Path, title: str = "edgereas
     if len(summaries) > 1:
         lines += ["", "Δ and p are against the first target on the same problems (exact McNemar test on the problems "
                   "only one of the two solved, or only one of the two answered in format; * = p < 0.05)."]
+    lines += checked_vote_table(summaries)
     for s in summaries:
         for key, groups in s.categories.items():
             lines += ["", f"### `{short_name(s.target)}` by {key}", "",
@@ -210,10 +233,14 @@ def _plots(summaries: list[EvalSummary], out: Path) -> list[Path]:
             line = ax.plot([int(k) for k in ks], [100 * s.maj_at_k["flexible"][k] for k in ks], "o-", label=f"maj@k {label}")[0]
             ax.plot([int(k) for k in ks], [100 * s.pass_at_k["flexible"][k] for k in ks], "s--", color=line.get_color(),
                     label=f"pass@k {label}")
+            verified = s.checked_at_k.get("verified", {}).get("flexible")
+            if verified:
+                ax.plot([int(k) for k in ks], [100 * verified[k] for k in ks], "^:", color=line.get_color(),
+                        label=f"verified@k {label}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (samples)")
         ax.set_ylabel("flexible accuracy %")
-        ax.set_title("maj@k vs pass@k")
+        ax.set_title("maj@k (and verified@k) vs pass@k")
         ax.legend(fontsize=7)
         paths.append(save_figure(fig, out / "accuracy_by_k.png"))
 

@@ -21,11 +21,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgereason.backends.base import Completion, SamplingParams
 from edgereason.data import Problem, load_benchmark, sample_problems
 from edgereason.evalsuite.config import EvalConfig
-from edgereason.evalsuite.metrics import majority_correct, pass_at_k, wilson_interval
+from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact, pass_at_k, vote_correct, wilson_interval
 from edgereason.evalsuite.targets import Target, open_target, parse_target
 from edgereason.formats import ReasoningFormat, get_format
-from edgereason.grading import answer_type, grade_completion, normalize_answer
+from edgereason.grading import answer_type, answers_equal, grade_completion, normalize_answer
 from edgereason.results import Accuracy, Baseline, EvalSummary
+from edgereason.work_check import check_work
 
 RULES = ("strict", "flexible")
 
@@ -79,9 +80,16 @@ def baseline_of(problems: list[Problem]) -> Baseline:
     return Baseline(rate=expected / len(problems), kind=kind, note="; ".join(parts))
 
 
-def _grade(c: Completion, p: Problem, fmt: ReasoningFormat, keep_text: bool) -> dict[str, Any]:
+def _grade(c: Completion, p: Problem, fmt: ReasoningFormat, keep_text: bool, check: bool = False) -> dict[str, Any]:
     parsed = fmt.parse(c.text)
     v = grade_completion(c.text, p.gold_answer, p.choices, fmt)
+    work: dict[str, Any] = {}
+    if check and fmt.kind == "tags":  # a sample's own work checked, for the votes that weigh it
+        w = check_work(c.text, p.prompt, fmt)
+        work = {"work_status": w.status.value, "work_score": w.score}
+        if w.repaired_answer is not None:
+            work |= {"repaired_answer": w.repaired_answer,
+                     "repaired_correct": answers_equal(w.repaired_answer, p.gold_answer)}
     rec: dict[str, Any] = {
         "answer_type": v.kind,
         "strict_answer": v.strict_answer,
@@ -92,6 +100,7 @@ def _grade(c: Completion, p: Problem, fmt: ReasoningFormat, keep_text: bool) -> 
         "reasoning_words": len((parsed.reasoning or "").split()),
         "completion_tokens": c.completion_tokens,
         "latency_s": round(c.latency_s, 3),
+        **work,
     }
     if keep_text:
         rec["completion"] = c.text
@@ -193,7 +202,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
                 rec = {"id": p.id, "question": p.prompt, "gold": p.gold_answer, "subject": p.subject,
                        "level": p.level, "source": p.source, "prompt_tokens": g.prompt_tokens,
                        **_grade(g, p, fmt, keep_text=True),
-                       "samples": [_grade(s, p, fmt, keep_text=cfg.keep_sample_text) for s in samples]}
+                       "samples": [_grade(s, p, fmt, keep_text=cfg.keep_sample_text, check=True) for s in samples]}
                 records[p.id] = rec
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
@@ -239,6 +248,7 @@ def summarise(records: list[dict[str, Any]], problems: list[Problem], cfg: EvalC
             maj[rule][str(k)] = sum(per) / n
             pak[rule][str(k)] = sum(pass_at_k(len(r["samples"]), sum(s[ok] for s in r["samples"]), k)
                                     for r in records) / n
+    checked, versus = checked_votes(records, k_max)
     all_samples = [s for r in records for s in r["samples"]]
     categories: dict[str, dict[str, dict[str, float]]] = {}
     for key in ("subject", "level", "source"):
@@ -260,6 +270,55 @@ def summarise(records: list[dict[str, Any]], problems: list[Problem], cfg: EvalC
         mean_reasoning_words=sum(r["reasoning_words"] for r in records) / n if n else 0.0,
         seconds=round(seconds, 2), generation=settings, out_dir=str(out), samples_per_problem=k_max,
         maj_at_k=maj if k_max else {}, pass_at_k=pak if k_max else {},
+        checked_at_k=checked, checked_vs_majority=versus,
         sample_format_compliance=_rate(all_samples, "format_valid") if all_samples else None,
         categories=categories,
     )
+
+
+#: The votes that check the work, reported beside maj@k (see edgereason.voting).
+CHECKED_MODES = ("verified", "best", "repaired")
+
+
+def _ballots(samples: list[dict[str, Any]], mode: str, rule: str) -> tuple[list[Any], list[bool], list[bool], list[float]]:
+    """(answers, valid, correct, scores) of one problem's samples for a vote of `mode` under `rule`.
+    A repaired vote's ballots come from the calculator: a miscomputed chain votes for its recomputed
+    answer (graded against the gold), weighted as a consistent sample."""
+    from edgereason.work_check import STATUS_SCORE, WorkStatus
+
+    answers, correct, scores = [], [], []
+    for s in samples:
+        if mode == "repaired" and "repaired_answer" in s and s[f"{rule}_answer"] is not None:
+            answers.append(s["repaired_answer"])
+            correct.append(bool(s["repaired_correct"]))
+            scores.append(STATUS_SCORE[WorkStatus.CONSISTENT])
+        else:
+            answers.append(s[f"{rule}_answer"])
+            correct.append(bool(s[f"{rule}_correct"]))
+            scores.append(float(s["work_score"]))
+    valid = [bool(s["format_valid"]) or rule == "flexible" for s in samples]
+    return answers, valid, correct, scores
+
+
+def _vote(samples: list[dict[str, Any]], mode: str, rule: str, k: int) -> tuple[float, bool]:
+    answers, valid, correct, scores = _ballots(samples, mode, rule)
+    return vote_correct("verified" if mode == "repaired" else mode, answers, valid, correct, k, scores)
+
+
+def checked_votes(records: list[dict[str, Any]], k_max: int) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
+    """verified@k, best@k and repaired@k per rule (mode -> rule -> k -> rate), and each against maj@k
+    at the largest k on the same problems (flexible rule; exact McNemar on the answers each vote
+    returns). Empty when the samples carry no work check (older results, or a format without a
+    reasoning section)."""
+    if not k_max or not records or not all("work_score" in s for r in records for s in r["samples"]):
+        return {}, {}
+    n = len(records)
+    rates = {mode: {rule: {str(k): sum(_vote(r["samples"], mode, rule, k)[0] for r in records) / n
+                           for k in ks_for(k_max)} for rule in RULES} for mode in CHECKED_MODES}
+    majority = [_vote(r["samples"], "majority", "flexible", k_max)[1] for r in records]
+    versus: dict[str, Any] = {"k": k_max, "majority": sum(majority) / n}
+    for mode in CHECKED_MODES:
+        mine = [_vote(r["samples"], mode, "flexible", k_max)[1] for r in records]
+        b01, b10, p = mcnemar_exact(majority, mine)
+        versus[mode] = {"rate": sum(mine) / n, "gained": b01, "lost": b10, "p": p}
+    return rates, versus

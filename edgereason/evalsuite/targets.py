@@ -12,14 +12,13 @@ Target strings (for `--model` and `--compare`):
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgereason.backends import Backend, create_backend
 from edgereason.formats import ReasoningFormat
 from edgereason.models import resolve_model
+from edgereason.paths import slug
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,7 @@ class Target:
     def slug(self) -> str:
         """The target's results folder name. A long spec keeps its first 71 characters and a hash of the
         whole: a base GGUF and that GGUF + a LoRA share a long prefix."""
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec.replace("://", "-")).strip("_")
-        if len(slug) <= 80:
-            return slug
-        return f"{slug[:71]}-{hashlib.sha256(self.spec.encode()).hexdigest()[:8]}"
+        return slug(self.spec)
 
 
 def parse_target(spec: str, backend: str | None = None, adapter: Path | None = None) -> Target:

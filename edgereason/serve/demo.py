@@ -1,8 +1,10 @@
 """`edgereason demo`: a Gradio tutoring app on top of the serve layer.
 
 A student types a problem (or picks an example) and sees the reasoning stream in, then the final
-answer, a confidence from majority voting over k samples, and the steps revealed one hint at a
-time. The app is a client of an OpenAI-compatible edgereason server: `--server-url` for a running
+answer, a confidence from voting over k samples, and the steps revealed one hint at a time. The
+vote checks the work by default (`verified`: each sample's own arithmetic re-executed, see
+`edgereason.voting`): the confidence is the checked share, each sample is listed with its check, and
+a step whose arithmetic is wrong is marked as such. The app is a client of an OpenAI-compatible edgereason server: `--server-url` for a running
 one, otherwise it starts the real server in process on a free local port (same code path either way).
 Votes are tallied here, one streamed sample at a time, with the shared grader and early stop, so
 the student watches progress instead of a spinner.
@@ -10,13 +12,15 @@ the student watches progress instead of a spinner.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgereason.formats import get_format
-from edgereason.voting import VoteTally, majority_vote
+from edgereason.voting import VoteMode, VoteTally, repaired_ballots, vote
+from edgereason.work_check import WorkCheck, WorkStatus, check_arithmetic, check_work
 
 EXAMPLES = [
     "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?",
@@ -44,6 +48,7 @@ class Sample:
     reasoning: str
     answer: str
     valid: bool
+    check: WorkCheck | None = None
 
 
 @dataclass
@@ -58,6 +63,8 @@ class Outcome:
     split: bool = False
     invalid: int = 0
     error: str | None = None
+    mode: VoteMode = VoteMode.VERIFIED
+    flagged: list[int] = field(default_factory=list)  #: steps whose arithmetic does not hold
 
 
 class TutorClient:
@@ -98,10 +105,13 @@ class TutorClient:
 
 
 def tutor(client: TutorClient, model: str, question: str, k: int, temperature: float,
-          max_tokens: int = 256) -> Iterator[tuple[Outcome, str]]:
-    """Run up to k samples (stopping once the vote is decided); yields (outcome, live status text)."""
-    out = Outcome(question)
+          max_tokens: int = 256, mode: VoteMode | str = VoteMode.VERIFIED) -> Iterator[tuple[Outcome, str]]:
+    """Run up to k samples (stopping once the vote is decided); yields (outcome, live status text).
+    In a mode that checks the work, each sample's arithmetic is re-executed as it arrives."""
+    mode = VoteMode(mode)
+    out = Outcome(question, mode=mode)
     tally = VoteTally(k)
+    fmt = get_format()
     for i in range(k):
         temp = 0.0 if k == 1 else temperature
         reasoning = answer = ""
@@ -109,17 +119,37 @@ def tutor(client: TutorClient, model: str, question: str, k: int, temperature: f
         for partial in client.stream_sample(model, question, temp, max_tokens, seed=1000 + i):
             reasoning, answer, valid = partial  # the last one is the whole sample
             yield out, f"Sample {i + 1} of {k}…\n\n{reasoning}"
-        out.samples.append(Sample(reasoning.strip(), answer.strip(), bool(valid)))
-        if tally.add(answer.strip(), bool(valid)):
+        sample = Sample(reasoning.strip(), answer.strip(), bool(valid))
+        ballot, weight = sample.answer, 1.0
+        if mode.checks_work:
+            sample.check = check_work(fmt.render(sample.reasoning, sample.answer), question, fmt) if sample.valid \
+                else check_work("", question, fmt)
+            (ballot,), (weight,) = (repaired_ballots([ballot], [sample.check]) if mode is VoteMode.REPAIRED
+                                    else ([ballot], [sample.check.score]))
+        out.samples.append(sample)
+        if tally.add(ballot, bool(valid), weight) and mode is not VoteMode.BEST:
             break
-    vote = majority_vote([s.answer for s in out.samples], [s.valid for s in out.samples])
-    out.invalid = len(vote.invalid)
-    if vote.answer is not None and vote.winner is not None:
-        out.answer = vote.answer
-        out.confidence = vote.share * (len(out.samples) - out.invalid) / len(out.samples)
-        out.steps = split_steps(out.samples[vote.winner].reasoning)
-        out.split = vote.tie or (len(vote.groups) > 1 and vote.share < 0.6)
+    checks = [s.check for s in out.samples if s.check is not None] if mode.checks_work else None
+    result = vote(mode, [s.answer for s in out.samples], [s.valid for s in out.samples], checks)
+    out.invalid = len(result.invalid)
+    if result.answer is not None and result.winner is not None:
+        out.answer = result.answer
+        out.confidence = result.share * (len(out.samples) - out.invalid) / len(out.samples)
+        winner = out.samples[result.winner]
+        out.steps = split_steps(winner.reasoning)
+        out.flagged = [n for n, step in enumerate(out.steps) if any(not c.holds for c in check_arithmetic(step))]
+        out.split = result.tie or (len(result.groups) > 1 and result.share < 0.6)
     yield out, ""
+
+
+def check_mark(s: Sample) -> str:
+    """A sample's answer with its check, as the page lists it: ✓ checked, ✗ a miscomputed step, …"""
+    if not s.valid:
+        return "(invalid format)"
+    if s.check is None:
+        return s.answer
+    mark = {WorkStatus.CONSISTENT: "✓", WorkStatus.WRONG_ARITHMETIC: "✗"}.get(s.check.status, "?")
+    return f"{s.answer} {mark} {s.check.reasons[0] if s.check.reasons else s.check.status.value}"
 
 
 # ---- page ---------------------------------------------------------------------------------------
@@ -140,6 +170,8 @@ CSS = """
 #steps-card {border-radius: 14px; padding: 14px 20px; border: 1px solid #e3e8ef; background: #fff;}
 #steps-card ol {margin: .3rem 0 0 1.1rem;}
 #steps-card li {margin: .35rem 0;}
+#steps-card li.flagged {color: #8a1f1f;}
+#answer-card ul.checks {margin: .5rem 0 0 1rem; padding: 0; font-size: .9rem; color: #3d4652;}
 """
 
 
@@ -166,16 +198,27 @@ def render_answer(out: Outcome | None) -> str:
     conf = out.confidence
     votes = len(out.samples) - out.invalid
     answer = out.answer if out.answer is not None else "—"
-    return (f"<div class='label'>Final answer</div><div class='final'>{answer}</div>"
-            f"<div class='label'>Confidence {conf:.0%} · {votes} vote(s) of {len(out.samples)} sample(s)</div>"
+    checked = [s for s in out.samples if getattr(s, "check", None) is not None]
+    basis = " · weighted by checked work" if checked else ""
+    checks = ""
+    if checked:
+        wrong = sum(s.check.status is WorkStatus.WRONG_ARITHMETIC for s in checked)
+        if wrong:
+            notices.append(f"<div class='notice warn'>{wrong} of {len(out.samples)} sample(s) miscomputed a step "
+                           "and barely counted.</div>")
+        checks = "<ul class='checks'>" + "".join(f"<li>Sample {i}: {html.escape(check_mark(s))}</li>"
+                                                 for i, s in enumerate(out.samples, 1)) + "</ul>"
+    return (f"<div class='label'>Final answer</div><div class='final'>{html.escape(answer)}</div>"
+            f"<div class='label'>Confidence {conf:.0%} · {votes} vote(s) of {len(out.samples)} sample(s){basis}</div>"
             f"<div class='conf-bar'><div class='conf-fill' style='width:{conf * 100:.0f}%;background:{_conf_colour(conf)}'></div></div>"
-            + "".join(notices))
+            + "".join(notices) + checks)
 
 
 def render_steps(out: Outcome | None, shown: int) -> str:
     if out is None or not out.steps:
         return "<div class='label'>Steps</div><p>Steps appear here once the tutor has an answer.</p>"
-    items = "".join(f"<li>{s}</li>" for s in out.steps[:shown])
+    items = "".join(f"<li class='flagged'>✗ {html.escape(s)} <em>(this step's arithmetic is wrong)</em></li>"
+                    if n in out.flagged else f"<li>{html.escape(s)}</li>" for n, s in enumerate(out.steps[:shown]))
     more = len(out.steps) - shown
     tail = f"<p><em>{more} more step(s): press “Next hint”.</em></p>" if more > 0 else "<p><em>All steps shown.</em></p>"
     return f"<div class='label'>Steps ({min(shown, len(out.steps))} of {len(out.steps)})</div><ol>{items}</ol>{tail}"
@@ -210,6 +253,9 @@ def build_demo(client: TutorClient, default_model: str | None = None):
                 model = gr.Dropdown(models, value=default_model if default_model in models else (models[0] if models else None),
                                     label="Model", elem_id="model")
                 k = gr.Slider(1, 8, value=3, step=1, label="Votes (k samples)", elem_id="k")
+                mode = gr.Dropdown([m.value for m in VoteMode], value=VoteMode.VERIFIED.value, label="Vote",
+                                   info="verified: votes weighted by a check of each sample's own arithmetic",
+                                   elem_id="mode")
                 temperature = gr.Slider(0.1, 1.2, value=0.7, step=0.1, label="Temperature (for k > 1)")
         with gr.Row():
             with gr.Column(scale=1):
@@ -221,7 +267,7 @@ def build_demo(client: TutorClient, default_model: str | None = None):
         with gr.Accordion("Session history", open=False):
             history_md = gr.Markdown("No questions yet.", elem_id="history")
 
-        def solve(q: str, m: str | None, kk: float, t: float, hist: list):
+        def solve(q: str, m: str | None, kk: float, t: float, vm: str, hist: list):
             q = (q or "").strip()
             if not q:
                 out = Outcome("", error="Type a problem first (or pick an example).")
@@ -232,7 +278,7 @@ def build_demo(client: TutorClient, default_model: str | None = None):
                 yield out, 0, hist, render_answer(out), render_steps(None, 0), "", _history(hist)
                 return
             try:
-                for out, status in tutor(client, m, q, int(kk), float(t)):
+                for out, status in tutor(client, m, q, int(kk), float(t), mode=vm or VoteMode.VERIFIED):
                     if status:
                         yield out, 0, hist, gr.skip(), gr.skip(), status, gr.skip()
             except Exception as e:  # the backend's error as a sentence, never a stack trace
@@ -241,7 +287,7 @@ def build_demo(client: TutorClient, default_model: str | None = None):
                 return
             hist = [*hist, (q, out.answer, out.confidence)]
             summary = (f"Done: {len(out.samples)} sample(s); the answers were "
-                       + ", ".join(s.answer if s.valid else "(invalid format)" for s in out.samples) + ".")
+                       + "; ".join(check_mark(s) for s in out.samples) + ".")
             yield out, 1, hist, render_answer(out), render_steps(out, 1), summary, _history(hist)
 
         def next_hint(out: Outcome | None, n: int):
@@ -252,9 +298,9 @@ def build_demo(client: TutorClient, default_model: str | None = None):
             n = len(out.steps) if out else 0
             return n, render_steps(out, n)
 
-        ask.click(solve, [question, model, k, temperature, history],
+        ask.click(solve, [question, model, k, temperature, mode, history],
                   [state, shown, history, answer_html, steps_html, live, history_md])
-        question.submit(solve, [question, model, k, temperature, history],
+        question.submit(solve, [question, model, k, temperature, mode, history],
                         [state, shown, history, answer_html, steps_html, live, history_md])
         hint.click(next_hint, [state, shown], [shown, steps_html])
         reveal.click(show_all, [state], [shown, steps_html])

@@ -22,7 +22,8 @@ from edgereason.backends.base import Backend, Completion, Delta, Messages, Sampl
 from edgereason.formats import ParsedCompletion, ReasoningFormat
 from edgereason.grading import extract_answer
 from edgereason.serve.config import EngineLimits
-from edgereason.voting import VoteResult, VoteTally, majority_vote
+from edgereason.voting import VoteMode, VoteResult, VoteTally, repaired_ballots, vote
+from edgereason.work_check import WorkCheck, check_work
 
 #: A format retry samples at least this hot: a greedy retry would repeat the invalid text verbatim.
 RETRY_TEMPERATURE = 0.7
@@ -65,6 +66,8 @@ class VotedAnswer:
     vote: VoteResult
     samples: list[Answer] = field(default_factory=list)
     early_stopped: bool = False
+    checks: list[WorkCheck] = field(default_factory=list)  #: per sample, in a vote that checks the work
+    note: str | None = None  #: why the vote ran in another mode than the one asked for
 
 
 class ReasoningEngine:
@@ -190,12 +193,26 @@ class ReasoningEngine:
             return out
         return list(await asyncio.gather(*(self._generate_valid(prompt, params.nth(i), validate) for i in range(n))))
 
-    async def vote(self, prompt: str, params: SamplingParams, k: int, early_stop: bool) -> VotedAnswer:
-        """maj@k: k samples as one request where the backend decodes them together; once the leading
-        answer cannot be overtaken, the remaining samples are cancelled."""
+    def vote_mode(self, requested: VoteMode) -> tuple[VoteMode, str | None]:
+        """The mode a vote runs in, and why it differs from the one asked for: a format with no
+        reasoning section of its own (boxed) has no work to check, so it falls back to majority."""
+        if requested.checks_work and self.fmt.kind != "tags":
+            return VoteMode.MAJORITY, (f"the {self.fmt.name} format has no reasoning section to check: "
+                                       f"{requested.value} fell back to majority")
+        return requested, None
+
+    async def vote(self, prompt: str, params: SamplingParams, k: int, early_stop: bool,
+                   mode: VoteMode = VoteMode.MAJORITY, question: str | None = None) -> VotedAnswer:
+        """A vote over k samples, as one request where the backend decodes them together; once the
+        leading answer cannot be overtaken (by count, or by weight in a checked vote), the remaining
+        samples are cancelled. `question` grounds the numbers a checked sample's claims use."""
+        mode, note = self.vote_mode(mode)
         params = self._deadlined(params)
         samples: dict[int, Answer] = {}
+        checks: dict[int, WorkCheck] = {}
         tally = VoteTally(k)
+        # best@k is decided by one sample's score, which a later sample can always beat: no early stop.
+        early_stop = early_stop and mode is not VoteMode.BEST
         early = False
         async with self.slot():
             gen = self.backend.asamples(prompt, params, k)
@@ -203,19 +220,27 @@ class ReasoningEngine:
                 async with asyncio.timeout(self.limits.timeout_s):
                     async for i, c in gen:
                         samples[i] = a = self.answer_of(c, params, True)
-                        if tally.add(self._voted_answer(a)) and early_stop:
+                        ballot, weight = self.voted_answer(a), 1.0
+                        if mode.checks_work:
+                            checks[i] = check = check_work(a.text, question, self.fmt)
+                            (ballot,), (weight,) = (repaired_ballots([ballot], [check]) if mode is VoteMode.REPAIRED
+                                                    else ([ballot], [check.score]))
+                        if tally.add(ballot, weight=weight) and early_stop:
                             early = True
                             break
             finally:
                 await gen.aclose()  # cancels whatever is still generating
-        ordered = [samples[i] for i in sorted(samples)]
-        result = majority_vote([self._voted_answer(a) for a in ordered], [a.parsed.valid for a in ordered])
+        order = sorted(samples)
+        ordered = [samples[i] for i in order]
+        result = vote(mode, [self.voted_answer(a) for a in ordered], [a.parsed.valid for a in ordered],
+                      [checks[i] for i in order] if mode.checks_work else None)
         self.counters["votes"] += 1
         self.counters["early_stops"] += early
         winner = ordered[result.winner] if result.winner is not None else None
-        return VotedAnswer(winner, result, ordered, early)
+        return VotedAnswer(winner, result, ordered, early, [checks[i] for i in order] if mode.checks_work else [], note)
 
-    def _voted_answer(self, a: Answer) -> str | None:
+    def voted_answer(self, a: Answer) -> str | None:
+        """The answer a sample votes for: its extracted answer when the format holds, else none."""
         return extract_answer(a.text, self.fmt).text if a.parsed.valid else None
 
     async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:

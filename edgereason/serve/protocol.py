@@ -5,7 +5,9 @@ accepted with its default value only (`_UNSUPPORTED_UNLESS_DEFAULT`: a non-defau
 naming it), or is rejected; an unknown field is a 400 naming it, never silently dropped.
 
 Extensions travel in `extra_body` of the official client:
-- `voting`: {"k": 8, "temperature": 0.7, "early_stop": true}: maj@k over k samples;
+- `voting`: {"k": 8, "temperature": 0.7, "early_stop": true, "mode": "majority"}: a vote over k samples;
+  `mode` "verified" weighs each sample by whether its own arithmetic holds, "best" takes the
+  best-checked sample, "repaired" votes after recomputing miscomputed steps (`edgereason.voting`);
 - `reasoning`: false turns off the format grammar and the reasoning split;
 - `grammar` / `structured_outputs.grammar` (completions): a GBNF grammar, llama-server and vLLM style;
 - `ignore_eos`: keep generating to max_tokens (benchmarks and tests).
@@ -20,6 +22,8 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgereason.voting import VoteMode
 
 
 def _unencodable(value: Any, path: str) -> str | None:
@@ -125,6 +129,9 @@ class VotingOptions(OpenAIBase):
     k: int = Field(ge=1, description="Samples to vote over (maj@k).")
     temperature: float = Field(0.7, ge=0, le=2)
     early_stop: bool = Field(True, description="Stop sampling once the leader cannot be overtaken.")
+    mode: VoteMode = Field(VoteMode.MAJORITY, description="majority: one sample, one vote; verified: votes weighted "
+                           "by a check of each sample's own arithmetic; best: the best-checked sample; repaired: "
+                           "verified after recomputing miscomputed steps.")
 
 
 class JSONSchemaFormat(BaseModel):
@@ -348,6 +355,19 @@ class VoteGroup(BaseModel):
     answer: str
     count: int
     samples: list[int]
+    weight: float | None = Field(None, description="The members' summed check scores (a vote that checks the work).")
+
+
+class SampleCheck(BaseModel):
+    """One sample's work check: what the weighted vote saw."""
+
+    sample: int
+    answer: str | None
+    status: str = Field(description="consistent | wrong_arithmetic | not_derived | unchecked | no_answer")
+    score: float
+    claims: int
+    reasons: list[str]
+    repaired_answer: str | None = None
 
 
 class VoteInfo(BaseModel):
@@ -359,6 +379,9 @@ class VoteInfo(BaseModel):
     tie: bool
     k: int
     early_stopped: bool
+    mode: VoteMode = VoteMode.MAJORITY
+    note: str | None = Field(None, description="Why the vote ran in another mode than the one asked for.")
+    checks: list[SampleCheck] | None = None
 
 
 class ChatCompletionResponse(BaseModel):

@@ -11,11 +11,11 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.grading import EQUIVALENT_CREDIT, answers_equal, extract_answer, partial_credit
+from edgereason.work_check import NUM, check_arithmetic, to_number
 
 # ---- format adherence ------------------------------------------------------------------------
 
@@ -71,7 +71,7 @@ def derived_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = Non
     skip the arithmetic; the shortcut then cost accuracy on the one-step problems it used to compute."""
     if not correctness_reward(text, gold, fmt):
         return 0.0
-    target = _num(gold.strip())
+    target = to_number(gold.strip())
     if target is None:
         return 1.0
     reasoning = closed_reasoning(text, fmt)
@@ -86,76 +86,6 @@ PROCESS_ARITHMETIC_WEIGHT = 2.0  #: times the share of re-executed `a op b = c` 
 PROCESS_STEPS_WEIGHT = 1.0  #: times min(distinct steps, PROCESS_STEP_TARGET) / PROCESS_STEP_TARGET
 PROCESS_STEP_TARGET = 4  #: this many distinct reasoning steps earn the full step score
 PROCESS_REPEAT_PENALTY = 0.5  #: subtracted per repeated step beyond the first repeat (degenerate loops)
-
-_NUM = r"-?\$?\d[\d,]*(?:\.\d+)?%?"
-_OP = r"[-+*/x×÷]"
-_ARITH = re.compile(rf"(?P<expr>{_NUM}(?:\s*{_OP}\s*{_NUM})+)\s*=\s*(?P<c>{_NUM})")
-
-
-def _num(s: str) -> Fraction | None:
-    s = s.replace("$", "").replace(",", "").rstrip("%")
-    try:
-        return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _evaluate(expr: str) -> Fraction | None:
-    """Exact value of a chain like `16 - 3 - 4` or `$1,200 x 2` (usual precedence), or None."""
-    tokens = re.findall(rf"{_NUM}|{_OP}", expr.strip())
-    values: list[Fraction] = []
-    ops: list[str] = []
-    expect_number = True
-    for tok in tokens:
-        if expect_number:
-            v = _num(tok)
-            if v is None:
-                return None
-            values.append(v)
-        else:
-            ops.append({"x": "*", "×": "*", "÷": "/"}.get(tok, tok))
-        expect_number = not expect_number
-    if not values or len(ops) != len(values) - 1:
-        return None
-    # multiplication and division first, then addition and subtraction, left to right
-    terms, signs = [values[0]], []
-    for op, v in zip(ops, values[1:]):
-        if op == "*":
-            terms[-1] *= v
-        elif op == "/":
-            if v == 0:
-                return None
-            terms[-1] /= v
-        else:
-            signs.append(op)
-            terms.append(v)
-    total = terms[0]
-    for op, v in zip(signs, terms[1:]):
-        total = total + v if op == "+" else total - v
-    return total
-
-
-@dataclass(frozen=True)
-class ArithmeticCheck:
-    claim: str
-    holds: bool
-    result: Fraction | None = None  #: the claimed right-hand side d
-
-
-def check_arithmetic(reasoning: str) -> list[ArithmeticCheck]:
-    """Re-execute every `a op b [op c ...] = d` claim in the reasoning (ops + - * / x × ÷).
-
-    A claim holds when d equals the left side within 1% (reasoning rounds: 10 / 3 = 3.33);
-    a division by zero never holds."""
-    checks = []
-    for m in _ARITH.finditer(reasoning):
-        value, claimed = _evaluate(m["expr"]), _num(m["c"])
-        if claimed is None:
-            continue
-        holds = value is not None and (abs(value - claimed) <= abs(value) / 100 if value != 0 else claimed == 0)
-        checks.append(ArithmeticCheck(m.group(0), holds, claimed))
-    return checks
-
 
 def reasoning_steps(reasoning: str) -> tuple[int, int]:
     """(distinct steps, repeated steps): steps are non-empty lines, or sentences on a single line."""
@@ -191,11 +121,11 @@ def steps_reward(text: str, steps: Sequence[str | int], fmt: ReasoningFormat | s
     partial chain scores between a shortcut and a full one even when the final answer is wrong.
     Only a closed reasoning section counts: measured (run expD), crediting an unclosed one taught
     the model to ramble through the values to the length limit and drop the format."""
-    wanted = [v for v in (_num(str(x)) for x in steps) if v is not None]
+    wanted = [v for v in (to_number(str(x)) for x in steps) if v is not None]
     reasoning = closed_reasoning(text, fmt)
     if not wanted or reasoning is None:
         return 0.0
-    stated = {_num(m) for m in re.findall(_NUM, reasoning)}
+    stated = {to_number(m) for m in re.findall(NUM, reasoning)}
     return sum(v in stated for v in wanted) / len(wanted)
 
 

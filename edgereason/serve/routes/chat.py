@@ -28,6 +28,7 @@ from edgereason.serve.protocol import (
     TokenLogprobModel,
     ToolCall,
     UsageInfo,
+    SampleCheck,
     VoteInfo,
     new_id,
     now,
@@ -91,8 +92,10 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
                                  media_type="text/event-stream")
     try:
         if req.voting:
-            voted = await guarded(until_disconnected(request, engine.vote(prompt, params, req.voting.k,
-                                                                          req.voting.early_stop)))
+            question = next((m["content"] for m in reversed(messages) if m["role"] == "user"
+                             and isinstance(m.get("content"), str)), None)
+            voted = await guarded(until_disconnected(request, engine.vote(
+                prompt, params, req.voting.k, req.voting.early_stop, req.voting.mode, question)))
             answers = voted.samples
             winner = voted.answer or (answers[0] if answers else None)
             if winner is None:
@@ -101,7 +104,10 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
             if voted.vote.answer is not None:
                 message.content = voted.vote.answer
             choices = [_choice(0, winner, message)]
-            vote = VoteInfo(**voted.vote.to_dict(), k=req.voting.k, early_stopped=voted.early_stopped)
+            checks = [SampleCheck(sample=i, answer=engine.voted_answer(a), **c.to_dict())
+                      for i, (a, c) in enumerate(zip(answers, voted.checks))] or None
+            vote = VoteInfo(**voted.vote.to_dict(), k=req.voting.k, early_stopped=voted.early_stopped,
+                            note=voted.note, checks=checks)
             request.app.state.metrics.votes.inc()
             request.app.state.metrics.early_stops.inc(int(voted.early_stopped))
         else:

@@ -1,0 +1,85 @@
+"""A dying engine, without a model: a managed child process whose death is visible at once, and an
+OpenAI-compatible client whose broken connections and cut streams come back as engine errors (which
+the server maps to 502/503), never as a library's raw exception (a 500)."""
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from edgereason.backends.base import BackendError, SamplingParams
+from edgereason.backends.openai_client import OpenAIBackend
+from edgereason.servers import ManagedProcess, free_port
+
+
+def test_a_killed_child_is_not_serving_before_any_watchdog_looks(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    proc = ManagedProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / "log", health_path="/", restart=False,
+                          startup_timeout_s=30).start()
+    try:
+        assert proc.serving()
+        assert proc.confirm_death(wait_s=0.01) is False  # alive: left as it is
+        assert proc.ready.is_set()
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.confirm_death(wait_s=10) is True
+        assert not proc.ready.is_set() and not proc.serving()
+    finally:
+        proc.stop()
+
+
+class _CutStream(BaseHTTPRequestHandler):
+    """Answers a streamed completion with one good event and half of the next, then drops the
+    connection: what a client sees when the engine is killed mid-answer."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b'data: {"choices": [{"index": 0, "text": "12"}]}\n\n')
+        self.wfile.write(b'data: {"choices": [{"index": 0, "te\n\n')
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def cut_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _CutStream)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_stream_cut_mid_event_is_an_engine_error(cut_server):
+    backend = OpenAIBackend(cut_server, "m", timeout_s=10)
+
+    async def consume_stream() -> None:
+        async for _ in backend.astream("p", SamplingParams(max_tokens=8)):
+            pass
+
+    async def consume_samples() -> None:
+        async for _ in backend.asamples("p", SamplingParams(max_tokens=8), 2):
+            pass
+
+    for consume in (consume_stream, consume_samples):
+        with pytest.raises(BackendError):
+            asyncio.run(consume())
+
+
+def test_an_engine_that_is_gone_is_an_engine_error_everywhere():
+    backend = OpenAIBackend(f"http://127.0.0.1:{free_port()}", "m", timeout_s=5)
+    with pytest.raises(BackendError):
+        backend.count_tokens("some text")  # a ConnectError here was a 500 (issue #29)
+    with pytest.raises(BackendError):
+        asyncio.run(backend.acomplete("p", SamplingParams(max_tokens=4)))
