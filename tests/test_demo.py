@@ -80,8 +80,8 @@ def test_the_page_shows_each_samples_check_and_flags_a_wrong_step():
     from edgereason.formats import get_format
     from edgereason.serve.app import create_app, serve_in_thread
     from edgereason.serve.config import EngineLimits
+    from edgereason.serve.demo import CSS, TutorClient, build_demo
     from edgereason.serve.engine import ReasoningEngine
-    from edgereason.serve.demo import build_demo, TutorClient, CSS
 
     fmt = get_format()
     wrong = fmt.render("3 * 4 = 14 apples.\n14 - 2 = 12 apples left.", "12").removeprefix(fmt.prefill)

@@ -3,7 +3,6 @@ import math
 import pytest
 
 from edgereason.formats import get_format
-from edgereason.work_check import check_arithmetic
 from edgereason.train.rewards import (
     FORMAT_EXACT,
     FORMAT_INVALID_CAP,
@@ -16,6 +15,7 @@ from edgereason.train.rewards import (
     make_trl_rewards,
     process_reward,
 )
+from edgereason.work_check import check_arithmetic
 
 GOOD = "<reasoning>\nShe has 16 - 3 - 4 = 9 eggs.\nShe sells them: 9 * 2 = 18.\n</reasoning>\n<answer>\n18\n</answer>"
 

@@ -37,7 +37,7 @@ class _CutStream(BaseHTTPRequestHandler):
     """Answers a streamed completion with one good event and half of the next, then drops the
     connection: what a client sees when the engine is killed mid-answer."""
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

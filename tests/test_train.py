@@ -243,6 +243,24 @@ def test_incomplete_checkpoint_is_set_aside(tmp_path):
     assert any(p.name.startswith("incomplete-checkpoint-3") for p in root.iterdir())
 
 
+def test_a_checkpoint_with_truncated_weights_is_set_aside_and_an_unreadable_one_is_not(tmp_path):
+    from edgereason.train.grpo import latest_complete_checkpoint
+
+    root = tmp_path / "checkpoints"
+    ckpt = root / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / "adapter_model.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\": ")  # cut
+    assert latest_complete_checkpoint(root) is None and not ckpt.exists()
+    # An error that is not a cut write (here the state file cannot be read as a file) raises, and the
+    # checkpoint stays where it is: a resume must not silently start over.
+    good = root / "checkpoint-6"
+    (good / "trainer_state.json").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        latest_complete_checkpoint(root)
+    assert good.exists()
+
+
 @pytest.mark.model
 @pytest.mark.parametrize(
     "kw, message",

@@ -3,11 +3,11 @@
 A student types a problem (or picks an example) and sees the reasoning stream in, then the final
 answer, a confidence from voting over k samples, and the steps revealed one hint at a time. The
 vote checks the work by default (`verified`: each sample's own arithmetic re-executed, see
-`edgereason.voting`): the confidence is the checked share, each sample is listed with its check, and
-a step whose arithmetic is wrong is marked as such. The app is a client of an OpenAI-compatible edgereason server: `--server-url` for a running
-one, otherwise it starts the real server in process on a free local port (same code path either way).
-Votes are tallied here, one streamed sample at a time, with the shared grader and early stop, so
-the student watches progress instead of a spinner.
+`edgereason.voting`): the confidence is the checked share, each sample is listed with its check,
+and a step whose arithmetic is wrong is marked as such. The app is a client of an OpenAI-compatible
+edgereason server: `--server-url` for a running one, otherwise it starts the real server in process
+on a free local port (same code path either way). Votes are tallied here, one streamed sample at a
+time, with the shared grader and early stop, so the student watches progress instead of a spinner.
 """
 
 from __future__ import annotations
@@ -120,12 +120,13 @@ def tutor(client: TutorClient, model: str, question: str, k: int, temperature: f
             reasoning, answer, valid = partial  # the last one is the whole sample
             yield out, f"Sample {i + 1} of {k}…\n\n{reasoning}"
         sample = Sample(reasoning.strip(), answer.strip(), bool(valid))
-        ballot, weight = sample.answer, 1.0
+        ballot: str | None = sample.answer
+        weight = 1.0
         if mode.checks_work:
-            sample.check = check_work(fmt.render(sample.reasoning, sample.answer), question, fmt) if sample.valid \
-                else check_work("", question, fmt)
-            (ballot,), (weight,) = (repaired_ballots([ballot], [sample.check]) if mode is VoteMode.REPAIRED
-                                    else ([ballot], [sample.check.score]))
+            check = check_work(fmt.render(sample.reasoning, sample.answer) if sample.valid else "", question, fmt)
+            sample.check = check
+            (ballot,), (weight,) = (repaired_ballots([ballot], [check]) if mode is VoteMode.REPAIRED
+                                    else ([ballot], [check.score]))
         out.samples.append(sample)
         if tally.add(ballot, bool(valid), weight) and mode is not VoteMode.BEST:
             break
@@ -198,11 +199,11 @@ def render_answer(out: Outcome | None) -> str:
     conf = out.confidence
     votes = len(out.samples) - out.invalid
     answer = out.answer if out.answer is not None else "—"
-    checked = [s for s in out.samples if getattr(s, "check", None) is not None]
+    checked: list[WorkCheck] = [c for c in (getattr(s, "check", None) for s in out.samples) if c is not None]
     basis = " · weighted by checked work" if checked else ""
     checks = ""
     if checked:
-        wrong = sum(s.check.status is WorkStatus.WRONG_ARITHMETIC for s in checked)
+        wrong = sum(c.status is WorkStatus.WRONG_ARITHMETIC for c in checked)
         if wrong:
             notices.append(f"<div class='notice warn'>{wrong} of {len(out.samples)} sample(s) miscomputed a step "
                            "and barely counted.</div>")

@@ -96,21 +96,28 @@ def check_output_dir(cfg: TrainConfig) -> Path | None:
 
 
 def _checkpoint_complete(ckpt: Path) -> bool:
-    """A checkpoint is usable when its state, weights and optimizer were all fully written."""
+    """A checkpoint is usable when its state, weights and optimizer were all fully written.
+
+    False only on evidence of an incomplete write (a file missing, truncated JSON, a safetensors
+    header or zip directory cut short): anything else (no permission, a broken install) raises, so
+    a good checkpoint is never set aside for an error that is not its own."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         json.loads((ckpt / "trainer_state.json").read_text())
-        weights = list(ckpt.glob("*.safetensors"))
-        if not weights:
-            return False
-        from safetensors import safe_open
-
-        for w in weights:
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    weights = list(ckpt.glob("*.safetensors"))
+    if not weights:
+        return False
+    for w in weights:
+        try:
             with safe_open(str(w), "pt") as fh:
                 list(fh.keys())
-        opt = ckpt / "optimizer.pt"
-        return opt.exists() and zipfile.is_zipfile(opt)
-    except Exception:
-        return False
+        except SafetensorError:  # a header or size that does not add up: cut mid-write
+            return False
+    opt = ckpt / "optimizer.pt"
+    return opt.exists() and zipfile.is_zipfile(opt)
 
 
 def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
