@@ -1,5 +1,6 @@
 """The Gradio tutoring demo in a real headless Chromium (Debian's), driven by Playwright."""
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +11,34 @@ from edgereason.serve.demo import Outcome, render_answer, split_steps
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(os.environ.get("EDGEREASON_TEST_OUTPUT", "test-output"))
+
+
+@contextlib.contextmanager
+def tutor_page(server_url: str, model: str):
+    """The demo launched against `server_url`, open in headless Chromium; yields the page."""
+    from live_server import free_port
+    from playwright.sync_api import sync_playwright
+
+    from edgereason.serve.demo import launch
+
+    port = free_port()
+    demo = launch(server_url, model, None, "127.0.0.1", port, prevent_thread_lock=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            yield page
+            browser.close()
+    finally:
+        demo.close()
+
+
+def ask(page, question: str):
+    page.locator("#question textarea").fill(question)
+    page.locator("#solve").click()
+    return page.locator("#answer-card")
 
 
 def test_steps_are_split_into_hints():
@@ -30,24 +59,13 @@ def test_answer_card_flags_invalid_and_split_votes():
 @pytest.mark.model
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
 def test_demo_in_a_real_browser():
-    from live_server import Server, free_port
-    from playwright.sync_api import expect, sync_playwright
-
-    from edgereason.serve.demo import launch
+    from live_server import Server
+    from playwright.sync_api import expect
 
     server = Server(llama_cpp={"ctx_per_slot": 1024}, limits={"max_tokens": 256})
-    port = free_port()
-    demo = launch(f"{server.base}/v1", "smollm2-135m", None, "127.0.0.1", port, prevent_thread_lock=True)
-    SHOTS.mkdir(parents=True, exist_ok=True)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.locator("#question textarea").fill(
-                "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?")
-            page.locator("#solve").click()
-            card = page.locator("#answer-card")
+        with tutor_page(f"{server.base}/v1", "smollm2-135m") as page:
+            card = ask(page, "Sara has 5 pencils and her friend gives her 6 more. How many pencils does Sara have?")
             expect(card).to_contain_text("Confidence", timeout=180_000)
             expect(card).to_contain_text("vote(s) of")
             steps = page.locator("#steps-card li")
@@ -61,9 +79,7 @@ def test_demo_in_a_real_browser():
             page.locator("#solve").click()
             expect(card).to_contain_text("Type a problem first", timeout=30_000)
             assert "Traceback" not in page.content()
-            browser.close()
     finally:
-        demo.close()
         server.stop()
     assert (SHOTS / "demo.png").stat().st_size > 20_000
 
@@ -73,14 +89,12 @@ def test_the_page_shows_each_samples_check_and_flags_a_wrong_step():
     """Scripted samples with a known fault (two miscompute 3 * 4, one is right): the verified vote
     answers 10 where the majority answers 12, the page lists each sample's check, and under the
     majority vote the winning chain's wrong step is marked."""
-    from live_server import free_port
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from edgereason.backends.scripted import ScriptedBackend
     from edgereason.formats import get_format
     from edgereason.serve.app import create_app, serve_in_thread
     from edgereason.serve.config import EngineLimits
-    from edgereason.serve.demo import CSS, TutorClient, build_demo
     from edgereason.serve.engine import ReasoningEngine
 
     fmt = get_format()
@@ -89,20 +103,9 @@ def test_the_page_shows_each_samples_check_and_flags_a_wrong_step():
     script = {1000: wrong, 1001: wrong, 1002: right}
     engine = ReasoningEngine(ScriptedBackend(lambda prompt, seed: script.get(seed, right)), fmt, EngineLimits())
     server = serve_in_thread(create_app(engine, "scripted"))
-    demo = build_demo(TutorClient(server.base + "/v1"), default_model="scripted")
-    demo.queue(default_concurrency_limit=1)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, css=CSS, quiet=True)
-    SHOTS.mkdir(parents=True, exist_ok=True)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.locator("#question textarea").fill(
-                "Tom has 3 boxes with 4 apples in each. He eats 2 apples. How many apples are left?")
-            page.locator("#solve").click()
-            card = page.locator("#answer-card")
+        with tutor_page(server.base + "/v1", "scripted") as page:
+            card = ask(page, "Tom has 3 boxes with 4 apples in each. He eats 2 apples. How many apples are left?")
             expect(card).to_contain_text("weighted by checked work", timeout=60_000)
             expect(card.locator(".final")).to_have_text("10")
             expect(card).to_contain_text("Sample 1: 12 ✗ miscomputed: 3 * 4 = 14")
@@ -116,7 +119,5 @@ def test_the_page_shows_each_samples_check_and_flags_a_wrong_step():
             page.locator("#show-all").click()
             expect(page.locator("#steps-card li.flagged")).to_have_count(1, timeout=10_000)
             expect(page.locator("#steps-card li.flagged")).to_contain_text("3 * 4 = 14")
-            browser.close()
     finally:
-        demo.close()
         server.stop()
