@@ -4,7 +4,10 @@ The curriculum's floor: problems a 0.1B model sometimes solves, so GRPO has a si
 touch GSM8K. Each problem is built from a chain of operations on small whole numbers (every
 intermediate result a whole number >= 0), worded as a short story; the answer is the chain's value.
 `subject` is "1-step", "2-step" or "3-step" (reported separately by eval); `meta["steps"]` lists
-the value after each operation, the answer last (what a complete solution computes on its way).
+the value after each operation, the answer last (what a complete solution computes on its way);
+`meta["chain"]` the operations themselves, [a, op, b, result] each, and `meta["grouped"]` whether the
+story opens with groups (its first link is then groups * each): what `edgereason.rationales` writes
+out as a worked solution.
 
 The same seed always gives the same problems. `arith` (seed 0, 600 problems, 200 of each depth) is
 an evaluation benchmark; `arith-train` (seed 1) is for training and never contains a question of
@@ -31,13 +34,15 @@ DEPTHS = (1, 2, 3)
 class _Step:
     text: str  # a sentence applying the operation to the running amount
     apply: Callable[[int], int]
+    op: str = ""  # "+", "-", "*", "/": what a written solution computes (running amount op n)
+    n: int = 0
 
 
 def _add(rng: random.Random, who: str, what: str, amount: int) -> _Step:
     n = rng.randint(2, 30)
     verb = rng.choice((f"{who} buys {n} more {what}", f"{who} finds {n} more {what}",
                        f"A friend gives {who} {n} {what}", f"{who} gets {n} more {what} as a gift"))
-    return _Step(verb + ".", lambda x: x + n)
+    return _Step(verb + ".", lambda x: x + n, "+", n)
 
 
 def _sub(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
@@ -46,7 +51,7 @@ def _sub(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
     n = rng.randint(1, amount - 1)
     verb = rng.choice((f"{who} gives away {n} {what}", f"{who} loses {n} {what}", f"{who} uses {n} {what}",
                        f"{who} sells {n} {what}"))
-    return _Step(verb + ".", lambda x: x - n)
+    return _Step(verb + ".", lambda x: x - n, "-", n)
 
 
 def _mul(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
@@ -55,7 +60,7 @@ def _mul(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
     n = rng.randint(2, 5)
     verb = rng.choice((f"Then the number of {what} {who} has is multiplied by {n}",
                        f"{who} gets {n - 1} more groups of the same size, so {who} has {n} times as many {what}"))
-    return _Step(verb + ".", lambda x: x * n)
+    return _Step(verb + ".", lambda x: x * n, "*", n)
 
 
 def _div(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
@@ -65,42 +70,46 @@ def _div(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
     d = rng.choice(factors)
     verb = rng.choice((f"{who} splits the {what} into {d} equal piles and keeps one pile",
                        f"{who} puts the {what} into {d} equal groups and keeps one group"))
-    return _Step(verb + ".", lambda x: x // d)
+    return _Step(verb + ".", lambda x: x // d, "/", d)
 
 
 _OPS = (_add, _sub, _mul, _div)
 
 
-def _start(rng: random.Random, who: str, what: str) -> tuple[str, int]:
+def _start(rng: random.Random, who: str, what: str) -> tuple[str, int, tuple[int, int] | None]:
+    """The opening sentence, the amount, and for a grouped start its (groups, each)."""
     if rng.random() < 0.3:
         groups, each = rng.randint(2, 6), rng.randint(2, 9)
         box = rng.choice(CONTAINERS)
-        return f"{who} has {groups} {box} with {each} {what} in each.", groups * each
+        return f"{who} has {groups} {box} with {each} {what} in each.", groups * each, (groups, each)
     n = rng.randint(3, 40)
-    return f"{who} has {n} {what}.", n
+    return f"{who} has {n} {what}.", n, None
 
 
-def _problem(rng: random.Random, depth: int) -> tuple[str, int, list[int]]:
-    """A story of `depth` operations (a grouped start counts as one), its whole-number answer, and
-    the value after each operation."""
+def _problem(rng: random.Random, depth: int) -> tuple[str, int, list[int], list[list[int | str]]]:
+    """A story of `depth` operations (a grouped start counts as one), its whole-number answer, the
+    value after each operation, and the chain a solution computes: [[a, op, b, result], ...] (a
+    grouped start is its first link, groups * each)."""
     who, what = rng.choice(NAMES), rng.choice(THINGS)
     while True:
-        start, amount = _start(rng, who, what)
-        steps = 1 if " in each" in start else 0
+        start, amount, grouped = _start(rng, who, what)
+        steps = 1 if grouped else 0
         values = [amount] if steps else []
+        chain: list[list[int | str]] = [[grouped[0], "*", grouped[1], amount]] if grouped else []
         sentences = [start]
         while steps < depth:
             step = rng.choice(_OPS)(rng, who, what, amount)
             if step is None:
                 continue
-            amount = step.apply(amount)
+            before, amount = amount, step.apply(amount)
             values.append(amount)
+            chain.append([before, step.op, step.n, amount])
             sentences.append(step.text)
             steps += 1
         if steps == depth and 0 <= amount <= 1000:
             break
     sentences.append(f"How many {what} does {who} have now?")
-    return " ".join(sentences), amount, values
+    return " ".join(sentences), amount, values, chain
 
 
 def generate_arithmetic(n: int = 600, seed: int = 0, depths: tuple[int, ...] = DEPTHS,
@@ -112,12 +121,14 @@ def generate_arithmetic(n: int = 600, seed: int = 0, depths: tuple[int, ...] = D
     seen = set(exclude)
     while len(problems) < n:
         depth = depths[len(problems) % len(depths)]
-        question, answer, values = _problem(rng, depth)
+        question, answer, values, chain = _problem(rng, depth)
+        grouped = len(values) == len(chain) and " in each" in question.split(".")[0]
         if question in seen:
             continue
         seen.add(question)
         problems.append(Problem(f"arith-s{seed}-{len(problems)}", question, str(answer), source="arith",
-                                subject=f"{depth}-step", level=depth, meta={"steps": values}))
+                                subject=f"{depth}-step", level=depth, meta={"steps": values, "chain": chain,
+                                                                             "grouped": grouped}))
     return problems
 
 

@@ -260,7 +260,7 @@ def load_table(
                 str(row.get(id or "id", f"{source}-{len(problems)}")),
                 str(q),
                 str(gold),
-                row.get(solution or "solution"),
+                row.get(solution) if solution else row.get("solution", row.get("rationale")),
                 int(re.sub(r"\D", "", str(lvl))) if lvl not in (None, "") and re.search(r"\d", str(lvl)) else None,
                 source,
                 row.get("subject"),

@@ -22,9 +22,11 @@ from edgereason.grading import extract_answer
 
 # ---- arithmetic claims -----------------------------------------------------------------------
 
-NUM = r"-?\$?\d[\d,]*(?:\.\d+)?%?"  #: a number as reasoning writes it: -3, $1,200, 2.5, 40%
-_OP = r"[-+*/x×÷]"
+NUM = r"-?\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?"  #: a number as reasoning writes it: -3, $1,200, 2.5, .4, 40%
+_OP = r"[-+*/x×÷−]"  # − is Unicode MINUS SIGN, as typeset solutions write it
 _ARITH = re.compile(rf"(?P<expr>{NUM}(?:\s*{_OP}\s*{NUM})+)\s*=\s*(?P<c>{NUM})")
+_NUMBER = re.compile(NUM)
+_OPERATOR = re.compile(_OP)
 #: A claim holds when its stated result is within this share of the true value (10 / 3 = 3.33).
 TOLERANCE = Fraction(1, 100)
 
@@ -42,24 +44,49 @@ def _close(value: Fraction, claimed: Fraction) -> bool:
     return abs(value - claimed) <= abs(value) * TOLERANCE if value != 0 else claimed == 0
 
 
+def _operand(token: str) -> Fraction | None:
+    """A number inside an expression: a percentage is its fraction (15% * 1000 = 150)."""
+    v = to_number(token)
+    return v / 100 if v is not None and token.endswith("%") else v
+
+
+def _tokens(expr: str) -> tuple[list[Fraction], list[str]] | None:
+    """The numbers and operators of `a op b [op c ...]`, or None when it does not read as one.
+    Numbers and operators alternate: a "-" where an operator is due is a minus between two numbers
+    ("10-8"), not the sign of the second (a plain findall read "10", "-8": no operator)."""
+    values: list[Fraction] = []
+    ops: list[str] = []
+    pos, text = 0, expr.strip()
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        want_number = len(values) == len(ops)
+        m = (_NUMBER if want_number else _OPERATOR).match(text, pos)
+        if m is None:
+            return None
+        if want_number:
+            v = _operand(m.group(0))
+            if v is None:
+                return None
+            values.append(v)
+        else:
+            ops.append({"x": "*", "×": "*", "÷": "/", "−": "-"}.get(m.group(0), m.group(0)))
+        pos = m.end()
+    if not values or len(ops) != len(values) - 1:
+        return None
+    return values, ops
+
+
 def _evaluate(expr: str, substitute: dict[Fraction, Fraction] | None = None) -> Fraction | None:
     """Exact value of a chain like `16 - 3 - 4` or `$1,200 x 2` (usual precedence), or None.
     `substitute` replaces operands (the calculator: a miscomputed value by its true one)."""
-    tokens = re.findall(rf"{NUM}|{_OP}", expr.strip())
-    values: list[Fraction] = []
-    ops: list[str] = []
-    expect_number = True
-    for tok in tokens:
-        if expect_number:
-            v = to_number(tok)
-            if v is None:
-                return None
-            values.append(substitute.get(v, v) if substitute else v)
-        else:
-            ops.append({"x": "*", "×": "*", "÷": "/"}.get(tok, tok))
-        expect_number = not expect_number
-    if not values or len(ops) != len(values) - 1:
+    parsed = _tokens(expr)
+    if parsed is None:
         return None
+    values, ops = parsed
+    if substitute:
+        values = [substitute.get(v, v) for v in values]
     # multiplication and division first, then addition and subtraction, left to right
     terms, signs = [values[0]], []
     for op, v in zip(ops, values[1:]):
@@ -97,8 +124,10 @@ def check_arithmetic(reasoning: str) -> list[ArithmeticCheck]:
         value, claimed = _evaluate(m["expr"]), to_number(m["c"])
         if claimed is None:
             continue
-        holds = value is not None and _close(value, claimed)
-        operands = tuple(v for v in (to_number(t) for t in re.findall(NUM, m["expr"])) if v is not None)
+        # "= 40%" states a percentage: the left side's fraction 0.4 holds it.
+        holds = value is not None and (_close(value, claimed) or (m["c"].endswith("%") and _close(value * 100, claimed)))
+        parsed = _tokens(m["expr"])
+        operands = tuple(abs(v) for v in parsed[0]) if parsed else ()
         checks.append(ArithmeticCheck(m.group(0), holds, claimed, value, operands))
     return checks
 
@@ -163,6 +192,7 @@ class WorkCheck:
 def numbers_in(text: str) -> set[Fraction]:
     """Every number a text states, in digits or in words ("three", "a dozen", "twice")."""
     found = {abs(v) for v in (to_number(t) for t in re.findall(NUM, text)) if v is not None}
+    found |= {abs(v) / 100 for v in (to_number(t) for t in re.findall(NUM, text) if t.endswith("%")) if v is not None}
     found |= {Fraction(WORD_NUMBERS[w]) for w in re.findall(r"[a-z]+", text.lower()) if w in WORD_NUMBERS}
     return found
 
