@@ -49,6 +49,14 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+    # TRL's SFTTrainer maps the dataset in five passes (EOS, tokenize, labels, truncate, drop), each with
+    # a datasets progress bar: seconds of work, five lines of noise; the run has its own progress bar.
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
     # tokenizers warns when a process forks after using its thread pool (the eval's worker processes);
     # the forked children do not tokenize.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

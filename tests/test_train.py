@@ -323,3 +323,75 @@ def test_runs_under_accelerate_launch(tmp_path, default_model):
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert json.loads((tmp_path / "accel" / "run.json").read_text())["steps"] == 1
+
+
+# ---- SFT -------------------------------------------------------------------------------------
+
+
+def _sft(tmp_path, **kw) -> TrainConfig:
+    """SFT on a tiny rationale file, repeated so a few steps see every row more than once."""
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?", "answer": str(a + b),
+             "solution": f"Tom starts with {a}. {a} + {b} = {a + b} apples."} for a, b in ((3, 4), (5, 2), (6, 6), (2, 9))]
+    data = tmp_path / "rationales.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows * 4) + "\n")
+    base = dict(method="sft", name="sft", dataset=[str(data)], dev="holdout", dev_size=2, max_steps=6, save_steps=3,
+                per_device_train_batch_size=4, learning_rate=1e-3, threads=2, lora_r=4, lora_alpha=8)
+    return TrainConfig(output_root=tmp_path, **{**base, **kw})
+
+
+@pytest.mark.model
+def test_sft_lowers_the_loss_and_its_adapter_loads_as_a_gguf_lora(tmp_path, default_model):
+    from llama_cpp import Llama
+
+    from edgereason.export.llama_tools import convert_lora_to_gguf
+    from edgereason.train.sft import run_sft
+
+    result = run_sft(_sft(tmp_path), show_progress=False)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["status"] == "finished" and run["method"] == "sft" and run["steps"] == 6
+    assert run["rationales"] == {"train": 14, "dev": 2, "faults": 0} and run["peak_rss_mb"] > 0
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    dev = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0] and len(dev) == 2 and dev[-1] < dev[0]
+    assert run["best_checkpoint"].endswith("checkpoint-6")  # the lower dev loss chose the adapter
+    assert "SFT run" in (result.run_dir / "report.md").read_text()
+    lora = tmp_path / "adapter-lora-f16.gguf"
+    convert_lora_to_gguf(result.adapter_dir, default_model.require_hf(), lora, tmp_path / "convert.log")
+    llm = Llama(model_path=str(default_model.gguf_path), lora_path=str(lora), n_ctx=256, verbose=False)
+    assert llm.tokenize(b"3 + 4 = 7")  # llama.cpp took the adapter
+    llm.close()
+
+
+@pytest.mark.model
+def test_sft_refuses_a_test_split_and_names_each_bad_rationale(tmp_path, default_model):
+    with pytest.raises(TrainSetupError, match="evaluation split"):
+        prepare_run(TrainConfig(output_root=tmp_path, method="sft", dataset=["gsm8k"]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "2 + 2?", "answer": "4", "solution": "2 + 2 = 5."}) + "\n")
+    from edgereason.train.sft import run_sft
+
+    with pytest.raises(TrainSetupError, match=r"no usable rationale.*bad-0: a step does not compute"):
+        run_sft(_sft(tmp_path, name="bad", dataset=[str(bad)]), show_progress=False)
+
+
+@pytest.mark.model
+def test_sft_resumes_after_kill(tmp_path, default_model):
+    cfg = _sft(tmp_path, name="sft-resume", max_steps=4, save_steps=2, dev=None)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    cmd = python_module("edgereason.cli", "train", "--config", str(cfg_file))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = tmp_path / "sft-resume" / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (ckpts / "checkpoint-2" / "trainer_state.json").exists():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (ckpts / "checkpoint-2").exists(), "training never reached step 2"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    run = json.loads((tmp_path / "sft-resume" / "run.json").read_text())
+    assert run["status"] == "finished" and run["steps"] == 4 and run["resumed_from"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "sft-resume" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -13,10 +13,15 @@ console = Console()
 
 def run(cfg: TrainConfig) -> None:
     from edgereason.quiet import quiet_libraries
-    from edgereason.train.grpo import run_training
-
     quiet_libraries()
-    result = run_training(cfg)
+    if cfg.method == "sft":
+        from edgereason.train.sft import run_sft
+
+        result = run_sft(cfg)
+    else:
+        from edgereason.train.grpo import run_training
+
+        result = run_training(cfg)
     console.print(f"[green]done[/] {result.steps} steps ({result.stop_reason}) in {result.seconds:.0f} s")
     for k, v in result.metrics.items():
         console.print(f"  {k}: {v}")
@@ -31,6 +36,6 @@ def _errors() -> tuple[type[Exception], ...]:
 
 train_command = stage_command(
     TrainConfig, run, short={"model": "-m", "name": "-n"}, errors=_errors(),
-    help="GRPO with LoRA: writes runs/<name>/adapter, run.json, metrics, plots and report. Re-running the same "
-    "command after an interruption resumes from the last checkpoint.",
+    help="GRPO (or --method sft: supervised on checked rationales) with LoRA: writes runs/<name>/adapter, run.json, "
+    "metrics, plots and report. Re-running the same command after an interruption resumes from the last checkpoint.",
 )

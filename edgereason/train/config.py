@@ -1,4 +1,5 @@
-"""`TrainConfig`: every setting of a GRPO run, documented field by field.
+"""`TrainConfig`: every setting of a training run (GRPO, or SFT on checked rationales), documented
+field by field.
 
 Defaults follow the GRPO studies (Open-RS; DeepSeek-R1's recipe scaled down) for the embedded 135M
 model on a 2-core CPU: LoRA on all attention and MLP projections, a pass-rate curriculum, rollouts
@@ -22,6 +23,11 @@ LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
 
 
 class TrainConfig(StageConfig):
+    # ---- method ----
+    method: Literal["grpo", "sft"] = Field(
+        "grpo", description="grpo: reinforcement learning from rewards (TRL GRPOTrainer); sft: supervised fine-tuning on "
+        "checked worked solutions (TRL SFTTrainer; see edgereason.rationales), loss on the assistant turn only.")
+
     # ---- run ----
     name: str = Field("grpo-smollm2", description="Run name: outputs go to <output_root>/<name>/.")
     output_root: Path = Field(Path("runs"), description="Folder holding all runs.")
@@ -66,6 +72,16 @@ class TrainConfig(StageConfig):
         "runs expC/expE used it and did not beat uniform expB).")
     format: str = Field(DEFAULT_FORMAT, description="Reasoning format preset the model is trained for.")
     prefill: bool = Field(True, description="End prompts with the format's open tag (R1-style prefill).")
+
+    # ---- SFT ----
+    calculator: Literal["strip", "keep"] = Field("strip", description="GSM8K-style calculator annotations "
+                                                 "(<<48/2=24>>) in rationales: strip them or keep them (sft).")
+    dev: str | None = Field("holdout", description="Data for the loss evaluated during training (sft): holdout (the "
+                            "last dev_size training rationales, then left out of training), a dev split such as "
+                            "arith-dev, or a file; the checkpoint with the lowest dev loss is the run's adapter. "
+                            "None: no dev loss, the last checkpoint.")
+    dev_size: int = Field(64, ge=1, description="Dev problems evaluated at each checkpoint (sft).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the rationales (sft); overrides max_steps when set.")
 
     # ---- rewards ----
     reward_weights: dict[str, float] = Field(
@@ -158,7 +174,7 @@ class TrainConfig(StageConfig):
         if self.rollout_engine == "llama.cpp" and self.use_vllm:
             raise ValueError("rollout_engine llama.cpp and use_vllm exclude each other")
         per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if per_step % self.num_generations:
+        if self.method == "grpo" and per_step % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size × gradient_accumulation_steps ({per_step}) must be divisible by "
                 f"num_generations ({self.num_generations})"
