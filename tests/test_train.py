@@ -14,8 +14,9 @@ import pytest
 
 from edgereason.servers import python_module
 from edgereason.train.config import TrainConfig
-from edgereason.train.grpo import TrainSetupError, prepare_run, run_training
+from edgereason.train.grpo import run_training
 from edgereason.train.precision import choose_bf16
+from edgereason.train.runs import TrainSetupError, prepare_run
 
 TINY = dict(
     max_completion_length=16,
@@ -233,7 +234,7 @@ def test_bf16_choice(requested, gpu, flags, expected):
 
 
 def test_incomplete_checkpoint_is_set_aside(tmp_path):
-    from edgereason.train.grpo import latest_complete_checkpoint
+    from edgereason.train.runs import latest_complete_checkpoint
 
     root = tmp_path / "checkpoints"
     (root / "checkpoint-3").mkdir(parents=True)
@@ -244,7 +245,7 @@ def test_incomplete_checkpoint_is_set_aside(tmp_path):
 
 
 def test_a_checkpoint_with_truncated_weights_is_set_aside_and_an_unreadable_one_is_not(tmp_path):
-    from edgereason.train.grpo import latest_complete_checkpoint
+    from edgereason.train.runs import latest_complete_checkpoint
 
     root = tmp_path / "checkpoints"
     ckpt = root / "checkpoint-5"

@@ -29,7 +29,7 @@ def run(cfg: TrainConfig) -> None:
 
 
 def _errors() -> tuple[type[Exception], ...]:
-    from edgereason.train.grpo import TrainSetupError
+    from edgereason.train.runs import TrainSetupError
 
     return (TrainSetupError,)
 

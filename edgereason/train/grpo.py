@@ -1,7 +1,7 @@
 """GRPO training on TRL with a PEFT LoRA, in three parts:
 
-- `prepare_run(cfg)`: everything that can fail cheaply, before any compute (model, data, filters,
-  output folder, resume point);
+- `prepare_run(cfg)` (train/runs.py, shared with SFT): everything that can fail cheaply, before any
+  compute (model, data, filters, output folder, resume point);
 - `build_trainer(prep)`: the tokenizer, the curriculum pool, the rewards, the rollout engine, the
   controls and `EdgeGRPOTrainer`;
 - `finalize_run(...)`: the adapter (written atomically), run.json, the report and plots.
@@ -15,196 +15,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import shutil
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgereason.data import dataset_hash, filter_by_level, is_eval_only, load_benchmark, sample_problems
 from edgereason.files import atomic_output, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
-from edgereason.models import ResolvedModel, resolve_model
+from edgereason.models import ResolvedModel
 from edgereason.problems import Problem
 from edgereason.train.config import TrainConfig
 from edgereason.train.curriculum import training_row
-from edgereason.versions import versions
-
-FINISHED = "finished"
-
-
-class TrainSetupError(ValueError):
-    """A run that cannot start; raised before any model is loaded or step taken."""
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    adapter_dir: Path
-    steps: int
-    stop_reason: str
-    metrics: dict[str, float]
-    seconds: float
-
-
-@dataclass
-class Prepared:
-    cfg: TrainConfig
-    model: ResolvedModel
-    problems: list[Problem]
-    resume: Path | None
-    fmt: ReasoningFormat
-
-    @property
-    def run_dir(self) -> Path:
-        return self.cfg.run_dir
-
-
-# ---- checks before compute -------------------------------------------------------------------
-
-
-def _config_key(cfg: TrainConfig) -> str:
-    data = cfg.model_dump(mode="json", exclude={"overwrite", "max_steps"})
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_output_dir(cfg: TrainConfig) -> Path | None:
-    """Decide what to do with runs/<name>: returns the checkpoint to resume from, or None to
-    start fresh. Refuses to mix two runs, and never replaces a finished run unless `overwrite`."""
-    run_dir = cfg.run_dir
-    record = run_dir / "run.json"
-    if record.exists() and json.loads(record.read_text()).get("status") == FINISHED:
-        if not cfg.overwrite:
-            raise TrainSetupError(
-                f"{run_dir} holds a finished run; pass --overwrite to replace it or choose another --name"
-            )
-        shutil.rmtree(run_dir)
-        return None
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return None
-    key_file = run_dir / "config.key"
-    if not key_file.exists() or key_file.read_text().strip() != _config_key(cfg):
-        if cfg.overwrite:
-            shutil.rmtree(run_dir)
-            return None
-        raise TrainSetupError(
-            f"{run_dir} holds another run (different configuration); choose another --name or pass --overwrite"
-        )
-    return latest_complete_checkpoint(run_dir / "checkpoints")
-
-
-def _checkpoint_complete(ckpt: Path) -> bool:
-    """A checkpoint is usable when its state, weights and optimizer were all fully written.
-
-    False only on evidence of an incomplete write (a file missing, truncated JSON, a safetensors
-    header or zip directory cut short): anything else (no permission, a broken install) raises, so
-    a good checkpoint is never set aside for an error that is not its own."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        json.loads((ckpt / "trainer_state.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    weights = list(ckpt.glob("*.safetensors"))
-    if not weights:
-        return False
-    for w in weights:
-        try:
-            with safe_open(str(w), "pt") as fh:
-                list(fh.keys())
-        except SafetensorError:  # a header or size that does not add up: cut mid-write
-            return False
-    opt = ckpt / "optimizer.pt"
-    return opt.exists() and zipfile.is_zipfile(opt)
-
-
-def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest complete checkpoint; incomplete ones (a kill mid-save) are set aside, not deleted."""
-    if not ckpt_root.is_dir():
-        return None
-    ckpts = sorted(
-        (p for p in ckpt_root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
-    for ckpt in ckpts:
-        if _checkpoint_complete(ckpt):
-            return ckpt
-        ckpt.rename(ckpt.with_name(f"incomplete-{ckpt.name}-{int(time.time())}"))
-    return None
-
-
-def _load_one(cfg: TrainConfig, name: str) -> list[Problem]:
-    if is_eval_only(name, cfg.data_dir):
-        raise TrainSetupError(f"{name} is an evaluation split; train on gsm8k-train, arith-train, logic-train or your own data")
-    try:
-        problems = load_benchmark(name, cfg.data_dir)
-    except (ValueError, FileNotFoundError) as e:
-        raise TrainSetupError(str(e)) from None
-    if not problems:
-        raise TrainSetupError(f"dataset {name!r} is empty")
-    if cfg.levels:
-        problems = filter_by_level(problems, cfg.levels)
-        if not problems:
-            raise TrainSetupError(f"level filter {cfg.levels} leaves no problems in {name!r} (does it have levels?)")
-    if cfg.curriculum in ("hard-only", "mixed"):
-        if not any(p.level for p in problems):
-            raise TrainSetupError(f"the {cfg.curriculum} curriculum needs MATH levels; {name!r} has none "
-                                  "(use curriculum: pass-rate)")
-        problems = _level_curriculum(cfg, filter_by_level(problems, [4, 5]), filter_by_level(problems, [1, 2, 3]))
-    return sample_problems(problems, None, seed=cfg.seed)
-
-
-def load_training_problems(cfg: TrainConfig) -> list[Problem]:
-    """The training problems of every dataset after filters, interleaved by `dataset_weights`;
-    refuses evaluation splits and empty results."""
-    sources = [_load_one(cfg, name) for name in cfg.dataset]
-    if len(sources) == 1:
-        return sources[0]
-    weights = cfg.dataset_weights or [1.0] * len(sources)
-    total = sum(len(s) for s in sources)
-    mixed: list[Problem] = []
-    taken = [0.0] * len(sources)
-    while len(mixed) < total:  # the source furthest behind its share goes next
-        i = min((j for j in range(len(sources)) if taken[j] < len(sources[j])),
-                key=lambda j: taken[j] / weights[j] if weights[j] > 0 else float("inf"))
-        mixed.append(sources[i][int(taken[i])])
-        taken[i] += 1
-    return mixed
-
-
-def _level_curriculum(cfg: TrainConfig, hard: list[Problem], easy: list[Problem]) -> list[Problem]:
-    if not hard:
-        raise TrainSetupError("the hard-only/mixed curriculum leaves no hard problems")
-    if cfg.curriculum == "hard-only":
-        return hard
-    mixed: list[Problem] = []
-    for i in range(max(len(hard), len(easy))):
-        mixed.extend(p for p in (hard[i] if i < len(hard) else None, easy[i] if i < len(easy) else None) if p)
-    return mixed
-
-
-def prepare_run(cfg: TrainConfig) -> Prepared:
-    """Everything that can fail, in one place, before any compute is spent (cheapest first: the data,
-    then the model, which may be converted to a cached HF copy on first use, then the output folder)."""
-    problems = load_training_problems(cfg)
-    try:
-        model = resolve_model(cfg.model, need_hf=True)
-        model.require_hf()
-    except LookupError as e:
-        raise TrainSetupError(str(e)) from None
-    resume = check_output_dir(cfg)
-    return Prepared(cfg, model, problems, resume, get_format(cfg.format))
-
+from edgereason.train.runs import (
+    FINISHED,
+    Prepared,
+    RunResult,
+    TrainSetupError,
+    build_prompt,
+    config_key,
+    dir_hash,
+    peak_rss_mb,
+    prepare_run,
+    write_run_json,
+)
 
 # ---- building the trainer --------------------------------------------------------------------
-
-
-def build_prompt(tokenizer: Any, fmt: ReasoningFormat, question: str, prefill: bool) -> str:
-    text = tokenizer.apply_chat_template(fmt.messages(question), add_generation_prompt=True, tokenize=False)
-    return str(text) + (fmt.prefill if prefill else "")
 
 
 def _fit_prompts(problems: list[Problem], tokenizer: Any, fmt: ReasoningFormat, cfg: TrainConfig) -> list[Problem]:
@@ -450,7 +285,7 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
     # and sampling settings, so a second run (or a re-run) starts at once.
     from edgereason.paths import cache_dir
 
-    key = hashlib.sha256(json.dumps([prep.model.name, _dir_hash(prep.model.require_hf()), [p.id for p in candidates],
+    key = hashlib.sha256(json.dumps([prep.model.name, dir_hash(prep.model.require_hf()), [p.id for p in candidates],
                                      cfg.curriculum_samples, cfg.curriculum_temperature, cfg.max_completion_length,
                                      cfg.top_p, cfg.seed, cfg.format, cfg.prefill]).encode()).hexdigest()[:20]
     cached = cache_dir() / "pass-rates" / f"{key}.json"
@@ -490,21 +325,6 @@ def _refresher(cfg: TrainConfig, prep: Prepared, engine: Any, tokenizer: Any, re
 # ---- finishing -------------------------------------------------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _dir_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")):
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
 def _reward_ceiling(cfg: TrainConfig) -> float:
     """Highest weighted total reward (for saturation detection)."""
     from edgereason.grading import EXACT_CREDIT
@@ -520,24 +340,6 @@ def _reward_ceiling(cfg: TrainConfig) -> float:
         "derived": 1.0,
     }
     return sum(w * best[k] for k, w in cfg.reward_weights.items())
-
-
-def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = None) -> None:
-    cfg, hf = prep.cfg, prep.model.hf_dir
-    record = {
-        "name": cfg.name,
-        "status": status,
-        "config": cfg.model_dump(mode="json"),
-        "versions": versions("torch", "transformers", "trl", "peft", "accelerate", "llama-cpp-python", "edgereason",
-                             python=True),
-        "base_model": {"name": prep.model.name, "source": prep.model.source, "hash": _dir_hash(hf) if hf else None},
-        "data": {"dataset": cfg.dataset, "problems": len(prep.problems), "hash": dataset_hash(prep.problems)},
-        "seed": cfg.seed,
-        "resumed_from": str(prep.resume) if prep.resume else None,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        **(extra or {}),
-    }
-    write_text_atomic(prep.run_dir / "run.json", json.dumps(record, indent=2))
 
 
 def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str | None) -> RunResult:
@@ -557,7 +359,7 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
     timing = {
         "wall_seconds": round(seconds, 1),
         "seconds_per_step": round(seconds / max(steps - done_before, 1), 2),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     extra: dict[str, Any] = {"steps": steps, "stop_reason": reason, "final_metrics": metrics,
                              "rollout_engine": built.engine_name, "bf16": built.bf16[0], "precision_note": built.bf16[1],
@@ -576,7 +378,7 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     prep = prepare_run(cfg)
     console = Console(quiet=not show_progress)
     prep.run_dir.mkdir(parents=True, exist_ok=True)
-    (prep.run_dir / "config.key").write_text(_config_key(cfg))
+    (prep.run_dir / "config.key").write_text(config_key(cfg))
     (prep.run_dir / "config.yaml").write_text(cfg.to_yaml())
     built = build_trainer(prep, show_progress, log=console.print)
     write_run_json(prep, "running")

@@ -24,14 +24,14 @@ from edgereason.formats import ReasoningFormat
 from edgereason.problems import Problem
 from edgereason.rationales import Rationale, rationales
 from edgereason.train.config import TrainConfig
-from edgereason.train.grpo import (
+from edgereason.train.runs import (
     FINISHED,
     Prepared,
     RunResult,
     TrainSetupError,
-    _config_key,
-    _peak_rss_mb,
     build_prompt,
+    config_key,
+    peak_rss_mb,
     prepare_run,
     write_run_json,
 )
@@ -95,7 +95,7 @@ class _Record:
 
         record = self
 
-        class SFTRecordCallback(TrainerCallback):  # type: ignore[misc]
+        class SFTRecordCallback(TrainerCallback):
             def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 if record.path.exists():  # a resumed run redoes the steps past its checkpoint
                     kept = [line for line in record.path.read_text().splitlines()
@@ -125,8 +125,8 @@ def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_de
 
     same_name = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "adam_beta1",
                  "adam_beta2", "weight_decay", "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "seed")
-    steps = {"num_train_epochs": cfg.epochs, "max_steps": -1} if cfg.epochs else {"max_steps": cfg.max_steps}
-    dev = {"eval_strategy": "steps", "eval_steps": cfg.save_steps, "load_best_model_at_end": True,
+    steps: dict[str, Any] = {"num_train_epochs": cfg.epochs, "max_steps": -1} if cfg.epochs else {"max_steps": cfg.max_steps}
+    dev: dict[str, Any] = {"eval_strategy": "steps", "eval_steps": cfg.save_steps, "load_best_model_at_end": True,
            "metric_for_best_model": "eval_loss", "greater_is_better": False,
            "per_device_eval_batch_size": cfg.per_device_train_batch_size} if has_dev else {}
     return SFTConfig(
@@ -159,7 +159,7 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     train, dev, faults = split_rationales(cfg, prep.problems)
     run_dir = prep.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.key").write_text(_config_key(cfg))
+    (run_dir / "config.key").write_text(config_key(cfg))
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     write_text_atomic(run_dir / "rationale-faults.txt", "".join(f + "\n" for f in faults))
     if faults:
@@ -221,7 +221,7 @@ def _finalize(prep: Prepared, trainer: Any, tokenizer: Any, seconds: float, n_tr
         best_step, best = min(dev_losses, key=lambda x: x[1])
         metrics.update(first_dev_loss=round(dev_losses[0][1], 4), best_dev_loss=round(best, 4), best_step=best_step)
     timing = {"wall_seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(steps - done_before, 1), 2),
-              "peak_rss_mb": round(_peak_rss_mb(), 1),
+              "peak_rss_mb": round(peak_rss_mb(), 1),
               "train_tokens_per_second": round(tokens / seconds, 1) if tokens and not prep.resume else None}
     extra = {"method": "sft", "steps": steps, "stop_reason": "max_steps", "final_metrics": metrics,
              "best_checkpoint": state.best_model_checkpoint, "rationales": {"train": n_train, "dev": n_dev,

@@ -1,0 +1,237 @@
+"""What every training method shares: the run folder and its guard against mixing runs, complete
+checkpoints and resume, the training data (evaluation splits refused), the prompt as every stage
+builds it, and run.json. GRPO (`grpo.py`) and SFT (`sft.py`) are each a file on top.
+
+`prepare_run(cfg)` does everything that can fail cheaply, before any compute: data, model, output
+folder, resume point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgereason.data import dataset_hash, filter_by_level, is_eval_only, load_benchmark, sample_problems
+from edgereason.files import write_text_atomic
+from edgereason.formats import ReasoningFormat, get_format
+from edgereason.models import ResolvedModel, resolve_model
+from edgereason.problems import Problem
+from edgereason.train.config import TrainConfig
+from edgereason.versions import versions
+
+FINISHED = "finished"
+
+
+class TrainSetupError(ValueError):
+    """A run that cannot start; raised before any model is loaded or step taken."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    adapter_dir: Path
+    steps: int
+    stop_reason: str
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class Prepared:
+    cfg: TrainConfig
+    model: ResolvedModel
+    problems: list[Problem]
+    resume: Path | None
+    fmt: ReasoningFormat
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+
+# ---- checks before compute -------------------------------------------------------------------
+
+
+def config_key(cfg: TrainConfig) -> str:
+    data = cfg.model_dump(mode="json", exclude={"overwrite", "max_steps"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_output_dir(cfg: TrainConfig) -> Path | None:
+    """Decide what to do with runs/<name>: returns the checkpoint to resume from, or None to
+    start fresh. Refuses to mix two runs, and never replaces a finished run unless `overwrite`."""
+    run_dir = cfg.run_dir
+    record = run_dir / "run.json"
+    if record.exists() and json.loads(record.read_text()).get("status") == FINISHED:
+        if not cfg.overwrite:
+            raise TrainSetupError(
+                f"{run_dir} holds a finished run; pass --overwrite to replace it or choose another --name"
+            )
+        shutil.rmtree(run_dir)
+        return None
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    key_file = run_dir / "config.key"
+    if not key_file.exists() or key_file.read_text().strip() != config_key(cfg):
+        if cfg.overwrite:
+            shutil.rmtree(run_dir)
+            return None
+        raise TrainSetupError(
+            f"{run_dir} holds another run (different configuration); choose another --name or pass --overwrite"
+        )
+    return latest_complete_checkpoint(run_dir / "checkpoints")
+
+
+def checkpoint_complete(ckpt: Path) -> bool:
+    """A checkpoint is usable when its state, weights and optimizer were all fully written.
+
+    False only on evidence of an incomplete write (a file missing, truncated JSON, a safetensors
+    header or zip directory cut short): anything else (no permission, a broken install) raises, so
+    a good checkpoint is never set aside for an error that is not its own."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    weights = list(ckpt.glob("*.safetensors"))
+    if not weights:
+        return False
+    for w in weights:
+        try:
+            with safe_open(str(w), "pt") as fh:
+                list(fh.keys())
+        except SafetensorError:  # a header or size that does not add up: cut mid-write
+            return False
+    opt = ckpt / "optimizer.pt"
+    return opt.exists() and zipfile.is_zipfile(opt)
+
+
+def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest complete checkpoint; incomplete ones (a kill mid-save) are set aside, not deleted."""
+    if not ckpt_root.is_dir():
+        return None
+    ckpts = sorted(
+        (p for p in ckpt_root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for ckpt in ckpts:
+        if checkpoint_complete(ckpt):
+            return ckpt
+        ckpt.rename(ckpt.with_name(f"incomplete-{ckpt.name}-{int(time.time())}"))
+    return None
+
+
+def _load_one(cfg: TrainConfig, name: str) -> list[Problem]:
+    if is_eval_only(name, cfg.data_dir):
+        raise TrainSetupError(f"{name} is an evaluation split; train on gsm8k-train, arith-train, logic-train or your own data")
+    try:
+        problems = load_benchmark(name, cfg.data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise TrainSetupError(str(e)) from None
+    if not problems:
+        raise TrainSetupError(f"dataset {name!r} is empty")
+    if cfg.levels:
+        problems = filter_by_level(problems, cfg.levels)
+        if not problems:
+            raise TrainSetupError(f"level filter {cfg.levels} leaves no problems in {name!r} (does it have levels?)")
+    if cfg.curriculum in ("hard-only", "mixed"):
+        if not any(p.level for p in problems):
+            raise TrainSetupError(f"the {cfg.curriculum} curriculum needs MATH levels; {name!r} has none "
+                                  "(use curriculum: pass-rate)")
+        problems = _level_curriculum(cfg, filter_by_level(problems, [4, 5]), filter_by_level(problems, [1, 2, 3]))
+    return sample_problems(problems, None, seed=cfg.seed)
+
+
+def load_training_problems(cfg: TrainConfig) -> list[Problem]:
+    """The training problems of every dataset after filters, interleaved by `dataset_weights`;
+    refuses evaluation splits and empty results."""
+    sources = [_load_one(cfg, name) for name in cfg.dataset]
+    if len(sources) == 1:
+        return sources[0]
+    weights = cfg.dataset_weights or [1.0] * len(sources)
+    total = sum(len(s) for s in sources)
+    mixed: list[Problem] = []
+    taken = [0.0] * len(sources)
+    while len(mixed) < total:  # the source furthest behind its share goes next
+        i = min((j for j in range(len(sources)) if taken[j] < len(sources[j])),
+                key=lambda j: taken[j] / weights[j] if weights[j] > 0 else float("inf"))
+        mixed.append(sources[i][int(taken[i])])
+        taken[i] += 1
+    return mixed
+
+
+def _level_curriculum(cfg: TrainConfig, hard: list[Problem], easy: list[Problem]) -> list[Problem]:
+    if not hard:
+        raise TrainSetupError("the hard-only/mixed curriculum leaves no hard problems")
+    if cfg.curriculum == "hard-only":
+        return hard
+    mixed: list[Problem] = []
+    for i in range(max(len(hard), len(easy))):
+        mixed.extend(p for p in (hard[i] if i < len(hard) else None, easy[i] if i < len(easy) else None) if p)
+    return mixed
+
+
+def prepare_run(cfg: TrainConfig) -> Prepared:
+    """Everything that can fail, in one place, before any compute is spent (cheapest first: the data,
+    then the model, which may be converted to a cached HF copy on first use, then the output folder)."""
+    problems = load_training_problems(cfg)
+    try:
+        model = resolve_model(cfg.model, need_hf=True)
+        model.require_hf()
+    except LookupError as e:
+        raise TrainSetupError(str(e)) from None
+    resume = check_output_dir(cfg)
+    return Prepared(cfg, model, problems, resume, get_format(cfg.format))
+
+
+# ---- prompts and records -----------------------------------------------------------------------
+
+
+def build_prompt(tokenizer: Any, fmt: ReasoningFormat, question: str, prefill: bool) -> str:
+    text = tokenizer.apply_chat_template(fmt.messages(question), add_generation_prompt=True, tokenize=False)
+    return str(text) + (fmt.prefill if prefill else "")
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def dir_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")):
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = None) -> None:
+    cfg, hf = prep.cfg, prep.model.hf_dir
+    record = {
+        "name": cfg.name,
+        "status": status,
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions("torch", "transformers", "trl", "peft", "accelerate", "llama-cpp-python", "edgereason",
+                             python=True),
+        "base_model": {"name": prep.model.name, "source": prep.model.source, "hash": dir_hash(hf) if hf else None},
+        "data": {"dataset": cfg.dataset, "problems": len(prep.problems), "hash": dataset_hash(prep.problems)},
+        "seed": cfg.seed,
+        "resumed_from": str(prep.resume) if prep.resume else None,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        **(extra or {}),
+    }
+    write_text_atomic(prep.run_dir / "run.json", json.dumps(record, indent=2))
+
+
