@@ -53,7 +53,9 @@ def _cli_type(tp: Any) -> tuple[Any, bool] | None:
     if get_origin(tp) is list:
         (inner,) = get_args(tp) or (str,)
         inner = _unwrap_optional(inner)
-        if inner in _SCALARS or get_origin(inner) is Literal:
+        if get_origin(inner) is Literal:  # typer takes no list of Literal: strings, checked by pydantic
+            return list[str], True
+        if inner in _SCALARS:
             return list[inner], True  # type: ignore[valid-type]
     return None
 

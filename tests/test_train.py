@@ -396,3 +396,50 @@ def test_sft_resumes_after_kill(tmp_path, default_model):
     assert run["status"] == "finished" and run["steps"] == 4 and run["resumed_from"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "sft-resume" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_hybrids_stage_settings_are_checked_before_compute(tmp_path):
+    with pytest.raises(ValueError, match="stage_settings for \\['rft'\\]"):
+        TrainConfig(stages=["sft", "grpo"], stage_settings={"rft": {"max_steps": 2}})
+    with pytest.raises(ValueError, match="learning_rate"):  # a bad value in a later stage fails now
+        TrainConfig(stages=["sft", "grpo"], stage_settings={"grpo": {"learning_rate": -1}})
+    with pytest.raises(ValueError, match="choose one"):
+        TrainConfig(init_adapter=tmp_path, full_finetune=True)
+    with pytest.raises(TrainSetupError, match="not a PEFT adapter"):
+        prepare_run(tiny(tmp_path, init_adapter=tmp_path))
+
+
+@pytest.mark.model
+def test_sft_then_grpo_continues_the_same_lora(tmp_path, default_model):
+    """A two-stage hybrid: GRPO starts from the SFT stage's LoRA (its rank and alpha, its weights) and
+    the hybrid's adapter is the GRPO stage's; re-running skips the finished stages."""
+    import torch
+    from safetensors.torch import load_file
+
+    from edgereason.train.hybrid import run_stages
+
+    sft = _sft(tmp_path)
+    cfg = TrainConfig.model_validate({
+        **sft.model_dump(exclude={"method", "name"}), "name": "hybrid", "stages": ["sft", "grpo"],
+        "stage_settings": {"sft": {"max_steps": 2, "save_steps": 2, "dev": None},
+                           "grpo": {**TINY, "dataset": ["arith-train"], "max_steps": 1, "rollout_engine": "llama.cpp",
+                                    "learning_rate": 1e-3, "warmup_ratio": 0.0}}})  # step 1 of a warm-up has lr 0
+    result = run_stages(cfg, show_progress=False)
+    root = tmp_path / "hybrid"
+    run = json.loads((root / "run.json").read_text())
+    assert run["status"] == "finished" and [s["stage"] for s in run["stages"]] == ["1-sft", "2-grpo"]
+    grpo_run = json.loads((root / "2-grpo" / "run.json").read_text())
+    assert grpo_run["config"]["init_adapter"] == str(root / "1-sft" / "adapter")
+    assert grpo_run["config"]["lora_r"] == 4 and grpo_run["rollout_engine"] == "llama.cpp"
+    first = load_file(str(root / "1-sft" / "adapter" / "adapter_model.safetensors"))
+    last = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert set(first) == set(last)  # the same LoRA continued, not a second one stacked on it
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # and GRPO moved it
+    with pytest.raises(TrainSetupError, match="finished run"):
+        run_stages(cfg, show_progress=False)
+    # Interrupted after its stages (no hybrid record yet): a re-run redoes no stage.
+    (root / "run.json").unlink()
+    stamps = {s: (root / s / "run.json").stat().st_mtime_ns for s in ("1-sft", "2-grpo")}
+    run_stages(cfg, show_progress=False)
+    assert {s: (root / s / "run.json").stat().st_mtime_ns for s in stamps} == stamps
+    assert (root / "run.json").is_file()

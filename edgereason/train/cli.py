@@ -14,7 +14,11 @@ console = Console()
 def run(cfg: TrainConfig) -> None:
     from edgereason.quiet import quiet_libraries
     quiet_libraries()
-    if cfg.method == "sft":
+    if cfg.stages:
+        from edgereason.train.hybrid import run_stages
+
+        result = run_stages(cfg)
+    elif cfg.method == "sft":
         from edgereason.train.sft import run_sft
 
         result = run_sft(cfg)

@@ -10,7 +10,7 @@ warm-up, gradient clipping 1.0. `edgereason train --help` lists every field as a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -27,6 +27,16 @@ class TrainConfig(StageConfig):
     method: Literal["grpo", "sft"] = Field(
         "grpo", description="grpo: reinforcement learning from rewards (TRL GRPOTrainer); sft: supervised fine-tuning on "
         "checked worked solutions (TRL SFTTrainer; see edgereason.rationales), loss on the assistant turn only.")
+
+    stages: list[Literal["sft", "grpo"]] | None = Field(
+        None, description="A hybrid in one command, e.g. sft then grpo: each stage a run under <name>/ (1-sft, 2-grpo), "
+        "each continuing the previous stage's LoRA; <name>/adapter is the last stage's. Overrides per stage in "
+        "stage_settings.")
+    stage_settings: dict[str, dict[str, Any]] = Field(
+        {}, description="Settings of one stage of a hybrid, e.g. {sft: {max_steps: 120, learning_rate: 5.0e-4}, "
+        "grpo: {max_steps: 40}}: the rest of this config with these on top.")
+    init_adapter: Path | None = Field(None, description="Start from this saved PEFT LoRA (an earlier stage's adapter) "
+                                      "and keep training it; its rank, alpha and modules are used.")
 
     # ---- run ----
     name: str = Field("grpo-smollm2", description="Run name: outputs go to <output_root>/<name>/.")
@@ -179,6 +189,17 @@ class TrainConfig(StageConfig):
                 f"per_device_train_batch_size × gradient_accumulation_steps ({per_step}) must be divisible by "
                 f"num_generations ({self.num_generations})"
             )
+        if self.init_adapter is not None and self.full_finetune:
+            raise ValueError("init_adapter continues a LoRA; full_finetune trains every weight: choose one")
+        if self.stages is not None:
+            if not self.stages:
+                raise ValueError("stages is empty: name the methods to run in order, e.g. [sft, grpo]")
+            extra = set(self.stage_settings) - set(self.stages)
+            if extra:
+                raise ValueError(f"stage_settings for {sorted(extra)}, which is not among stages {self.stages}")
+            for method in self.stages:  # each stage's settings are checked now, not when its turn comes
+                TrainConfig.model_validate({**self.model_dump(exclude={"stages", "stage_settings"}),
+                                            **self.stage_settings.get(method, {}), "method": method})
         unknown = set(self.reward_weights) - set(REWARD_NAMES)
         if unknown:
             raise ValueError(f"unknown reward components {sorted(unknown)}")

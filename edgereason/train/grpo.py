@@ -34,6 +34,7 @@ from edgereason.train.runs import (
     build_prompt,
     config_key,
     dir_hash,
+    load_policy,
     peak_rss_mb,
     prepare_run,
     write_run_json,
@@ -139,7 +140,6 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     """The trainer and everything it runs with (see the module doc)."""
     import torch
     from datasets import Dataset, IterableDataset
-    from peft import LoraConfig
     from transformers import AutoConfig, AutoTokenizer, PrinterCallback, ProgressCallback
 
     from edgereason.train.callbacks import BatchStats, CurriculumCallback, GRPOControlCallback, RunRecordCallback
@@ -191,11 +191,9 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     if pool is not None:  # before the run record, so its figures are in each logged step
         callbacks.append(CurriculumCallback(pool, stats, cfg, run_dir, _refresher(cfg, prep, engine, tokenizer, render)))
     callbacks.append(RunRecordCallback(run_dir, stats, cfg.sample_every, show_progress))
-    peft_config = None if cfg.full_finetune else LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    policy, peft_config = load_policy(cfg, hf_dir, bf16[0])
     trainer = EdgeGRPOTrainer(
-        model=str(hf_dir), reward_funcs=rewards, args=args, train_dataset=dataset, processing_class=tokenizer,
+        model=policy, reward_funcs=rewards, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config, callbacks=callbacks, compact_scoring=cfg.compact_scoring,
         rollout_engine=engine if engine_name in ("llama.cpp", "transformers") else None,
     )

@@ -191,7 +191,41 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
     except LookupError as e:
         raise TrainSetupError(str(e)) from None
     resume = check_output_dir(cfg)
+    if cfg.init_adapter is not None:
+        # The adapter continued decides the LoRA's shape; the run trains it as it is.
+        cfg = cfg.model_copy(update=adapter_shape(cfg.init_adapter))
     return Prepared(cfg, model, problems, resume, get_format(cfg.format))
+
+
+def adapter_shape(adapter: Path) -> dict[str, Any]:
+    """The LoRA settings of a saved PEFT adapter (rank, alpha, target modules), checked before compute."""
+    config = adapter / "adapter_config.json"
+    if not config.is_file():
+        raise TrainSetupError(f"init_adapter {adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    c = json.loads(config.read_text())
+    if c.get("peft_type") != "LORA":
+        raise TrainSetupError(f"init_adapter {adapter} is a {c.get('peft_type')} adapter; a LoRA is needed")
+    targets = c.get("target_modules") or []
+    return {"lora_r": int(c["r"]), "lora_alpha": int(c["lora_alpha"]),
+            "lora_target_modules": sorted(targets) if isinstance(targets, list) else [targets]}
+
+
+def load_policy(cfg: TrainConfig, hf_dir: Path, bf16: bool) -> tuple[Any, Any]:
+    """(model, peft_config) for a TRL trainer: the base model's folder and a new LoRA, or, with
+    `init_adapter`, the base with that adapter loaded trainable (a hybrid's later stage continues
+    the earlier stage's LoRA rather than stacking a second one)."""
+    from peft import LoraConfig
+
+    if cfg.init_adapter is None:
+        return str(hf_dir), None if cfg.full_finetune else LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.bfloat16 if bf16 else torch.float32)
+    return PeftModel.from_pretrained(base, str(cfg.init_adapter), is_trainable=True), None
 
 
 # ---- prompts and records -----------------------------------------------------------------------

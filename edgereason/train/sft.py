@@ -31,6 +31,7 @@ from edgereason.train.runs import (
     TrainSetupError,
     build_prompt,
     config_key,
+    load_policy,
     peak_rss_mb,
     prepare_run,
     write_run_json,
@@ -147,7 +148,6 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     metrics, a loss plot and the report."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from rich.console import Console
     from transformers import AutoTokenizer, PrinterCallback, ProgressCallback
     from trl import SFTTrainer
@@ -182,11 +182,9 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     console.print(f"SFT on {len(train_rows)} rationales (dev {len(dev_rows)}); precision: "
                   f"{'bf16' if bf16[0] else 'fp32'} ({bf16[1]})")
     record = _Record(run_dir, show_progress)
-    peft_config = None if cfg.full_finetune else LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    policy, peft_config = load_policy(cfg, hf_dir, bf16[0])
     trainer = SFTTrainer(
-        model=str(hf_dir), args=_sft_args(cfg, run_dir, use_gpu, bf16[0], bool(dev_rows)),
+        model=policy, args=_sft_args(cfg, run_dir, use_gpu, bf16[0], bool(dev_rows)),
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
         processing_class=tokenizer, peft_config=peft_config, callbacks=[record.callback()])
     trainer.remove_callback(ProgressCallback)
