@@ -146,7 +146,7 @@ def load_problems(cfg: EvalConfig) -> list[Problem]:
     try:
         problems = sample_problems(load_benchmark(single_benchmark(cfg), cfg.data_dir), cfg.limit, cfg.seed)
     except (ValueError, FileNotFoundError) as e:
-        raise EvalError(str(e)) from None
+        raise EvalError(str(e)) from e
     if not problems:
         raise EvalError(f"benchmark {single_benchmark(cfg)!r} has no problems")
     return problems
@@ -180,7 +180,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
             backend = open_target(target, fmt, batch_size=cfg.batch_size, threads=cfg.threads,
                                   concurrency=cfg.concurrency)
         except Exception as e:  # a model that fails to load or a server that is down
-            raise EvalError(f"cannot open {target.spec}: {e}") from None
+            raise EvalError(f"cannot open {target.spec}: {e}") from e
     model_name = getattr(backend, "model_name", target.model) if backend else target.model
     step = cfg.batch_size if target.backend == "transformers" else cfg.concurrency
     records = dict(done)

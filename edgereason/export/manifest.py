@@ -70,7 +70,7 @@ def resolve_source(base: str | None, adapter: str | Path | None, format_name: st
     try:
         resolved = resolve_model(base, need_hf=True)
     except Exception as e:  # ModelNotFoundError or a conversion failure, both with a message
-        raise ExportError(f"base model {base!r}: {e}") from None
+        raise ExportError(f"base model {base!r}: {e}") from e
     weights = sorted(resolved.require_hf().glob("*.safetensors"))
     if not weights:
         raise ExportError(f"{resolved.hf_dir} holds no .safetensors weights")
@@ -91,7 +91,7 @@ def _require_known_architecture(hf_dir: Path) -> None:
     try:
         AutoConfig.from_pretrained(str(hf_dir))
     except (ValueError, KeyError) as e:
-        raise ExportError(f"base model {hf_dir}: unknown architecture ({str(e).splitlines()[0][:200]})") from None
+        raise ExportError(f"base model {hf_dir}: unknown architecture ({str(e).splitlines()[0][:200]})") from e
 
 
 @dataclass
