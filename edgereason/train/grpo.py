@@ -35,6 +35,7 @@ from edgereason.train.runs import (
     config_key,
     dir_hash,
     load_policy,
+    load_tokenizer,
     peak_rss_mb,
     prepare_run,
     write_run_json,
@@ -140,7 +141,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     """The trainer and everything it runs with (see the module doc)."""
     import torch
     from datasets import Dataset, IterableDataset
-    from transformers import AutoConfig, AutoTokenizer, PrinterCallback, ProgressCallback
+    from transformers import AutoConfig, PrinterCallback, ProgressCallback
 
     from edgereason.train.callbacks import BatchStats, CurriculumCallback, GRPOControlCallback, RunRecordCallback
     from edgereason.train.precision import choose_bf16
@@ -148,14 +149,8 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     from edgereason.train.trainer import EdgeGRPOTrainer
 
     cfg, fmt, run_dir = prep.cfg, prep.fmt, prep.run_dir
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     hf_dir = prep.model.require_hf()
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    if prep.model.chat_template and not tokenizer.chat_template:
-        tokenizer.chat_template = prep.model.chat_template
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(prep)
     model_config = AutoConfig.from_pretrained(hf_dir)
     use_gpu = torch.cuda.is_available()
     bf16 = choose_bf16(cfg.bf16, use_gpu)

@@ -210,6 +210,22 @@ def adapter_shape(adapter: Path) -> dict[str, Any]:
             "lora_target_modules": sorted(targets) if isinstance(targets, list) else [targets]}
 
 
+def load_tokenizer(prep: Prepared) -> Any:
+    """The base model's tokenizer as every method trains with it: its chat template (the model's own
+    when the checkpoint has none) and a pad token (EOS when it has none)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    if prep.cfg.threads:
+        torch.set_num_threads(prep.cfg.threads)
+    tokenizer = AutoTokenizer.from_pretrained(prep.model.require_hf())
+    if prep.model.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = prep.model.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_policy(cfg: TrainConfig, hf_dir: Path, bf16: bool) -> tuple[Any, Any]:
     """(model, peft_config) for a TRL trainer: the base model's folder and a new LoRA, or, with
     `init_adapter`, the base with that adapter loaded trainable (a hybrid's later stage continues

@@ -32,6 +32,7 @@ from edgereason.train.runs import (
     build_prompt,
     config_key,
     load_policy,
+    load_tokenizer,
     peak_rss_mb,
     prepare_run,
     write_run_json,
@@ -152,7 +153,7 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     import torch
     from datasets import Dataset
     from rich.console import Console
-    from transformers import AutoTokenizer, PrinterCallback, ProgressCallback
+    from transformers import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
     from edgereason.train.precision import choose_bf16
@@ -168,14 +169,8 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     if faults:
         console.print(f"[yellow]{len(faults)} of {len(prep.problems)} problems left out[/] (a rationale that does not "
                       f"check out; each named in {run_dir / 'rationale-faults.txt'}), e.g. {faults[0]}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     hf_dir = prep.model.require_hf()
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    if prep.model.chat_template and not tokenizer.chat_template:
-        tokenizer.chat_template = prep.model.chat_template
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(prep)
     train_rows = _fits(_rows(train, tokenizer, prep.fmt, cfg), tokenizer, cfg)
     dev_rows = _fits(_rows(dev, tokenizer, prep.fmt, cfg), tokenizer, cfg)
     if not train_rows:
