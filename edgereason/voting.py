@@ -184,6 +184,14 @@ def vote(
     return weighted_vote(answers, [c.score for c in checks], valid, equal, mode)
 
 
+def ballot(mode: VoteMode, answer: str | None, check: WorkCheck) -> tuple[str | None, float]:
+    """One checked sample's (answer, weight) as a vote of `mode` counts it as it arrives (early stop)."""
+    if mode is VoteMode.REPAIRED:
+        (a,), (w,) = repaired_ballots([answer], [check])
+        return a, w
+    return answer, check.score
+
+
 def repaired_ballots(answers: Sequence[str | None], checks: Sequence[WorkCheck]) -> tuple[list[str | None], list[float]]:
     """The calculator's ballots: a sample whose miscomputed chain gives another answer once recomputed
     votes for that answer, weighted as a consistent sample (its chain is now checked); others as in

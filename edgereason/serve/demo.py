@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgereason.formats import get_format
-from edgereason.voting import VoteMode, VoteTally, repaired_ballots, vote
+from edgereason.voting import VoteMode, VoteTally, vote
+from edgereason.voting import ballot as ballot_of
 from edgereason.work_check import WorkCheck, WorkStatus, check_arithmetic, check_work
 
 EXAMPLES = [
@@ -125,8 +126,7 @@ def tutor(client: TutorClient, model: str, question: str, k: int, temperature: f
         if mode.checks_work:
             check = check_work(fmt.render(sample.reasoning, sample.answer) if sample.valid else "", question, fmt)
             sample.check = check
-            (ballot,), (weight,) = (repaired_ballots([ballot], [check]) if mode is VoteMode.REPAIRED
-                                    else ([ballot], [check.score]))
+            ballot, weight = ballot_of(mode, ballot, check)
         out.samples.append(sample)
         if tally.add(ballot, bool(valid), weight) and mode is not VoteMode.BEST:
             break

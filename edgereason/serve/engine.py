@@ -22,7 +22,8 @@ from edgereason.backends.base import Backend, Completion, Delta, Messages, Sampl
 from edgereason.formats import ParsedCompletion, ReasoningFormat
 from edgereason.grading import extract_answer
 from edgereason.serve.config import EngineLimits
-from edgereason.voting import VoteMode, VoteResult, VoteTally, repaired_ballots, vote
+from edgereason.voting import VoteMode, VoteResult, VoteTally, vote
+from edgereason.voting import ballot as ballot_of
 from edgereason.work_check import WorkCheck, check_work
 
 #: A format retry samples at least this hot: a greedy retry would repeat the invalid text verbatim.
@@ -223,8 +224,7 @@ class ReasoningEngine:
                         ballot, weight = self.voted_answer(a), 1.0
                         if mode.checks_work:
                             checks[i] = check = check_work(a.text, question, self.fmt)
-                            (ballot,), (weight,) = (repaired_ballots([ballot], [check]) if mode is VoteMode.REPAIRED
-                                                    else ([ballot], [check.score]))
+                            ballot, weight = ballot_of(mode, ballot, check)
                         if tally.add(ballot, weight=weight) and early_stop:
                             early = True
                             break
