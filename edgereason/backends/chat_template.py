@@ -40,10 +40,13 @@ class ChatTemplate:
         self.bos_token, self.eos_token = bos_token, eos_token
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = True) -> str:
+               add_generation_prompt: bool = True, setup: bool = False) -> str:
+        """`setup` turns on the reasoning setup an exported template carries (export/chat_setup.py):
+        off here, since edgereason adds the format's system prompt and prefill per request itself."""
         try:
             return self._template.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
+                                         bos_token=self.bos_token, eos_token=self.eos_token,
+                                         reasoning_setup=setup)
         except TemplateError:
             raise
         except Exception as e:  # a template that cannot render these messages is the caller's input problem

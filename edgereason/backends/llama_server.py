@@ -168,7 +168,9 @@ class LlamaServerBackend(OpenAIBackend):
         native = tool_calls.renders_tools(self.template.source if self.template else None)
         body: dict[str, Any] = {"model": self.model_name, "max_tokens": params.max_tokens,
                                 "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
-                                "n": params.n, **self.extra_body}
+                                "n": params.n, **self.extra_body,
+                                # an exported template's reasoning setup stays off: a tool call is not a reasoning turn
+                                "chat_template_kwargs": {"reasoning_setup": False}}
         if native:
             body.update(messages=messages, tools=tools)
             if tool_choice is not None:

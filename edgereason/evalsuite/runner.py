@@ -26,6 +26,7 @@ from edgereason.evalsuite.targets import Target, open_target, parse_target
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.grading import answer_type, answers_equal, grade_completion, normalize_answer
 from edgereason.results import Accuracy, Baseline, EvalSummary
+from edgereason.voting import VoteMode, ballot
 from edgereason.work_check import check_work
 
 RULES = ("strict", "flexible")
@@ -88,7 +89,9 @@ def _grade(c: Completion, p: Problem, fmt: ReasoningFormat, keep_text: bool, che
         w = check_work(c.text, p.prompt, fmt)
         work = {"work_status": w.status.value, "work_score": w.score}
         if w.repaired_answer is not None:
-            work |= {"repaired_answer": w.repaired_answer,
+            # the weight is the one the serve-side repaired vote gives it (voting.ballot), ungrounded numbers included
+            _, weight = ballot(VoteMode.REPAIRED, w.repaired_answer, w)
+            work |= {"repaired_answer": w.repaired_answer, "repaired_score": weight,
                      "repaired_correct": answers_equal(w.repaired_answer, p.gold_answer)}
     rec: dict[str, Any] = {
         "answer_type": v.kind,
@@ -283,7 +286,7 @@ CHECKED_MODES = ("verified", "best", "repaired")
 def _ballots(samples: list[dict[str, Any]], mode: str, rule: str) -> tuple[list[Any], list[bool], list[bool], list[float]]:
     """(answers, valid, correct, scores) of one problem's samples for a vote of `mode` under `rule`.
     A repaired vote's ballots come from the calculator: a miscomputed chain votes for its recomputed
-    answer (graded against the gold), weighted as a consistent sample."""
+    answer (graded against the gold), weighted as the serve-side repaired vote weighs it."""
     from edgereason.work_check import STATUS_SCORE, WorkStatus
 
     answers, correct, scores = [], [], []
@@ -291,7 +294,7 @@ def _ballots(samples: list[dict[str, Any]], mode: str, rule: str) -> tuple[list[
         if mode == "repaired" and "repaired_answer" in s and s[f"{rule}_answer"] is not None:
             answers.append(s["repaired_answer"])
             correct.append(bool(s["repaired_correct"]))
-            scores.append(STATUS_SCORE[WorkStatus.CONSISTENT])
+            scores.append(float(s.get("repaired_score", STATUS_SCORE[WorkStatus.CONSISTENT])))  # older results lack it
         else:
             answers.append(s[f"{rule}_answer"])
             correct.append(bool(s[f"{rule}_correct"]))

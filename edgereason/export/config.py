@@ -50,6 +50,9 @@ class GGUFExportConfig(ExportSourceConfig):
     quant: list[str] = Field(["q8_0", "q4_k_m"], description="Quant types (repeatable or comma-separated): "
                              "q8_0, q6_k, q5_k_m, q4_k_m, q4_0, iq4_xs, iq4_nl, q3_k_m, iq3_m, ... ")
     outtype: Literal["f16", "bf16", "f32"] = Field("f16", description="The unquantized GGUF every quant is made from.")
+    chat_setup: bool = Field(True, description="Carry the format's system prompt and reasoning prefill in the GGUFs' "
+                             "chat template (and write an Ollama Modelfile and a model card), so Ollama, LM Studio or a "
+                             "bare llama-server --jinja build the prompt the model was trained on.")
     lora: bool = Field(True, description="Also write the adapter alone as a GGUF LoRA (llama.cpp's --lora on the "
                        "base GGUF). With a ladder it is a candidate too, sized as base + adapter.")
     imatrix: bool = Field(True, description="Calibrate every type below q8_0 with llama.cpp's importance matrix, "

@@ -28,7 +28,14 @@ from edgereason.export.answers import training_problems
 from edgereason.export.calibration import calibration_traces, compute_imatrix
 from edgereason.export.config import GGUFExportConfig
 from edgereason.export.files import ExportError, require_free_space, sha256_file
-from edgereason.export.llama_tools import NEEDS_IMATRIX, convert_hf_to_gguf, convert_lora_to_gguf, quantize_gguf
+from edgereason.export.handoff import ChatSetup, chat_setup_for, write_modelfiles, write_template_file
+from edgereason.export.llama_tools import (
+    NEEDS_IMATRIX,
+    convert_hf_to_gguf,
+    convert_lora_to_gguf,
+    quantize_gguf,
+    set_chat_template,
+)
 from edgereason.export.manifest import Manifest, resolve_source
 from edgereason.export.merge import load_hf, merged_checkpoint, parameter_count
 from edgereason.export.verify import Reference, Verification, verify_gguf
@@ -97,14 +104,20 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
     missing = [q for q in quants if q in NEEDS_IMATRIX and not calibrated]
     if missing:
         raise ExportError(f"{', '.join(missing)} need an importance matrix: drop --no-imatrix or give --imatrix-file")
+    if cfg.chat_setup:  # a template that cannot carry the setup is refused before anything is computed
+        chat_setup_for(src.base.require_hf(), src.base.chat_template, fmt)
 
     # 1. merged HF checkpoint (the source of truth for conversion and the verification reference)
-    key = src.key
     hf_dir, merged_now = merged_checkpoint(src, manifest, cfg.force, console)
     if not merged_now and src.adapter is not None:
         result.skipped.append("merged-hf")
     model, tok = load_hf(src.base, src.adapter)
     manifest.start(src, params, tok.chat_template)
+    setup = chat_setup_for(hf_dir, src.base.chat_template, fmt) if cfg.chat_setup else None
+    # every GGUF carries the template: a change of setup redoes them all
+    key = src.key + (f"+setup:{setup.sha256[:12]}" if setup else "")
+    manifest.data["chat_setup"] = setup.to_dict() if setup else None
+    template_file = write_template_file(out_dir, setup) if setup else None
     reference: Reference | None = None
 
     def get_reference() -> Reference:
@@ -155,12 +168,13 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
         result.artifacts[name] = manifest.data["artifacts"][name]
 
     def gguf_verify(q: str) -> Callable[[Path, Reference], Verification]:
-        return lambda path, ref: verify_gguf(path, ref, q, threads)
+        return lambda path, ref: verify_gguf(path, ref, q, threads, expected_template=setup.wrapped if setup else None)
 
-    # 2. the unquantized GGUF every quant is made from
+    # 2. the unquantized GGUF every quant is made from (the quants inherit its chat template)
     f16_name = f"model-{cfg.outtype}.gguf"
     produce(cfg.outtype, f16_name, "gguf", cfg.outtype, cfg.outtype,
-            lambda p: convert_hf_to_gguf(hf_dir, p, logs / f"convert-{cfg.outtype}.log", cfg.outtype),
+            functools.partial(_convert, hf_dir, log=logs / f"convert-{cfg.outtype}.log", outtype=cfg.outtype,
+                              template_file=template_file),
             gguf_verify(cfg.outtype))
     f16 = out_dir / f16_name
     if not f16.is_file():
@@ -193,9 +207,38 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
         _settle_ladder(cfg, quants, manifest, result, console)
     elif manifest.data.get("chosen") and not (out_dir / manifest.data["chosen"]).is_file():
         del manifest.data["chosen"]  # an earlier ladder's pick that is gone
+    _hand_off(out_dir, manifest, setup, fmt, console)
     manifest.save()
     shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _convert(hf_dir: Path, out: Path, *, log: Path, outtype: str, template_file: Path | None) -> None:
+    """llama.cpp's converter, then (with the reasoning setup) the same file with the wrapped template."""
+    if template_file is None:
+        convert_hf_to_gguf(hf_dir, out, log, outtype)
+        return
+    raw = out.with_name(out.stem + ".unwrapped.gguf")
+    try:
+        convert_hf_to_gguf(hf_dir, raw, log, outtype)
+        set_chat_template(raw, out, template_file, log.with_name(log.stem + "-template.log"))
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _hand_off(out_dir: Path, manifest: Manifest, setup: ChatSetup | None, fmt: Any, console: Console) -> None:
+    """The Ollama Modelfiles and the model card, from what the manifest now records."""
+    from edgereason.export.model_card import write_card
+
+    handoff: dict[str, Any] = {"modelfiles": [], "card": None}
+    if setup is not None:
+        handoff["modelfiles"] = write_modelfiles(out_dir, manifest.data, setup, fmt)
+        if setup.note:
+            console.print(f"[yellow]{setup.note}[/]")
+    handoff["card"] = write_card(out_dir, manifest.data).name
+    manifest.data["handoff"] = handoff
+    console.print(f"[dim]hand-off: {', '.join([*handoff['modelfiles'], handoff['card']])}"
+                  + (f", {setup.to_dict()['file']}" if setup else "") + "[/]")
 
 
 def _quantize(f16: Path, out: Path, *, quant: str, log: Path, threads: int | None, imatrix: Path | None,

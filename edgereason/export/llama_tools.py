@@ -94,3 +94,12 @@ def quantize_gguf(src: Path, out: Path, quant: str, log: Path, threads: int | No
     with atomic_output(out) as tmp:
         run_tool([*cmd, str(src), str(tmp), QUANT_TYPES[key], str(threads or os.cpu_count() or 1)], log,
                  f"llama-quantize to {QUANT_TYPES[key]}")
+
+
+def set_chat_template(src: Path, out: Path, template_file: Path, log: Path) -> None:
+    """A copy of a GGUF with another chat template, by gguf-py's own `gguf_new_metadata.py` (every
+    tensor and every other key copied as they are), written atomically."""
+    script = converter_dir() / "gguf-py" / "gguf" / "scripts" / "gguf_new_metadata.py"
+    with atomic_output(out) as tmp:
+        run_tool([sys.executable, str(script), str(src), str(tmp), "--chat-template-file", str(template_file), "--force"],
+                 log, f"gguf_new_metadata.py on {src.name}", converter_env())

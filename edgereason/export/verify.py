@@ -199,9 +199,12 @@ def _answers(ref: Reference, make_backend: Callable[[], Any]) -> dict[str, float
 
 
 def verify_gguf(
-    path: Path, ref: Reference, quant: str, threads: int | None = None, lora_path: Path | None = None
+    path: Path, ref: Reference, quant: str, threads: int | None = None, lora_path: Path | None = None,
+    expected_template: str | None = None,
 ) -> Verification:
-    """Load a GGUF (optionally with a GGUF LoRA on top) with llama.cpp and compare it with the reference."""
+    """Load a GGUF (optionally with a GGUF LoRA on top) with llama.cpp and compare it with the reference.
+    Its chat template must be `expected_template` (the export's, reasoning setup included) or else the
+    HF tokenizer's."""
     from llama_cpp import Llama
 
     n_ctx = ref.max_tokens + 16
@@ -234,8 +237,9 @@ def verify_gguf(
 
         return LlamaCppBackend(str(path), n_ctx=1024, threads=threads, lora_path=lora_path)
 
+    expected = expected_template or ref.chat_template
     return _judge(quant, m, ref, tokenizer_match=list(gguf_ids) == list(ref.text_ids),
-                  chat_template_match=(template == ref.chat_template) if ref.chat_template else None,
+                  chat_template_match=(template == expected) if expected else None,
                   answers=_answers(ref, backend))
 
 

@@ -1,0 +1,3 @@
+module edgereason/tests/go
+
+go 1.19
