@@ -19,7 +19,7 @@ from rich.table import Table
 
 from edgereason.versions import versions
 
-STAGE_COMMANDS = ("train", "export", "serve", "eval", "bench", "bench-train", "demo", "pipeline")
+STAGE_COMMANDS = ("train", "export", "push", "serve", "eval", "bench", "bench-train", "demo", "pipeline")
 
 app = typer.Typer(
     name="edgereason",

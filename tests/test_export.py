@@ -67,13 +67,62 @@ def test_gguf_round_trip_answers_in_the_reasoning_format(exported):
         llm = Llama(model_path=str(out / f"model-{q}.gguf"), n_ctx=1024, verbose=False)
         template = llm.metadata["tokenizer.chat_template"]  # the chat template survived conversion
         assert "<|im_start|>" in template
+        # llama-cpp-python's own formatter on the bare question: the template adds the system prompt and prefill
         prompt = Jinja2ChatFormatter(template=template, eos_token="<|im_end|>", bos_token="")(
-            messages=fmt.messages("What is 6 + 5?")).prompt + fmt.prefill
+            messages=[{"role": "user", "content": "What is 6 + 5?"}]).prompt
+        assert prompt.endswith(fmt.prefill) and fmt.system_prompt in prompt
         choice = llm.create_completion(prompt, max_tokens=160, temperature=0.0,
                                        grammar=LlamaGrammar.from_string(bounded, verbose=False))["choices"][0]
         parsed = fmt.parse(fmt.prefill + choice["text"])
         assert parsed.valid and parsed.answer.strip().isdigit(), (q, choice, parsed.errors)
         llm.close()
+
+
+def test_a_bare_llama_server_builds_the_prompt_edgereason_builds(exported, tmp_path):
+    """The hand-off: the exported Q4_K_M under a bare `llama-server --jinja` (no gateway) renders, on its
+    own /apply-template, exactly the prompt edgereason serve builds for a plain question, the user's own
+    system message and a multi-turn history; edgereason's own rendering of the file is unchanged; the
+    folder holds the template, the Modelfiles (a base + LoRA one with ADAPTER) and a model card."""
+    import httpx
+    from huggingface_hub import ModelCard
+
+    from edgereason.backends.chat_template import ChatTemplate
+    from edgereason.export.chat_setup import CHECK_CONVERSATIONS
+    from edgereason.export.modelfile import parse_modelfile
+    from edgereason.native import tool
+    from edgereason.servers import ManagedProcess, free_port
+
+    out, _ = exported
+    fmt = get_format("reasoning-answer")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["chat_setup"]["system_prompt"] == "system" and manifest["chat_setup"]["ollama_template"]
+    gguf = out / "model-q4_k_m.gguf"
+    exported_template = ChatTemplate.from_gguf_file(gguf)
+    assert exported_template.source == (out / "chat_template.jinja").read_text()
+    original = ChatTemplate(manifest["chat_template"])
+    port = free_port()
+    server = ManagedProcess([str(tool("llama-server")), "-m", str(gguf), "--jinja", "--host", "127.0.0.1",
+                             "--port", str(port), "-c", "2048", "-t", "2"], f"http://127.0.0.1:{port}",
+                            tmp_path / "llama-server.log", restart=False, name="llama-server")
+    server.start()
+    try:
+        for conv in CHECK_CONVERSATIONS:
+            # what edgereason serve does with reasoning on: the format's system prompt when none, the prefill
+            served = conv if conv[0]["role"] == "system" else [{"role": "system", "content": fmt.system_prompt}, *conv]
+            want = exported_template.render(served) + fmt.prefill
+            assert exported_template.render(served) == original.render(served)  # serve's prompts are unchanged
+            got = httpx.post(f"{server.base_url}/apply-template", json={"messages": conv}, timeout=30).json()["prompt"]
+            assert got == want, conv
+    finally:
+        server.stop()
+    for name in ("Modelfile", "Modelfile.q8_0", "Modelfile.q4_k_m", "Modelfile.lora"):
+        parsed = parse_modelfile((out / name).read_text())
+        assert parsed["SYSTEM"] == [fmt.system_prompt] and 'stop "<|im_end|>"' in parsed["PARAMETER"]
+    lora = parse_modelfile((out / "Modelfile.lora").read_text())
+    assert lora["ADAPTER"] == ["./adapter-lora-f16.gguf"] and lora["FROM"][0].endswith(".gguf")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "model-q4_k_m.gguf" in card.text
+    assert manifest["handoff"]["card"] == "README.md" and "Modelfile" in manifest["handoff"]["modelfiles"]
 
 
 def test_manifest_records_every_file_with_hashes_and_verification(exported, adapter):

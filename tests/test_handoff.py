@@ -20,7 +20,7 @@ from edgereason.export.chat_setup import (
 )
 from edgereason.export.modelfile import ModelfileSpec, go_template, modelfile, parse_modelfile
 from edgereason.formats import get_format
-from edgereason.models import EMBEDDED, _GEMMA_TEMPLATE, embedded_gguf
+from edgereason.models import EMBEDDED, embedded_gguf
 
 FMT = get_format("reasoning-answer")
 # A template that refuses a system message outright (as some do): the setup folds into the first user turn.
@@ -34,7 +34,7 @@ def smollm2_template() -> ChatTemplate:
 
 
 def templates() -> dict[str, ChatTemplate]:
-    return {"smollm2 (ChatML)": smollm2_template(), "gemma3": ChatTemplate(_GEMMA_TEMPLATE, "<bos>", "<eos>"),
+    return {"smollm2 (ChatML)": smollm2_template(), "gemma3": ChatTemplate(EMBEDDED["gemma3-270m"].chat_template or "", "<bos>", "<eos>"),
             "refuses system": ChatTemplate(REFUSES_SYSTEM)}
 
 
@@ -155,7 +155,7 @@ def test_the_model_card_metadata_parses_with_huggingface_hub(tmp_path):
 
 
 def test_push_selects_the_hand_off_and_fails_offline_before_uploading(tmp_path, monkeypatch):
-    from edgereason.export.push import PushError, push_files, push_export
+    from edgereason.export.push import PushError, push_export, push_files
 
     manifest = _manifest(tmp_path)
     for name in ("README.md", "Modelfile", "Modelfile.q8_0", "chat_template.jinja"):

@@ -164,12 +164,28 @@ def test_compact_scoring_gives_trls_log_probs(default_model):
     assert torch.allclose(full, compact, atol=1e-5)
 
 
+def tensorboard_tags(run_dir: Path) -> set[str]:
+    """The scalar tags in a run's TensorBoard event files, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
 @pytest.mark.model
 def test_a_short_run_with_the_fast_engine_and_the_curriculum(tmp_path, default_model):
     cfg = tiny(tmp_path, name="fast", max_steps=2, curriculum="pass-rate", curriculum_pool=8, curriculum_refresh_steps=1,
-               curriculum_refresh_size=2, rollout_engine="llama.cpp", temperature_schedule=[0.7, 1.0])
+               curriculum_refresh_size=2, rollout_engine="llama.cpp", temperature_schedule=[0.7, 1.0],
+               report_to=["tensorboard"])
     result = run_training(cfg, show_progress=False)
     assert result.steps == 2
+    # the trackers get TRL's reward components and our own figures (curriculum, the adaptive beta) alike
+    assert {"train/rewards/correctness/mean", "train/rewards/format/mean", "train/curriculum/active",
+            "train/beta", "train/epsilon"} <= tensorboard_tags(result.run_dir)
     run = json.loads((result.run_dir / "run.json").read_text())
     assert run["status"] == "finished" and run["rollout_engine"] == "llama.cpp" and run["curriculum"]
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -347,7 +363,8 @@ def test_sft_lowers_the_loss_and_its_adapter_loads_as_a_gguf_lora(tmp_path, defa
     from edgereason.export.llama_tools import convert_lora_to_gguf
     from edgereason.train.sft import run_sft
 
-    result = run_sft(_sft(tmp_path), show_progress=False)
+    result = run_sft(_sft(tmp_path, report_to=["tensorboard"]), show_progress=False)
+    assert {"train/loss", "eval/loss"} <= tensorboard_tags(result.run_dir)
     run = json.loads((result.run_dir / "run.json").read_text())
     assert run["status"] == "finished" and run["method"] == "sft" and run["steps"] == 6
     assert run["rationales"] == {"train": 14, "dev": 2, "faults": 0} and run["peak_rss_mb"] > 0

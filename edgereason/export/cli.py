@@ -120,3 +120,42 @@ app.command("openvino")(stage_command(
     help="Merge → OpenVINO IR (optimum-intel) with INT4/INT8 weights (NNCF, AWQ and scale estimation on the model's "
     "own reasoning traces), or base-lora (the base GGUF's own 4-bit blocks + the adapter as branches) → verify with "
     "the OpenVINO runtime; for Intel CPUs, iGPUs and NPUs."))
+
+
+@app.command("card")
+def card_command(
+    export_dir: Path = typer.Argument(..., help="An export folder (it holds manifest.json)."),
+    eval_dir: list[Path] = typer.Option([], "--eval", help="Eval results (folders searched for summary.json, "
+                                        "repeatable): those of this export's files go into the card's model-index."),
+) -> None:
+    """(Re)write the export folder's model card (README.md), with the evals run on it since."""
+    from edgereason.export.model_card import export_evals, write_card
+
+    manifest = export_dir / "manifest.json"
+    if not manifest.is_file():
+        console.print(f"[red]error:[/] {export_dir} is not an export folder (no manifest.json)")
+        raise typer.Exit(2)
+    evals = export_evals(export_dir, eval_dir)
+    path = write_card(export_dir, json.loads(manifest.read_text()), evals)
+    console.print(f"wrote {path} ({len(evals)} eval result(s) of this export)")
+
+
+def push_command(
+    export_dir: Path = typer.Argument(..., help="An export folder (`edgereason export gguf -o DIR`)."),
+    repo: str = typer.Option(..., "--repo", help="The Hub repository, user/name (created if missing)."),
+    public: bool = typer.Option(False, "--public", help="Make a new repository public (default: private)."),
+    token: str | None = typer.Option(None, "--token", help="A Hugging Face token (default: HF_TOKEN or `hf auth login`'s)."),
+    include_merged: bool = typer.Option(False, "--include-merged", help="Also upload the merged HF checkpoint."),
+) -> None:
+    """Push an export folder to the Hugging Face Hub in one commit: its verified GGUFs, the model card, the
+    manifest, the Ollama Modelfiles and the chat template."""
+    from edgereason.export.push import PushError, push_export, push_files
+
+    try:
+        manifest = json.loads((export_dir / "manifest.json").read_text()) if (export_dir / "manifest.json").is_file() else {}
+        console.print(f"pushing {len(push_files(export_dir, manifest, include_merged))} files of {export_dir} to {repo}")
+        url = push_export(export_dir, repo, private=not public, token=token, include_merged=include_merged)
+    except PushError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"[green]pushed[/] {url}")

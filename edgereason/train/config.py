@@ -148,6 +148,10 @@ class TrainConfig(StageConfig):
     save_total_limit: int = Field(3, ge=1, description="Checkpoints kept.")
     logging_steps: int = Field(1, ge=1, description="Log metrics every N steps.")
     sample_every: int = Field(5, ge=1, description="Log a sample of completions every N steps.")
+    report_to: list[Literal["tensorboard", "trackio", "wandb"]] = Field(
+        [], description="Experiment trackers each step's metrics also go to (TRL's report_to; none by default): "
+        "tensorboard (event files in <run>/tensorboard), trackio, wandb. The reward components, curriculum, "
+        "schedule (beta, epsilon) and dev loss are in the same stream.")
     early_stop: bool = Field(True, description="Stop when reward saturates or the gradient norm collapses.")
     early_stop_patience: int = Field(5, ge=1, description="Consecutive steps needed to trigger early stop.")
     early_stop_fraction: float = Field(0.95, gt=0, le=1, description="Saturation = mean reward >= this share of its ceiling.")

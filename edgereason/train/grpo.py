@@ -38,6 +38,8 @@ from edgereason.train.runs import (
     load_tokenizer,
     peak_rss_mb,
     prepare_run,
+    report_to,
+    wire_reporting,
     write_run_json,
 )
 
@@ -122,7 +124,7 @@ def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, engin
         use_cpu=not use_gpu,
         save_strategy="steps",
         data_seed=cfg.seed,
-        report_to=[],
+        report_to=report_to(cfg),
         log_completions=False,
         disable_tqdm=True,
         shuffle_dataset=not streamed,
@@ -195,6 +197,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     control.trainer = trainer
+    wire_reporting(trainer, run_dir, callbacks)
     return Built(trainer, engine, tokenizer, pool, engine_name, bf16)
 
 

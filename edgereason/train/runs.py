@@ -15,6 +15,7 @@ import platform
 import shutil
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,7 @@ def _level_curriculum(cfg: TrainConfig, hard: list[Problem], easy: list[Problem]
 def prepare_run(cfg: TrainConfig) -> Prepared:
     """Everything that can fail, in one place, before any compute is spent (cheapest first: the data,
     then the model, which may be converted to a cached HF copy on first use, then the output folder)."""
+    check_trackers(cfg.report_to)
     problems = load_training_problems(cfg)
     try:
         model = resolve_model(cfg.model, need_hf=True)
@@ -285,3 +287,34 @@ def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = N
     write_text_atomic(prep.run_dir / "run.json", json.dumps(record, indent=2))
 
 
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
+
+
+def check_trackers(report_to: Sequence[str]) -> None:
+    """Each tracker's package is importable (checked before any compute)."""
+    import importlib.util
+
+    missing = [t for t in report_to if importlib.util.find_spec(TRACKER_PACKAGES[t]) is None]
+    if missing:
+        raise TrainSetupError(f"report_to {', '.join(missing)}: pip install {' '.join(TRACKER_PACKAGES[t] for t in missing)} "
+                              "(or edgereason[track])")
+
+
+def report_to(cfg: Any) -> list[str] | str:
+    """TRL's report_to for a run: the trackers asked for, else none."""
+    return list(cfg.report_to) or "none"
+
+
+def wire_reporting(trainer: Any, run_dir: Path, ours: list[Any]) -> None:
+    """TensorBoard's event files go to <run>/tensorboard (not inside checkpoints/), and our callbacks run
+    before the trackers' so the figures they add to each logged row (curriculum, beta, epsilon) reach
+    the same stream."""
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(run_dir / "tensorboard")
+    handler = trainer.callback_handler
+    handler.callbacks = [c for c in ours if c in handler.callbacks] + [c for c in handler.callbacks if c not in ours]

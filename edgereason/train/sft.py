@@ -35,6 +35,8 @@ from edgereason.train.runs import (
     load_tokenizer,
     peak_rss_mb,
     prepare_run,
+    report_to,
+    wire_reporting,
     write_run_json,
 )
 
@@ -142,7 +144,7 @@ def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_de
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers' current name for it
         bf16=bf16, use_cpu=not use_gpu, save_strategy="steps", data_seed=cfg.seed,
-        report_to=[], disable_tqdm=True, shuffle_dataset=True,
+        report_to=report_to(cfg), disable_tqdm=True, shuffle_dataset=True,
         model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
     )
 
@@ -187,6 +189,7 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
         processing_class=tokenizer, peft_config=peft_config, callbacks=[record.callback()])
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    wire_reporting(trainer, run_dir, [])
     write_run_json(prep, "running", {"method": "sft"})
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(prep.resume) if prep.resume else None)
