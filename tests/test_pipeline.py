@@ -17,3 +17,17 @@ def test_eval_targets_add_the_base_gguf_with_the_lora_once_export_made_it(tmp_pa
     target = parse_target(spec)  # the eval reads it as the base GGUF with a GGUF LoRA on top
     assert (target.model, target.adapter, target.backend) == (base, export / "adapter-lora-f16.gguf", "llama.cpp")
     assert target.slug != parse_target(base).slug  # separate results folders
+
+
+def test_the_default_pipeline_trains_the_shortened_hybrid_and_its_preset_file_agrees():
+    """`make run` trains SFT → GRPO: the preset and the pipeline's overrides make a valid hybrid (checked
+    before compute, as `edgereason train` does), and pipeline-cpu.yaml writes out the same defaults."""
+    from edgereason.config import find_config
+    from edgereason.train.config import TrainConfig
+
+    cfg = PipelineConfig()
+    assert PipelineConfig.load("pipeline-cpu") == cfg
+    train = TrainConfig.load(find_config(cfg.train_config), cfg.train_set)
+    assert train.stages == ["sft", "grpo"]
+    assert train.stage_settings["sft"]["max_steps"] == 40 and train.stage_settings["grpo"]["max_steps"] == 10
+    assert train.stage_settings["grpo"]["curriculum"] == "none"
