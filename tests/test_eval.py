@@ -10,10 +10,10 @@ from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact
 from edgereason.evalsuite.report import compare_rows, write_report, write_transfer_report
 from edgereason.evalsuite.runner import EvalError, baseline_of, run_eval
-from edgereason.evalsuite.targets import parse_target
 from edgereason.grading import choice_letter, is_correct
 from edgereason.logic import CATEGORIES, equivalent, evaluate, generate_logic
 from edgereason.results import EvalSummary
+from edgereason.targets import parse_target
 
 # ---- metric math -------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The pipeline's eval targets: base, F16 and the quantized export, and the base GGUF + LoRA when the
 export made one (the artifact that keeps what requantizing the merged weights loses)."""
 
-from edgereason.evalsuite.targets import parse_target
 from edgereason.pipeline import PipelineConfig, _eval_targets
+from edgereason.targets import parse_target
 
 
 def test_eval_targets_add_the_base_gguf_with_the_lora_once_export_made_it(tmp_path):

@@ -460,3 +460,81 @@ def test_sft_then_grpo_continues_the_same_lora(tmp_path, default_model):
     run_stages(cfg, show_progress=False)
     assert {s: (root / s / "run.json").stat().st_mtime_ns for s in stamps} == stamps
     assert (root / "run.json").is_file()
+
+
+# A teacher forced by a grammar (llama-server's --grammar-file applies to every request): it always
+# writes this one trace, right for the problems whose answer is 5 and wrong for the other.
+FORCED_TRACE = "<reasoning>\n2 + 3 = 5.\n</reasoning>\n<answer>\n5\n</answer>"
+
+
+def _forced_teacher(tmp_path: Path, model) -> "ManagedProcess":  # noqa: F821
+    from edgereason.native import tool
+    from edgereason.servers import ManagedProcess, free_port
+
+    grammar = tmp_path / "forced.gbnf"
+    grammar.write_text("root ::= " + json.dumps(FORCED_TRACE) + "\n")
+    port = free_port()
+    return ManagedProcess([str(tool("llama-server")), "-m", str(model.gguf_path), "--host", "127.0.0.1", "--port",
+                           str(port), "--alias", "teacher", "-c", "2048", "-t", "2", "--jinja",
+                           "--grammar-file", str(grammar)], f"http://127.0.0.1:{port}",
+                          tmp_path / "teacher.log", restart=False, name="teacher llama-server")
+
+
+@pytest.mark.model
+def test_distill_keeps_only_correct_checked_traces_resumes_and_trains(tmp_path, default_model):
+    """Against a real llama-server teacher: only format-valid, correct traces are kept, each once; a
+    teacher that is down is a clear error that keeps what was asked; a re-run asks only the rest; then
+    SFT on the kept traces gives the run's adapter."""
+    from edgereason.train.distill import KEPT, MANIFEST, TEACHER_DIR, TRACES, collect, run_distill
+    from edgereason.train.runs import load_training_problems
+
+    rows = [{"id": "five-a", "question": "Ada has 2 apples and gets 3 more. How many apples?", "answer": "5"},
+            {"id": "five-b", "question": "What is 4 + 1?", "answer": "5"},
+            {"id": "seven", "question": "Bo has 3 pens and gets 4 more. How many pens?", "answer": "7"}]
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    teacher = _forced_teacher(tmp_path, default_model).start()
+    cfg = TrainConfig(output_root=tmp_path, name="kd", method="distill", teacher=f"{teacher.base_url}/v1#teacher",
+                      dataset=[str(data)], teacher_samples=3, teacher_concurrency=1, dev="holdout", dev_size=1,
+                      max_steps=2, save_steps=2, per_device_train_batch_size=1, threads=2, lora_r=4, lora_alpha=8)
+    problems = load_training_problems(cfg)
+    out = tmp_path / "kd" / TEACHER_DIR
+    try:
+        first = [p for p in problems if p.id == "five-a"]
+        manifest = collect(cfg, first, out, log=lambda *_: None)  # one problem only
+    finally:
+        teacher.stop()
+    assert manifest["kept"] == 1 and manifest["rejected"] == {"duplicate": 2}
+    with pytest.raises(TrainSetupError, match="teacher .* cannot be opened"):  # down: nothing half-written
+        collect(cfg, problems, out, log=lambda *_: None)
+    assert len((out / TRACES).read_text().splitlines()) == 1
+    said: list[str] = []
+    teacher = _forced_teacher(tmp_path, default_model).start()
+    try:
+        cfg = cfg.model_copy(update={"teacher": f"{teacher.base_url}/v1#teacher"})
+        manifest = collect(cfg, problems, out, log=lambda m: said.append(str(m)))
+    finally:
+        teacher.stop()
+    assert "for each of 2 problems (1 asked earlier)" in said[0]  # only the rest were asked
+    assert manifest["traces"] == 9 and manifest["kept"] == 2 and manifest["pass_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    assert manifest["rejected"] == {"duplicate": 4, "wrong answer": 3}
+    kept = [json.loads(line) for line in (out / KEPT).read_text().splitlines()]
+    assert {k["question"] for k in kept} == {rows[0]["question"], rows[1]["question"]}
+    assert all(k["rationale"] == "2 + 3 = 5." and k["answer"] == "5" for k in kept)
+    assert json.loads((out / MANIFEST).read_text())["teacher"].endswith("#teacher")
+    result = run_distill(cfg, show_progress=False)  # collection is complete: straight to SFT
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["status"] == "finished" and run["method"] == "distill" and run["teacher"]["kept"] == 2
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file() and result.steps == 2
+
+
+def test_rft_is_its_own_teacher_and_distill_needs_one(tmp_path, default_model):
+    from edgereason.train.distill import teacher_spec
+
+    assert teacher_spec(TrainConfig(method="rft")) == str(default_model.gguf_path)  # the model's GGUF, on llama.cpp
+    assert teacher_spec(TrainConfig(method="rft", init_adapter=tmp_path)).endswith(f"+{tmp_path}")
+    with pytest.raises(ValueError, match="distill needs a teacher"):
+        TrainConfig(method="distill")
+    with pytest.raises(ValueError, match="distill needs a teacher"):
+        TrainConfig(stages=["distill", "grpo"])
+    assert TrainConfig(stages=["rft", "grpo"]).stages == ["rft", "grpo"]

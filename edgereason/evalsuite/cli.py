@@ -38,9 +38,9 @@ def run(cfg: EvalConfig) -> None:
         return
     from edgereason.evalsuite.report import short_name, write_report, write_transfer_report
     from edgereason.evalsuite.runner import default_out_dir, run_eval
-    from edgereason.evalsuite.targets import check_target, parse_target
     from edgereason.paths import slug
     from edgereason.quiet import quiet_libraries
+    from edgereason.targets import check_target, parse_target
 
     quiet_libraries()
     targets = [parse_target(spec, cfg.backend, cfg.adapter if i == 0 else None)

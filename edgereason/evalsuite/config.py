@@ -21,7 +21,7 @@ class EvalConfig(StageConfig):
     model: str = Field(
         DEFAULT_MODEL,
         description="Target: a model name, HF dir, GGUF file, `model+adapter_dir`, or a server URL "
-        "`http://host:port/v1#model` (see evalsuite/targets.py).",
+        "`http://host:port/v1#model` (see edgereason/targets.py).",
     )
     adapter: Path | None = Field(None, description="Optional PEFT LoRA adapter directory applied on top of `model`.")
     backend: Literal["transformers", "llama.cpp", "openvino", "server"] | None = Field(

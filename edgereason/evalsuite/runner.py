@@ -22,10 +22,10 @@ from edgereason.backends.base import Completion, SamplingParams
 from edgereason.data import Problem, load_benchmark, sample_problems
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact, pass_at_k, vote_correct, wilson_interval
-from edgereason.evalsuite.targets import Target, open_target, parse_target
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.grading import answer_type, answers_equal, grade_completion, normalize_answer
 from edgereason.results import Accuracy, Baseline, EvalSummary
+from edgereason.targets import Target, open_target, parse_target
 from edgereason.voting import VoteMode, ballot
 from edgereason.work_check import check_work
 

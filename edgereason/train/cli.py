@@ -14,18 +14,9 @@ console = Console()
 def run(cfg: TrainConfig) -> None:
     from edgereason.quiet import quiet_libraries
     quiet_libraries()
-    if cfg.stages:
-        from edgereason.train.hybrid import run_stages
+    from edgereason.train.methods import run_method
 
-        result = run_stages(cfg)
-    elif cfg.method == "sft":
-        from edgereason.train.sft import run_sft
-
-        result = run_sft(cfg)
-    else:
-        from edgereason.train.grpo import run_training
-
-        result = run_training(cfg)
+    result = run_method(cfg)
     console.print(f"[green]done[/] {result.steps} steps ({result.stop_reason}) in {result.seconds:.0f} s")
     for k, v in result.metrics.items():
         console.print(f"  {k}: {v}")

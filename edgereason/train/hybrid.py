@@ -42,8 +42,7 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 def run_stages(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     from rich.console import Console
 
-    from edgereason.train.grpo import run_training
-    from edgereason.train.sft import run_sft
+    from edgereason.train.methods import run_method
 
     console = Console(quiet=not show_progress)
     root = cfg.run_dir
@@ -62,7 +61,7 @@ def run_stages(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
                                str(done.get("stop_reason")), dict(done.get("final_metrics") or {}), 0.0)
         else:
             console.print(f"[bold]{stage.name}[/]: {stage.method}" + (f" from {adapter}" if adapter else ""))
-            result = run_sft(stage, show_progress) if stage.method == "sft" else run_training(stage, show_progress)
+            result = run_method(stage, show_progress)
         adapter = result.adapter_dir
         summaries.append({"stage": stage.name, "method": stage.method, "run_dir": str(stage.run_dir),
                           **{k: v for k, v in json.loads((stage.run_dir / "run.json").read_text()).items()

@@ -1,4 +1,5 @@
-"""What an eval measures: a model by name, a GGUF, a base+adapter pair, or a server URL.
+"""What a command runs on: a model by name, a GGUF, a base+adapter pair, or a server URL (eval's targets, and
+distillation's teacher).
 
 Target strings (for `--model` and `--compare`):
   smollm2-135m                      an embedded/local/hub model on the transformers backend
