@@ -109,6 +109,10 @@ def doctor() -> None:
     for name, path in native.status().items():
         tools.add_row(name, path or "[red]missing: run `make setup`[/]")
     console.print(tools)
+    from edgereason.gpu_layers import REBUILD_HINT, gpu_offload_supported
+
+    console.print("GPU offload (--gpu-layers): " + ("[green]this llama.cpp build has a GPU backend[/]"
+                                                    if gpu_offload_supported() else f"CPU-only build; {REBUILD_HINT}"))
     from edgereason.openvino_env import ready, venv_dir
 
     console.print(f"OpenVINO export environment: {venv_dir()} "

@@ -68,7 +68,7 @@ def check_target(target: Target) -> None:
 
 
 def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, threads: int | None = None,
-                concurrency: int = 4, n_ctx: int = 2048) -> Backend:
+                concurrency: int = 4, n_ctx: int = 2048, gpu_layers: str = "auto") -> Backend:
     """A loaded generator for `target`: llama.cpp in process for a GGUF, transformers for an HF
     model (+ adapter), or an OpenAI-compatible server (checked to answer and serve the model)."""
     if target.backend == "server":
@@ -80,5 +80,6 @@ def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, th
         # In process, not llama-server: a 135M model's greedy tokens change with which sequences share
         # a decode (batch-dependent float rounding), and continuous batching makes that depend on
         # timing. Fixed batches make the same command give the same answers.
-        return create_backend("llama-cpp-python", target.model, n_ctx=n_ctx, threads=threads, lora_path=target.adapter)
+        return create_backend("llama-cpp-python", target.model, n_ctx=n_ctx, threads=threads, lora_path=target.adapter,
+                              gpu_layers=gpu_layers)
     return create_backend("transformers", target.model, adapter=target.adapter, batch_size=batch_size, threads=threads)

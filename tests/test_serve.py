@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -61,6 +62,9 @@ def test_models_and_health(server, client):
     health = httpx.get(server.base + "/health").json()
     assert health["status"] == "ok" and health["backend"] == "llama-server" and health["slots"] == 4
     assert health["max_concurrency"] == 4 and health["ctx_per_slot"] == 1024
+    # --gpu-layers reaches llama-server's own command line (what the process was started with)
+    argv = Path(f"/proc/{health['pid']}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--n-gpu-layers") + 1] == b"auto" and health["gpu_offload"]["requested"] == "auto"
 
 
 def test_reasoning_split_under_the_grammar(client):

@@ -83,3 +83,18 @@ def test_an_engine_that_is_gone_is_an_engine_error_everywhere():
         backend.count_tokens("some text")  # a ConnectError here was a 500 (issue #29)
     with pytest.raises(BackendError):
         asyncio.run(backend.acomplete("p", SamplingParams(max_tokens=4)))
+
+
+def test_gpu_layers_are_checked_and_a_cpu_build_says_it_cannot_offload():
+    from edgereason.gpu_layers import n_gpu_layers, offload_report, parse_gpu_layers
+    from edgereason.serve.config import ServeConfig
+
+    assert [parse_gpu_layers(v) for v in ("auto", "ALL", 12, None)] == ["auto", "all", "12", "auto"]
+    with pytest.raises(ValueError, match="gpu_layers 'half'"):
+        parse_gpu_layers("half")
+    with pytest.raises(ValueError, match="gpu_layers"):
+        ServeConfig(llama_cpp={"gpu_layers": "-3"})
+    assert n_gpu_layers("all") == -1 and n_gpu_layers("7") == 7
+    report = offload_report("all")
+    if not report["build_supports_gpu"]:  # the set-up's CPU build: asked for layers, told why not
+        assert n_gpu_layers("auto") == 0 and not report["on_gpu"] and "-DGGML_CUDA=on" in report["note"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -37,6 +38,8 @@ from edgereason.servers import ManagedProcess, free_port
 # from the whole vocabulary costs llama-server 10-18% of its tokens/s at 1-16 clients on 2 cores.
 PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "cache_prompt": True}
 
+logger = logging.getLogger("edgereason.backends")
+
 
 class LlamaServerBackend(OpenAIBackend):
     name = "llama-server"
@@ -44,7 +47,10 @@ class LlamaServerBackend(OpenAIBackend):
 
     def __init__(self, model: str, *, adapter: str | Path | None = None, slots: int = 4,
                  ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,
-                 served_name: str | None = None, extra_args: list[str] | None = None, prompt_cache: bool = True) -> None:
+                 served_name: str | None = None, extra_args: list[str] | None = None, prompt_cache: bool = True,
+                 gpu_layers: str | int | None = "auto") -> None:
+        from edgereason.gpu_layers import offload_report, parse_gpu_layers, warn_if_unsupported
+
         resolved = resolve_model(model)
         gguf = resolved.require_gguf()
         adapter = adapter if adapter is not None else resolved.adapter  # an export that chose base + LoRA
@@ -61,7 +67,9 @@ class LlamaServerBackend(OpenAIBackend):
                # which cost maj@16 about 11% and raw batched decode 10-30% here (llama-batched-bench -kvu).
                "--alias", name, "--parallel", str(slots), "--no-kv-unified", "--ctx-size", str(slots * self.ctx_per_slot),
                "--threads", str(threads), "--threads-batch", str(threads), "--metrics", "--slots", "--no-webui",
-               "--jinja"]
+               "--jinja", "--n-gpu-layers", parse_gpu_layers(gpu_layers)]
+        warn_if_unsupported(gpu_layers, logger.warning)
+        self.gpu_offload = offload_report(gpu_layers)
         if not info.get("chat_template") and resolved.chat_template:  # e.g. Gemma 3 270M's GGUF has none
             tpl = cache_dir() / "templates" / f"{resolved.name}.jinja"
             tpl.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +221,7 @@ class LlamaServerBackend(OpenAIBackend):
     def health(self) -> dict[str, Any]:
         return {**super().health(), "engine": "llama-server", "pid": self.process.pid, "slots": self.slots,
                 "ctx_per_slot": self.ctx_per_slot, "files": self.files, "restarts": self.process.restarts,
-                "ready": self.process.serving(), "log": str(self.process.log_path)}
+                "ready": self.process.serving(), "log": str(self.process.log_path), "gpu_offload": self.gpu_offload}
 
     def close(self) -> None:
         super().close()

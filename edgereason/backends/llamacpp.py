@@ -8,6 +8,7 @@ step), which is what maj@k and pass@k evaluation need.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -23,6 +24,9 @@ from edgereason.models import resolve_model
 MAX_PARALLEL_SAMPLES = 16
 
 
+logger = logging.getLogger("edgereason.backends")
+
+
 class LlamaCppBackend(Backend):
     name = "llama-cpp-python"
     supports = frozenset({"penalties", "logit_bias", "grammar"})
@@ -34,9 +38,12 @@ class LlamaCppBackend(Backend):
         n_ctx: int = 2048,
         threads: int | None = None,
         lora_path: str | Path | None = None,
+        gpu_layers: str | int | None = "auto",
     ) -> None:
         super().__init__()
         from llama_cpp import Llama
+
+        from edgereason.gpu_layers import n_gpu_layers, offload_report, warn_if_unsupported
 
         resolved = resolve_model(model)
         gguf = resolved.require_gguf()
@@ -44,7 +51,9 @@ class LlamaCppBackend(Backend):
         self.model_name = resolved.name
         self.format = resolved.format
         self.threads = threads or os.cpu_count() or 1
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=self.threads,
+        warn_if_unsupported(gpu_layers, logger.warning)
+        self.gpu_offload = offload_report(gpu_layers)
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=self.threads, n_gpu_layers=n_gpu_layers(gpu_layers),
                          lora_path=str(lora_path) if lora_path else None, verbose=False)
         self.context_length = self.llm.n_ctx()
         self.lora_path = lora_path  # applied to the batched decoder's context as well

@@ -181,7 +181,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
     if todo and backend is None:
         try:
             backend = open_target(target, fmt, batch_size=cfg.batch_size, threads=cfg.threads,
-                                  concurrency=cfg.concurrency)
+                                  concurrency=cfg.concurrency, gpu_layers=cfg.gpu_layers)
         except Exception as e:  # a model that fails to load or a server that is down
             raise EvalError(f"cannot open {target.spec}: {e}") from e
     model_name = getattr(backend, "model_name", target.model) if backend else target.model

@@ -38,7 +38,8 @@ def load_backend(cfg: ServeConfig) -> Backend:
     if cfg.backend == "llama.cpp":
         return create_backend("llama-server", cfg.model, adapter=cfg.adapter, slots=cfg.llama_cpp.slots,
                               ctx_per_slot=cfg.llama_cpp.ctx_per_slot, threads=cfg.threads,
-                              served_name=cfg.served_model_name, prompt_cache=cfg.llama_cpp.prompt_cache)
+                              served_name=cfg.served_model_name, prompt_cache=cfg.llama_cpp.prompt_cache,
+                              gpu_layers=cfg.llama_cpp.gpu_layers)
     if cfg.backend == "vllm":
         return create_backend("vllm", cfg.model, adapter=cfg.adapter, serving=True, n_ctx=cfg.vllm.max_model_len,
                               tensor_parallel_size=cfg.vllm.tensor_parallel_size,
