@@ -370,3 +370,64 @@ def test_engine_killed_under_concurrent_load_gives_no_500():
     finally:
         s.stop()
         print(f"outcomes after the kill: { {c: statuses.count(c) for c in sorted(set(statuses))} }")
+
+
+def test_two_adapters_on_one_base_each_request_decodes_with_its_own(tmp_path, default_model):
+    """`--adapter math=A --adapter logic=B`: each is a model id beside the base; concurrent requests for
+    the three share the slots, and each request's first-token log-probability is its own model's
+    (measured alone first; the adapters move it far more than batching does). A model id the server
+    does not hold is a 404 naming the ones it has; a single server process holds all three."""
+    from conftest import make_adapter
+
+    from edgereason.export.llama_tools import convert_lora_to_gguf
+
+    ggufs = {}
+    for name, seed in (("math", 1), ("logic", 2)):
+        peft = make_adapter(default_model.hf_dir, tmp_path / f"peft-{name}", seed=seed, std=0.3,
+                            targets=("q_proj", "k_proj", "v_proj", "down_proj"))
+        ggufs[name] = tmp_path / f"{name}.gguf"
+        convert_lora_to_gguf(peft, default_model.hf_dir, ggufs[name], tmp_path / f"convert-{name}.log")
+    s = Server(adapter=[f"{n}={p}" for n, p in ggufs.items()], llama_cpp={"ctx_per_slot": 512, "slots": 4})
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
+        models = {m.id: m for m in c.models.list().data}
+        assert list(models) == ["smollm2-135m", "math", "logic"]
+        assert models["math"].model_extra["parent"] == "smollm2-135m" and models["math"].model_extra["root"] == str(ggufs["math"])
+        prompt = "The capital of France is"
+
+        def first_logprob(model: str) -> float:
+            r = c.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0.0, logprobs=1,
+                                     extra_body={"ignore_eos": True})
+            return r.choices[0].logprobs.token_logprobs[0]
+
+        alone = {m: first_logprob(m) for m in models}
+        gaps = [abs(alone[a] - alone[b]) for a in alone for b in alone if a < b]
+        assert min(gaps) > 0.05, alone  # the three really differ
+        order = [m for _ in range(4) for m in models]
+        with cf.ThreadPoolExecutor(12) as pool:
+            together = list(pool.map(first_logprob, order))
+        for m, lp in zip(order, together):
+            assert abs(lp - alone[m]) < min(gaps) / 3, (m, lp, alone)
+        with pytest.raises(openai.NotFoundError, match="'math', 'logic'"):
+            c.completions.create(model="chemistry", prompt=prompt, max_tokens=1)
+        health = httpx.get(s.base + "/health").json()
+        assert health["files"]["adapters"] == {n: str(p) for n, p in ggufs.items()}
+    finally:
+        s.stop()
+
+
+def test_adapter_settings_are_checked_before_anything_loads(tmp_path):
+    from edgereason.serve.app import AdapterError, adapter_gguf
+    from edgereason.serve.config import ServeConfig
+
+    with pytest.raises(ValueError, match="need names"):
+        ServeConfig(adapter=["a.gguf", "b.gguf"])
+    with pytest.raises(ValueError, match="not both"):
+        ServeConfig(adapter=["a.gguf", "math=b.gguf"])
+    with pytest.raises(ValueError, match="names repeat: math"):
+        ServeConfig(adapter=["math=a.gguf", "math=b.gguf"])
+    with pytest.raises(ValueError, match="llama.cpp backend"):
+        ServeConfig(adapter=["math=a.gguf"], backend="vllm")
+    assert ServeConfig(adapter="only.gguf").single_adapter == "only.gguf"
+    with pytest.raises(AdapterError, match="neither a GGUF LoRA nor an export folder"):
+        adapter_gguf("math", str(tmp_path), ServeConfig())

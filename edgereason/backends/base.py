@@ -47,9 +47,10 @@ class SamplingParams:
     presence_penalty: float = 0.0
     deadline: float | None = None  # time.monotonic() after which generation stops (server timeouts)
     cancel: threading.Event | None = None  # set when the caller gave up (a client disconnected)
+    adapter: str | None = None  # the named LoRA to decode with, on a server holding several (None: the base)
 
     def to_dict(self) -> dict[str, Any]:
-        skip = ("grammar", "deadline", "cancel", "logit_bias")
+        skip = ("grammar", "deadline", "cancel", "logit_bias", *(("adapter",) if self.adapter is None else ()))
         return {k: v for k, v in self.__dict__.items() if k not in skip} | {"constrained": self.grammar is not None}
 
     def should_stop(self) -> bool:

@@ -48,7 +48,7 @@ class LlamaServerBackend(OpenAIBackend):
     def __init__(self, model: str, *, adapter: str | Path | None = None, slots: int = 4,
                  ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,
                  served_name: str | None = None, extra_args: list[str] | None = None, prompt_cache: bool = True,
-                 gpu_layers: str | int | None = "auto") -> None:
+                 gpu_layers: str | int | None = "auto", adapters: dict[str, str | Path] | None = None) -> None:
         from edgereason.gpu_layers import offload_report, parse_gpu_layers, warn_if_unsupported
 
         resolved = resolve_model(model)
@@ -75,11 +75,18 @@ class LlamaServerBackend(OpenAIBackend):
             tpl.parent.mkdir(parents=True, exist_ok=True)
             tpl.write_text(resolved.chat_template, encoding="utf-8")
             cmd += ["--chat-template-file", str(tpl)]
-        if adapter is not None:
-            if Path(adapter).suffix != ".gguf":
-                raise ValueError(f"llama-server takes a GGUF LoRA (export one with `edgereason export gguf`), not {adapter}")
-            cmd += ["--lora", str(adapter)]
-        self.files = {"model": str(gguf), "lora": str(adapter) if adapter is not None else None}
+        if adapter is not None and adapters:
+            raise ValueError("one adapter applied to every request, or several chosen by name: not both")
+        for path in [adapter] if adapter is not None else list((adapters or {}).values()):
+            if Path(path).suffix != ".gguf":
+                raise ValueError(f"llama-server takes a GGUF LoRA (export one with `edgereason export gguf`), not {path}")
+            cmd += ["--lora", str(path)]
+        # Several adapters: each loaded once beside the one base, applied per request by id (scale 0 unless asked).
+        self.adapter_ids = {name: i for i, name in enumerate(adapters or {})}
+        if adapters:
+            cmd.append("--lora-init-without-apply")
+        self.files = {"model": str(gguf), "lora": str(adapter) if adapter is not None else None,
+                      "adapters": {k: str(v) for k, v in (adapters or {}).items()}}
         cmd += list(extra_args or [])
         log = cache_dir() / "logs" / f"llama-server-{port}.log"
         self.process = ManagedProcess(cmd, f"http://127.0.0.1:{port}", log, startup_timeout_s=startup_timeout_s,
@@ -95,7 +102,20 @@ class LlamaServerBackend(OpenAIBackend):
     def completion_body(self, prompt: str, params: SamplingParams, stream: bool = False) -> dict[str, Any]:
         body = super().completion_body(prompt, params, stream)
         body.pop("structured_outputs", None)
-        return {**body, **self.extra_body}
+        return {**body, **self.extra_body, **self.lora_field(params)}
+
+    def lora_field(self, params: SamplingParams) -> dict[str, Any]:
+        """llama-server's per-request adapters: the named one at scale 1, every other at 0 (the base: all at 0).
+        Requests with different adapters share the slots but never a batch."""
+        if not self.adapter_ids:
+            if params.adapter is not None:
+                raise BackendRejected(f"this server holds no adapter named {params.adapter!r}")
+            return {}
+        if params.adapter is not None and params.adapter not in self.adapter_ids:
+            raise BackendRejected(f"no adapter named {params.adapter!r}; this server has {', '.join(self.adapter_ids)}")
+        # Every adapter with its scale, always: a request that names none would otherwise decode with the
+        # adapters its slot last used (measured: the base's first-token logprob moved by 1 nat under load).
+        return {"lora": [{"id": i, "scale": 1.0 if name == params.adapter else 0.0} for name, i in self.adapter_ids.items()]}
 
     async def samples_body(self, k: int) -> dict[str, Any]:
         """The n=k request's parent goes to the lowest idle slot. llama-server puts the children in
@@ -178,7 +198,7 @@ class LlamaServerBackend(OpenAIBackend):
                                 "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
                                 "n": params.n, **self.extra_body,
                                 # an exported template's reasoning setup stays off: a tool call is not a reasoning turn
-                                "chat_template_kwargs": {"reasoning_setup": False}}
+                                "chat_template_kwargs": {"reasoning_setup": False}, **self.lora_field(params)}
         if native:
             body.update(messages=messages, tools=tools)
             if tool_choice is not None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import logging
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -22,7 +24,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from edgereason import __version__
 from edgereason.backends import Backend, create_backend
-from edgereason.formats import get_format
+from edgereason.formats import DEFAULT_FORMAT, get_format
+from edgereason.models import resolve_model
 from edgereason.serve.config import ServeConfig
 from edgereason.serve.engine import ReasoningEngine
 from edgereason.serve.errors import error_response, install_error_handlers
@@ -36,16 +39,17 @@ logger = logging.getLogger("edgereason.serve")
 def load_backend(cfg: ServeConfig) -> Backend:
     """The engine a ServeConfig names, loaded (llama.cpp means a managed llama-server)."""
     if cfg.backend == "llama.cpp":
-        return create_backend("llama-server", cfg.model, adapter=cfg.adapter, slots=cfg.llama_cpp.slots,
+        return create_backend("llama-server", cfg.model, adapter=cfg.single_adapter, slots=cfg.llama_cpp.slots,
+                              adapters={n: adapter_gguf(n, p, cfg) for n, p in cfg.named_adapters.items()} or None,
                               ctx_per_slot=cfg.llama_cpp.ctx_per_slot, threads=cfg.threads,
                               served_name=cfg.served_model_name, prompt_cache=cfg.llama_cpp.prompt_cache,
                               gpu_layers=cfg.llama_cpp.gpu_layers)
     if cfg.backend == "vllm":
-        return create_backend("vllm", cfg.model, adapter=cfg.adapter, serving=True, n_ctx=cfg.vllm.max_model_len,
+        return create_backend("vllm", cfg.model, adapter=cfg.single_adapter, serving=True, n_ctx=cfg.vllm.max_model_len,
                               tensor_parallel_size=cfg.vllm.tensor_parallel_size,
                               gpu_memory_utilization=cfg.vllm.gpu_memory_utilization)
     if cfg.backend == "transformers":
-        return create_backend("transformers", cfg.model, adapter=cfg.adapter, threads=cfg.threads)
+        return create_backend("transformers", cfg.model, adapter=cfg.single_adapter, threads=cfg.threads)
     if cfg.backend == "openvino":
         return create_backend("openvino", cfg.model, device=cfg.openvino.device, threads=cfg.threads)
     if cfg.backend == "upstream":
@@ -55,8 +59,37 @@ def load_backend(cfg: ServeConfig) -> Backend:
     return create_backend("scripted", model_name=cfg.served_model_name or "scripted")
 
 
+class AdapterError(ValueError):
+    """A named adapter that cannot join the served base (not a GGUF LoRA, another format, another base)."""
+
+
+def adapter_gguf(name: str, path: str, cfg: ServeConfig) -> Path:
+    """A named adapter's GGUF LoRA: the file itself, or an export folder's adapter-lora-f16.gguf, whose
+    manifest must record the server's format and a base of the served base's size."""
+    p = Path(path)
+    if p.is_dir():
+        manifest = p / "manifest.json"
+        if not manifest.is_file():
+            raise AdapterError(f"adapter {name}: {p} is neither a GGUF LoRA nor an export folder")
+        data = json.loads(manifest.read_text())
+        lora = (data.get("artifacts") or {}).get("lora") or {}
+        if lora.get("status") != "ok" or not (p / lora.get("file", "")).is_file():
+            raise AdapterError(f"adapter {name}: {p} holds no verified GGUF LoRA (export with --lora)")
+        fmt = cfg.format or DEFAULT_FORMAT
+        if data.get("format") and data["format"] != fmt:
+            raise AdapterError(f"adapter {name} was trained for the {data['format']} format; this server serves {fmt}")
+        base, served = lora.get("base_gguf"), resolve_model(cfg.model).gguf_path
+        if base and served and Path(base).is_file() and Path(base).stat().st_size != served.stat().st_size:
+            raise AdapterError(f"adapter {name} was exported on {base}, not on the served base {served}")
+        p = p / lora["file"]
+    if p.suffix != ".gguf" or not p.is_file():
+        raise AdapterError(f"adapter {name}: {p} is not a GGUF LoRA file (export one with `edgereason export gguf`)")
+    return p
+
+
 def create_app(engine: ReasoningEngine, model_id: str, *, api_key: str | None = None,
-               cors_origins: list[str] | None = None, root: str | None = None) -> FastAPI:
+               cors_origins: list[str] | None = None, root: str | None = None,
+               adapters: list[str] | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -68,6 +101,7 @@ def create_app(engine: ReasoningEngine, model_id: str, *, api_key: str | None = 
     app.state.engine = engine
     app.state.model_id = model_id
     app.state.model_root = root
+    app.state.adapters = list(adapters or [])  # model ids of the named LoRAs on the base
     app.state.metrics = Metrics()
     app.state.created = int(time.time())
     install_error_handlers(app)
@@ -98,7 +132,7 @@ def build_app(cfg: ServeConfig) -> FastAPI:
     fmt = get_format(cfg.format or backend.format)
     engine = ReasoningEngine(backend, fmt, cfg.limits)
     return create_app(engine, cfg.served_model_name or backend.model_name, api_key=cfg.api_key,
-                      cors_origins=cfg.cors_origins, root=cfg.model)
+                      cors_origins=cfg.cors_origins, root=cfg.model, adapters=list(cfg.named_adapters))
 
 
 @dataclass

@@ -7,14 +7,18 @@ address the same fields.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
 from edgereason.models import DEFAULT_MODEL
 
+# NAME=PATH: a model id (letters, digits, . _ -) for one of several adapters
+_NAMED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*=.+$")
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -74,7 +78,10 @@ class UpstreamOptions(Section):
 
 class ServeConfig(StageConfig):
     model: str = Field(DEFAULT_MODEL, description="Model: a GGUF file, an export folder, an embedded name or an HF dir.")
-    adapter: str | None = Field(None, description="LoRA: a GGUF LoRA (llama.cpp) or a PEFT dir (transformers, vLLM).")
+    adapter: list[str] = Field(
+        default_factory=list, description="LoRA: PATH, applied to every request, or NAME=PATH (repeatable): several "
+        "adapters on the one base, each a model id chosen per request by `model` (llama.cpp). PATH: a GGUF LoRA, an "
+        "export folder (its adapter-lora-f16.gguf) or a PEFT dir (transformers, vLLM).")
     backend: Literal["llama.cpp", "vllm", "transformers", "openvino", "upstream", "scripted"] = Field(
         "llama.cpp", description="Engine: llama.cpp (llama-server, edge), vllm (GPU), transformers (reference, one "
         "request at a time), openvino (an `export openvino` folder; CPU, iGPU, NPU), upstream (replicas), scripted "
@@ -93,3 +100,31 @@ class ServeConfig(StageConfig):
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
     openvino: OpenVINOOptions = Field(default_factory=OpenVINOOptions)
     upstream: UpstreamOptions = Field(default_factory=UpstreamOptions)
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _adapters(cls, v: object) -> object:
+        return [] if v is None else [v] if isinstance(v, (str, Path)) else v
+
+    @model_validator(mode="after")
+    def _check_adapters(self) -> ServeConfig:
+        named = [a for a in self.adapter if _NAMED.match(a)]
+        if named and len(named) != len(self.adapter):
+            raise ValueError("--adapter: either one PATH for every request or NAME=PATH for each of several, not both")
+        if not named and len(self.adapter) > 1:
+            raise ValueError("several adapters need names: --adapter math=PATH --adapter logic=PATH")
+        names = [a.split("=", 1)[0] for a in named]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--adapter names repeat: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
+        if named and self.backend != "llama.cpp":
+            raise ValueError(f"several adapters on one base run on the llama.cpp backend, not {self.backend}")
+        return self
+
+    @property
+    def single_adapter(self) -> str | None:
+        """The one adapter applied to every request (no name), if any."""
+        return self.adapter[0] if len(self.adapter) == 1 and not _NAMED.match(self.adapter[0]) else None
+
+    @property
+    def named_adapters(self) -> dict[str, str]:
+        return dict(a.split("=", 1) for a in self.adapter if _NAMED.match(a))

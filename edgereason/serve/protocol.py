@@ -441,7 +441,9 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "edgereason"
     root: str | None = None
+    parent: str | None = None  #: for a LoRA on the base: the base's id
     max_model_len: int | None = None
+    format: str | None = None  #: the reasoning format it answers in
 
 
 class ModelList(BaseModel):

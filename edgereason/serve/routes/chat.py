@@ -36,6 +36,7 @@ from edgereason.serve.protocol import (
 from edgereason.serve.reasoning import ReasoningSplitter
 from edgereason.serve.routes.common import (
     ClientGone,
+    adapter_of,
     check_request,
     guarded,
     reasoning_tokens,
@@ -78,6 +79,7 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
     params = engine.params(reasoning, req.token_limit, temperature, req.top_p, req.seed, req.stops,
                            logprobs=req.logprobs_k, ignore_eos=req.ignore_eos, logit_bias=req.token_bias(),
                            frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty)
+    params.adapter = adapter_of(request, req.model)
     if structured:
         fmt = req.response_format
         params.grammar = json_grammar(fmt.json_schema.schema_ if fmt and fmt.json_schema else None)

@@ -35,8 +35,9 @@ def check_request(req: SamplingFields, request: Request, logprobs: int | None = 
     state = request.app.state
     engine: ReasoningEngine = state.engine
     limits = engine.limits
-    if req.model not in (state.model_id, "default"):
-        raise APIError(404, f"model {req.model!r} not found; this server has {state.model_id!r}", "not_found_error",
+    if req.model not in (state.model_id, "default", *state.adapters):
+        served = ", ".join(repr(m) for m in (state.model_id, *state.adapters))
+        raise APIError(404, f"model {req.model!r} not found; this server has {served}", "not_found_error",
                        "model_not_found", "model")
     for name in req.unsupported():
         raise APIError(400, f"{name} is not supported by this server", code="unsupported_field", param=name)
@@ -178,3 +179,8 @@ def sse(event: BaseModel | dict[str, Any]) -> str:
     for choice in data.get("choices") or []:
         choice.setdefault("finish_reason", None)
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def adapter_of(request: Request, model: str) -> str | None:
+    """The named LoRA a request's `model` chooses (None: the base)."""
+    return model if model in request.app.state.adapters else None

@@ -22,7 +22,7 @@ from edgereason.serve.protocol import (
     new_id,
     now,
 )
-from edgereason.serve.routes.common import ClientGone, check_request, guarded, record, sse, until_disconnected, usage
+from edgereason.serve.routes.common import ClientGone, adapter_of, check_request, guarded, record, sse, until_disconnected, usage
 
 router = APIRouter()
 ENDPOINT = "/v1/completions"
@@ -49,6 +49,7 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
     params = engine.params(False, req.token_limit, req.temperature, req.top_p, req.seed, req.stops,
                            logprobs=req.logprobs_k, ignore_eos=req.ignore_eos, logit_bias=req.token_bias(),
                            frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty)
+    params.adapter = adapter_of(request, req.model)
     params.grammar = req.grammar or (req.structured_outputs or {}).get("grammar") or None
     prompt = str(req.prompt)
     prompt_tokens = await guarded(engine.check_prompt(prompt, params))
