@@ -9,7 +9,9 @@ request for layers on a build without a GPU backend runs on the CPU and says so,
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 REBUILD_HINT = ("rebuild llama.cpp with its GPU backend: CMAKE_ARGS='-DGGML_CUDA=on' (Jetson, NVIDIA), "
                 "'-DGGML_METAL=on' (Apple silicon) or '-DGGML_VULKAN=on' (iGPUs), then `make setup` (docs/edge-gpu.md)")
@@ -21,6 +23,10 @@ def parse_gpu_layers(value: str | int | None) -> str:
     if text in ("auto", "all") or (text.isdigit()):
         return text
     raise ValueError(f"gpu_layers {value!r}: use auto, all or a number of layers (0 = CPU only)")
+
+
+#: A config field's type: checked and normalised as the config loads.
+GpuLayers = Annotated[str, BeforeValidator(lambda v: parse_gpu_layers(v))]
 
 
 def n_gpu_layers(value: str | int | None) -> int:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
+from edgereason.gpu_layers import GpuLayers
 from edgereason.models import DEFAULT_MODEL
 
 #: The transfer set: math word problems, the arithmetic floor, logic, and science multiple choice.
@@ -54,15 +55,8 @@ class EvalConfig(StageConfig):
     keep_sample_text: bool = Field(False, description="Also store every sampled completion's text in samples.jsonl.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together (transformers backend).")
     threads: int | None = Field(None, ge=1, description="CPU threads for in-process backends (default: all cores).")
-    gpu_layers: str = Field("auto", description="GGUF targets: layers llama.cpp puts on the GPU (auto, all or a number; "
+    gpu_layers: GpuLayers = Field("auto", description="GGUF targets: layers llama.cpp puts on the GPU (auto, all or a number; "
                             "needs a GPU build of llama.cpp).")
-
-    @field_validator("gpu_layers", mode="before")
-    @classmethod
-    def _layers(cls, v: object) -> str:
-        from edgereason.gpu_layers import parse_gpu_layers
-
-        return parse_gpu_layers(v)  # type: ignore[arg-type]
     concurrency: int = Field(4, ge=1, le=1024, description="Problems at once: decoded together for a GGUF "
                              "(llama.cpp in process), requests in flight against a server URL.")
     @field_validator("benchmark", mode="before")

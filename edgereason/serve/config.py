@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
+from edgereason.gpu_layers import GpuLayers
 from edgereason.models import DEFAULT_MODEL
 
 # NAME=PATH: a model id (letters, digits, . _ -) for one of several adapters
@@ -43,15 +44,8 @@ class LlamaCppOptions(Section):
                                      description="Context per sequence (default: the model's trained context, at most 4096).")
     prompt_cache: bool = Field(True, description="Reuse a slot's KV for a shared prompt prefix. Off makes greedy outputs "
                                "independent of request order: llama.cpp's logits differ slightly between batch sizes.")
-    gpu_layers: str = Field("auto", description="Layers llama.cpp puts on the GPU: auto, all or a number (0 = CPU only). "
+    gpu_layers: GpuLayers = Field("auto", description="Layers llama.cpp puts on the GPU: auto, all or a number (0 = CPU only). "
                             "Needs a llama.cpp built with its GPU backend (docs/edge-gpu.md); /health reports the offload.")
-
-    @field_validator("gpu_layers", mode="before")
-    @classmethod
-    def _layers(cls, v: object) -> str:
-        from edgereason.gpu_layers import parse_gpu_layers
-
-        return parse_gpu_layers(v)  # type: ignore[arg-type]
 
 
 class VLLMOptions(Section):
