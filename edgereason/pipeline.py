@@ -151,6 +151,9 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Path:
         _stage(console, f"3/4 eval {bench}: base vs trained vs {cfg.quant}" + (" vs base + LoRA" if len(targets) > 3 else ""),
                argv, logs / f"eval-{bench}.log")
     timings["eval"] = time.perf_counter() - t0
+    # the model card gains the evals of this export's files (its model-index)
+    _stage(console, "3/4 model card with the evals", ["export", "card", str(p["export"]), "--eval", str(p["results"] / "eval")],
+           logs / "card.log")
     if cfg.maj_k:
         timings["eval maj@k"] = _stage(
             console, f"3/4 eval maj@{cfg.maj_k} on the {cfg.quant} GGUF",
