@@ -68,7 +68,7 @@ def card_text(out_dir: Path, manifest: dict[str, Any], evals: list[dict[str, Any
         eval_results=results or None,
     )
     lines = [f"# {name}", "",
-             f"A reasoning model for small devices, exported by [edgereason](https://github.com/edgereason) "
+             f"A reasoning model for small devices, exported by edgereason "
              f"from `{source.get('base_model')}`" + (" with a trained LoRA adapter." if adapter else "."),
              f"It answers in the `{manifest.get('format')}` format: its reasoning, then its answer, in tags.", ""]
     lines += _recipe(run)
@@ -88,13 +88,19 @@ def _recipe(run: dict[str, Any]) -> list[str]:
         return ["## Recipe", "", "No training run record was found beside the adapter (or there is no adapter).", ""]
     cfg = run.get("config") or {}
     rows = [("method", run.get("method") or cfg.get("method")), ("data", ", ".join(cfg.get("dataset") or [])),
-            ("steps", run.get("steps")), ("learning rate", cfg.get("learning_rate")),
+            ("steps", run.get("steps")), ("learning rate", None if run.get("stages") else cfg.get("learning_rate")),
             ("LoRA rank", cfg.get("lora_r")), ("rewards", ", ".join(cfg.get("rewards") or []) or None),
-            ("stages", " → ".join(cfg.get("stages") or []) or None),
+            ("stages", " → ".join(f"{s['stage']} ({s.get('steps')} steps, lr {_stage_lr(cfg, s.get('method'))})"
+                                  for s in run.get("stages") or []) or None),
             ("wall time", f"{run['wall_seconds']:.0f} s" if run.get("wall_seconds") else None)]
     out = ["## Recipe", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows if v not in (None, "")]
     return out + [""]
+
+
+def _stage_lr(cfg: dict[str, Any], method: str | None) -> Any:
+    """A hybrid stage's learning rate: its stage_settings', else the run's."""
+    return ((cfg.get("stage_settings") or {}).get(method or "") or {}).get("learning_rate", cfg.get("learning_rate"))
 
 
 def _artifacts(manifest: dict[str, Any]) -> list[str]:
