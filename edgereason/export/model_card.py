@@ -58,7 +58,8 @@ def card_text(out_dir: Path, manifest: dict[str, Any], evals: list[dict[str, Any
     name = manifest.get("name") or out_dir.name
     results = [EvalResult(task_type="text-generation", dataset_type=s["benchmark"],
                           dataset_name=_DATASET_NAMES.get(s["benchmark"], s["benchmark"]),
-                          metric_type="accuracy", metric_name=f"{rule} accuracy (greedy, {s['n']} problems)",
+                          metric_type="accuracy",
+                          metric_name=f"{rule} accuracy, {Path(str(s['target']).split('+')[0]).name} (greedy, {s['n']} problems)",
                           metric_value=round(float(s[rule]["value"]), 4))
                for s in evals for rule in ("flexible", "strict")]
     data = ModelCardData(
@@ -74,9 +75,10 @@ def card_text(out_dir: Path, manifest: dict[str, Any], evals: list[dict[str, Any
     lines += _recipe(run)
     lines += _artifacts(manifest)
     if evals:
-        lines += ["## Evaluation", "", "| benchmark | problems | strict | flexible | format |", "|---|---|---|---|---|"]
-        lines += [f"| {s['benchmark']} | {s['n']} | {s['strict']['value']:.1%} | {s['flexible']['value']:.1%} | "
-                  f"{s['format_compliance']:.1%} |" for s in evals]
+        lines += ["## Evaluation", "", "| benchmark | file | problems | strict | flexible | format |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {s['benchmark']} | `{Path(str(s['target'])).name}` | {s['n']} | {s['strict']['value']:.1%} | "
+                  f"{s['flexible']['value']:.1%} | {s['format_compliance']:.1%} |" for s in evals]
         lines.append("")
     lines += _usage(manifest)
     body = "\n".join(lines)
