@@ -241,8 +241,9 @@ class ReasoningFormat:
         opening = "" if after_prefill else f'"{t["reasoning_open"]}" "\\n" '
         return "\n".join(
             [
+                # the answer may sit on its own line, as `render` writes it (and SFT teaches it)
                 f'root ::= {opening}reasoning "{t["reasoning_close"]}" "\\n" '
-                f'"{t["answer_open"]}" answer "{t["answer_close"]}"',
+                f'"{t["answer_open"]}" "\\n"? answer "\\n"? "{t["answer_close"]}"',
                 'reasoning ::= rchar+ ("\\n" | " ")*',
                 f'rchar ::= [^<] | "<" [^<{firsts}]',
                 'answer ::= [ ]* [^<\\n ] [^<\\n]{0,120}',
