@@ -71,8 +71,10 @@ def test_reasoning_split_under_the_grammar(client):
     r = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=300, temperature=0)
     choice = r.choices[0]
     assert choice.finish_reason == "stop" and choice.model_extra["format_valid"] is True
-    reasoning = choice.message.model_extra["reasoning_content"]
-    assert choice.message.content == "7" and "3 + 4 = 7" in reasoning and "<reasoning>" not in reasoning
+    reasoning, content = choice.message.model_extra["reasoning_content"], choice.message.content
+    # the split, not what the model happens to answer: the grammar kept the answer to one line, no tags
+    assert reasoning.strip() and not any(tag in reasoning for tag in ("<reasoning>", "</reasoning>", "<answer>"))
+    assert content.strip() and "\n" not in content.strip() and "<" not in content
     assert r.usage.completion_tokens > 0 and 0 < r.usage.completion_tokens_details.reasoning_tokens < r.usage.completion_tokens
 
 
