@@ -15,6 +15,10 @@ from typing import Any
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+#: The template variable an exported template's reasoning setup answers to (export/chat_setup.py); edgereason
+#: renders with it false and adds the setup per request itself.
+SETUP_VARIABLE = "reasoning_setup"
+
 
 class TemplateError(ValueError):
     """A model without a usable chat template, or messages its template refuses."""
@@ -46,7 +50,7 @@ class ChatTemplate:
         try:
             return self._template.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                          bos_token=self.bos_token, eos_token=self.eos_token,
-                                         reasoning_setup=setup)
+                                         **{SETUP_VARIABLE: setup})
         except TemplateError:
             raise
         except Exception as e:  # a template that cannot render these messages is the caller's input problem

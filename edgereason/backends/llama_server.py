@@ -25,7 +25,7 @@ import httpx
 
 from edgereason.backends import tool_calls
 from edgereason.backends.base import BackendError, BackendRejected, BackendUnavailable, Completion, Delta, Messages, SamplingParams
-from edgereason.backends.chat_template import ChatTemplate
+from edgereason.backends.chat_template import SETUP_VARIABLE, ChatTemplate
 from edgereason.backends.openai_client import OpenAIBackend
 from edgereason.gguf_meta import gguf_info
 from edgereason.models import resolve_model
@@ -198,7 +198,7 @@ class LlamaServerBackend(OpenAIBackend):
                                 "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
                                 "n": params.n, **self.extra_body,
                                 # an exported template's reasoning setup stays off: a tool call is not a reasoning turn
-                                "chat_template_kwargs": {"reasoning_setup": False}, **self.lora_field(params)}
+                                "chat_template_kwargs": {SETUP_VARIABLE: False}, **self.lora_field(params)}
         if native:
             body.update(messages=messages, tools=tools)
             if tool_choice is not None:

@@ -26,11 +26,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgereason.backends.chat_template import ChatTemplate, TemplateError
+from edgereason.backends.chat_template import SETUP_VARIABLE, ChatTemplate, TemplateError
 from edgereason.formats import ReasoningFormat
 
-#: The variable edgereason sets to false when it renders (it adds the setup per request itself).
-SETUP_VARIABLE = "reasoning_setup"
 _MARK = "edgereason reasoning setup"
 FOLD_SEPARATOR = "\n\n"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgereason.backends.chat_template import ChatTemplate
+from edgereason.backends.chat_template import SETUP_VARIABLE, ChatTemplate
 from edgereason.export.chat_setup import SetupError, Turns, turns, wrap_template
 from edgereason.export.files import ExportError, write_text_atomic
 from edgereason.export.modelfile import ModelfileSpec, go_template, modelfile
@@ -38,7 +38,7 @@ class ChatSetup:
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": TEMPLATE_FILE, "sha256": self.sha256, "system_prompt": self.mode, "prefill": True,
-                "variable": "reasoning_setup", "ollama_template": self.go_template is not None,
+                "variable": SETUP_VARIABLE, "ollama_template": self.go_template is not None,
                 "note": self.note, "stops": self.stops}
 
 
