@@ -1,7 +1,7 @@
 # The README's two commands are `make run` and `make test`; both set up ./.venv first.
 VENV := .venv/bin
 
-.PHONY: setup setup-openvino run test test-fast test-vllm lint clean
+.PHONY: setup setup-openvino run test test-fast test-vllm test-docker lint clean
 
 setup:
 	bash scripts/setup-venv.sh
@@ -33,6 +33,10 @@ lint: setup
 test-vllm:
 	bash scripts/setup-vllm-venv.sh
 	.venv-vllm/bin/python -m pytest -q -rs -p no:cacheprovider tests/test_vllm.py
+
+## The Dockerfile's edge images built with podman on a local debootstrap base, run, and asked (root).
+test-docker: setup
+	bash scripts/test-docker.sh
 
 clean:
 	rm -rf .venv .venv-vllm results test-output .pytest_cache .mypy_cache .ruff_cache
