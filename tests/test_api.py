@@ -244,3 +244,53 @@ def test_api_key_and_full_queue():
         busy.join()
     finally:
         s.stop()
+
+
+# ---- the backend registry ------------------------------------------------------------------------
+
+
+class _EchoBackend(ScriptedBackend):
+    """An engine from outside the package: the convention is `Class(model, **backend_options)`."""
+
+    name = "echo-test"
+
+    def __init__(self, model: str, **options) -> None:
+        super().__init__(model_name=model, **options)
+
+
+def test_an_out_of_tree_backend_is_served_like_a_built_in_one():
+    from live_server import Server
+
+    from edgereason.backends import BACKENDS, Capability, register_backend
+    from edgereason.serve.config import ServeConfig
+
+    register_backend("echo-test", _EchoBackend, serve_name="echo", capabilities={Capability.LOGIT_BIAS},
+                     description="a test engine")
+    server = None
+    try:
+        with pytest.raises(ValueError, match="serve name 'echo' is already the echo-test backend's"):
+            register_backend("echo-2", _EchoBackend, serve_name="echo")
+        server = Server(backend="echo", model="echo-model",
+                        backend_options={"script": ["2 + 3 = 5.\n</reasoning>\n<answer>\n5\n</answer>"]})
+        assert server.engine.backend.name == "echo-test"
+        base = server.base + "/v1/chat/completions"
+        ask = {"model": "echo-model", "messages": [{"role": "user", "content": "2 + 3?"}], "max_tokens": 64}
+        r = httpx.post(base, json=ask, timeout=30)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip() == "5"
+        # its declared capabilities decide what the server accepts: logit_bias yes, tools and logprobs no
+        assert httpx.post(base, json={**ask, "logit_bias": {"1": -1}}, timeout=30).status_code == 200
+        refused = httpx.post(base, json={**ask, "logprobs": True}, timeout=30)
+        assert refused.status_code == 400 and "echo-test" in refused.json()["error"]["message"]
+    finally:
+        if server is not None:
+            server.stop()
+        BACKENDS.unregister("echo-test")
+    with pytest.raises(ValueError, match="unknown backend 'echo'; choose one of: llama.cpp, "):
+        ServeConfig(backend="echo")
+
+
+def test_the_backends_docs_table_is_the_registry():
+    import edgereason.backends as backends
+
+    assert backends.backends_table() in (backends.__doc__ or "")
+    assert backends.serve_backends()["llama.cpp"] == "llama-server"

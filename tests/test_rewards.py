@@ -148,3 +148,24 @@ def test_derived_reward_pays_only_for_an_answer_the_reasoning_computes():
     assert derived_reward("<reasoning>\nAll cats purr.\n</reasoning>\n<answer>yes</answer>", "yes") == 1.0
     fn = make_trl_rewards(get_format())[REWARD_NAMES.index("derived")]
     assert fn([computed, guessed], answer=["24", "24"]) == [1.0, 0.0]
+
+
+def test_every_reward_stays_within_its_registered_range_and_the_ceiling_is_reached():
+    from edgereason.train.rewards import REWARDS, reward_ceiling
+
+    fmt = get_format()
+    funcs = {f.__name__: f for f in make_trl_rewards(fmt)}
+    assert list(funcs) == list(REWARDS)
+    texts = [GOOD, GOOD + " Hope that helps!", "", "<reasoning>x", "<answer>5</answer>", "18",
+             "<reasoning>\n2 + 2 = 5.\n2 + 2 = 5.\n2 + 2 = 5.\n</reasoning>\n<answer>\n5\n</answer>",
+             "<reasoning>\n16 - 3 - 4 = 9\n9 * 2 = 18\nSo 18.\nDone.\n</reasoning>\n<answer>\n18\n</answer>"]
+    kw = {"answer": ["18"] * len(texts), "steps": ["9,18"] * len(texts), "completion_ids": [[1] * 40] * len(texts)}
+    best = {}
+    for name, fn in funcs.items():
+        spec, scores = REWARDS.get(name), fn(texts, **kw)
+        assert all(spec.low <= s <= spec.ceiling() for s in scores), (name, scores)
+        best[name] = max(scores)
+    # the ceiling the saturation detector uses is reachable: the best completion earns every component's top
+    for name in ("format", "accuracy", "correctness", "steps", "derived", "process"):
+        assert best[name] == REWARDS.get(name).ceiling(), name
+    assert reward_ceiling({"format": 0.5, "derived": 2.0}) == 0.5 * FORMAT_EXACT + 2.0

@@ -529,9 +529,14 @@ def test_distill_keeps_only_correct_checked_traces_resumes_and_trains(tmp_path, 
 
 
 def test_rft_is_its_own_teacher_and_distill_needs_one(tmp_path, default_model):
-    from edgereason.train.distill import teacher_spec
+    from edgereason.train.distill import teacher_spec, teacher_target
 
-    assert teacher_spec(TrainConfig(method="rft")) == str(default_model.gguf_path)  # the model's GGUF, on llama.cpp
+    # an embedded model is its own teacher on llama.cpp (its GGUF, with its chat template), not transformers
+    assert teacher_spec(TrainConfig(method="rft")) == default_model.name
+    assert teacher_target(default_model.name).backend == "llama.cpp"
+    assert teacher_target("gemma3-270m").backend == "llama.cpp"
+    assert teacher_target(str(default_model.gguf_path)).backend == "llama.cpp"
+    assert teacher_target("http://127.0.0.1:9/v1#m").backend == "server"
     assert teacher_spec(TrainConfig(method="rft", init_adapter=tmp_path)).endswith(f"+{tmp_path}")
     with pytest.raises(ValueError, match="distill needs a teacher"):
         TrainConfig(method="distill")

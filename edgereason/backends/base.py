@@ -21,9 +21,21 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 Messages = list[dict[str, Any]]
+
+
+class Capability(StrEnum):
+    """An optional request feature an engine carries out; the server refuses the others with a 400."""
+
+    LOGPROBS = "logprobs"  #: token log-probabilities (and top alternatives)
+    TOOLS = "tools"  #: OpenAI tool calls, parsed by the engine
+    PENALTIES = "penalties"  #: frequency and presence penalties
+    LOGIT_BIAS = "logit_bias"  #: per-token logit bias
+    GRAMMAR = "grammar"  #: constrained decoding (GBNF grammar, JSON schema)
+    MULTI_ADAPTER = "multi_adapter"  #: several LoRA adapters on one base, chosen per request
 
 T = TypeVar("T")
 
@@ -130,8 +142,14 @@ class Backend(ABC):
     parallel_samples: bool = False
     # Requests the engine runs at once. 1 = the default async wrappers serialise calls.
     max_concurrency: int = 1
-    # Optional request features this engine carries out (the server refuses the others with a 400).
-    supports: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def supports(self) -> frozenset[Capability]:
+        """The optional request features this engine carries out (the server refuses the others with a
+        400), as its registry entry declares them (`edgereason.backends.BACKENDS`)."""
+        from edgereason.backends import capabilities_of  # the registry imports this module
+
+        return capabilities_of(self.name)
 
     def __init__(self) -> None:
         self._serial = threading.Lock()

@@ -24,7 +24,15 @@ from typing import Any
 import httpx
 
 from edgereason.backends import tool_calls
-from edgereason.backends.base import BackendError, BackendRejected, BackendUnavailable, Completion, Delta, Messages, SamplingParams
+from edgereason.backends.base import (
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    Completion,
+    Delta,
+    Messages,
+    SamplingParams,
+)
 from edgereason.backends.chat_template import SETUP_VARIABLE, ChatTemplate
 from edgereason.backends.openai_client import OpenAIBackend
 from edgereason.gguf_meta import gguf_info
@@ -43,7 +51,6 @@ logger = logging.getLogger("edgereason.backends")
 
 class LlamaServerBackend(OpenAIBackend):
     name = "llama-server"
-    supports = frozenset({"logprobs", "tools", "penalties", "logit_bias", "grammar"})
 
     def __init__(self, model: str, *, adapter: str | Path | None = None, slots: int = 4,
                  ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,

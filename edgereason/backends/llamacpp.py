@@ -29,7 +29,6 @@ logger = logging.getLogger("edgereason.backends")
 
 class LlamaCppBackend(Backend):
     name = "llama-cpp-python"
-    supports = frozenset({"penalties", "logit_bias", "grammar"})
     parallel_samples = True
 
     def __init__(

@@ -46,7 +46,6 @@ _FINISH = {"stop", "length", "tool_calls", "content_filter"}
 class OpenAIBackend(Backend):
     name = "openai"
     parallel_samples = True
-    supports = frozenset({"logprobs", "penalties", "logit_bias", "grammar"})
 
     def __init__(self, url: str, model: str = "", *, api_key: str | None = None, concurrency: int = 4,
                  timeout_s: float = 600.0, template: ChatTemplate | None = None,

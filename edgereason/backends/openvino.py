@@ -43,7 +43,6 @@ def openvino_model_dir(path: str | Path) -> Path:
 class OpenVINOBackend(Backend):
     name = "openvino"
     parallel_samples = True
-    supports = frozenset({"grammar", "penalties"})
 
     def __init__(self, model: str, device: str = "CPU", threads: int | None = None) -> None:
         super().__init__()

@@ -17,7 +17,6 @@ from edgereason.models import resolve_model
 class TransformersBackend(Backend):
     name = "transformers"
     parallel_samples = True
-    supports = frozenset({"logit_bias"})
 
     def __init__(
         self,

@@ -46,7 +46,6 @@ class Replica:
 class UpstreamBackend(Backend):
     name = "upstream"
     parallel_samples = True
-    supports = frozenset({"logprobs", "penalties", "logit_bias", "grammar"})
 
     def __init__(self, urls: list[str], model: str, upstream_model: str | None = None,
                  policy: Literal["round_robin", "least_busy"] = "least_busy", api_key: str | None = None,

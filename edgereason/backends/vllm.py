@@ -26,7 +26,6 @@ from edgereason.models import resolve_model
 class VLLMBackend(Backend):
     name = "vllm"
     parallel_samples = True
-    supports = frozenset({"logprobs", "penalties", "logit_bias", "grammar"})
 
     def __init__(self, model: str, adapter: str | Path | None = None, n_ctx: int = 4096, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, serving: bool = False, max_concurrency: int = 256) -> None:

@@ -36,27 +36,45 @@ from edgereason.servers import free_port
 logger = logging.getLogger("edgereason.serve")
 
 
+def _llama_server(cfg: ServeConfig) -> Backend:
+    return create_backend("llama-server", cfg.model, adapter=cfg.single_adapter, slots=cfg.llama_cpp.slots,
+                          adapters={n: adapter_gguf(n, p, cfg) for n, p in cfg.named_adapters.items()} or None,
+                          ctx_per_slot=cfg.llama_cpp.ctx_per_slot, threads=cfg.threads,
+                          served_name=cfg.served_model_name, prompt_cache=cfg.llama_cpp.prompt_cache,
+                          gpu_layers=cfg.llama_cpp.gpu_layers)
+
+
+def _vllm(cfg: ServeConfig) -> Backend:
+    return create_backend("vllm", cfg.model, adapter=cfg.single_adapter, serving=True, n_ctx=cfg.vllm.max_model_len,
+                          tensor_parallel_size=cfg.vllm.tensor_parallel_size,
+                          gpu_memory_utilization=cfg.vllm.gpu_memory_utilization)
+
+
+def _upstream(cfg: ServeConfig) -> Backend:
+    u = cfg.upstream
+    return create_backend("upstream", u.urls, cfg.model, upstream_model=u.model, policy=u.policy,
+                          api_key=u.api_key, per_replica=u.per_replica, timeout_s=cfg.limits.timeout_s)
+
+
+#: How a ServeConfig's sections become each built-in engine's arguments, by registry name.
+_FACTORIES: dict[str, Callable[[ServeConfig], Backend]] = {
+    "llama-server": _llama_server,
+    "vllm": _vllm,
+    "transformers": lambda cfg: create_backend("transformers", cfg.model, adapter=cfg.single_adapter, threads=cfg.threads),
+    "openvino": lambda cfg: create_backend("openvino", cfg.model, device=cfg.openvino.device, threads=cfg.threads),
+    "upstream": _upstream,
+    "scripted": lambda cfg: create_backend("scripted", model_name=cfg.served_model_name or "scripted"),
+}
+
+
 def load_backend(cfg: ServeConfig) -> Backend:
-    """The engine a ServeConfig names, loaded (llama.cpp means a managed llama-server)."""
-    if cfg.backend == "llama.cpp":
-        return create_backend("llama-server", cfg.model, adapter=cfg.single_adapter, slots=cfg.llama_cpp.slots,
-                              adapters={n: adapter_gguf(n, p, cfg) for n, p in cfg.named_adapters.items()} or None,
-                              ctx_per_slot=cfg.llama_cpp.ctx_per_slot, threads=cfg.threads,
-                              served_name=cfg.served_model_name, prompt_cache=cfg.llama_cpp.prompt_cache,
-                              gpu_layers=cfg.llama_cpp.gpu_layers)
-    if cfg.backend == "vllm":
-        return create_backend("vllm", cfg.model, adapter=cfg.single_adapter, serving=True, n_ctx=cfg.vllm.max_model_len,
-                              tensor_parallel_size=cfg.vllm.tensor_parallel_size,
-                              gpu_memory_utilization=cfg.vllm.gpu_memory_utilization)
-    if cfg.backend == "transformers":
-        return create_backend("transformers", cfg.model, adapter=cfg.single_adapter, threads=cfg.threads)
-    if cfg.backend == "openvino":
-        return create_backend("openvino", cfg.model, device=cfg.openvino.device, threads=cfg.threads)
-    if cfg.backend == "upstream":
-        u = cfg.upstream
-        return create_backend("upstream", u.urls, cfg.model, upstream_model=u.model, policy=u.policy,
-                              api_key=u.api_key, per_replica=u.per_replica, timeout_s=cfg.limits.timeout_s)
-    return create_backend("scripted", model_name=cfg.served_model_name or "scripted")
+    """The engine a ServeConfig names, loaded (llama.cpp means a managed llama-server). A backend
+    registered from outside gets the model and `backend_options`."""
+    name = cfg.backend_name
+    factory = _FACTORIES.get(name)
+    if factory is not None:
+        return factory(cfg)
+    return create_backend(name, cfg.model, **cfg.backend_options)
 
 
 class AdapterError(ValueError):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgereason.backends import BACKENDS, Capability, serve_backends
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
 from edgereason.gpu_layers import GpuLayers
@@ -76,10 +77,14 @@ class ServeConfig(StageConfig):
         default_factory=list, description="LoRA: PATH, applied to every request, or NAME=PATH (repeatable): several "
         "adapters on the one base, each a model id chosen per request by `model` (llama.cpp). PATH: a GGUF LoRA, an "
         "export folder (its adapter-lora-f16.gguf) or a PEFT dir (transformers, vLLM).")
-    backend: Literal["llama.cpp", "vllm", "transformers", "openvino", "upstream", "scripted"] = Field(
-        "llama.cpp", description="Engine: llama.cpp (llama-server, edge), vllm (GPU), transformers (reference, one "
-        "request at a time), openvino (an `export openvino` folder; CPU, iGPU, NPU), upstream (replicas), scripted "
-        "(no model; tests and client development).")
+    backend: str = Field(
+        "llama.cpp", description="Engine, by its serve name in the backend registry: llama.cpp (llama-server, edge), "
+        "vllm (GPU), transformers (reference, one request at a time), openvino (an `export openvino` folder; CPU, "
+        "iGPU, NPU), upstream (replicas), scripted (no model; tests and client development), or one registered with "
+        "edgereason.backends.register_backend.")
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for a backend registered from outside edgereason "
+        "(the built-in ones take their options from their own section).")
     format: str | None = Field(
         None, description=f"Reasoning format the model was trained for (default: the export's manifest, else {DEFAULT_FORMAT}).")
     served_model_name: str | None = Field(None, description="Model id clients use (default: the export's name or the model's).")
@@ -94,6 +99,18 @@ class ServeConfig(StageConfig):
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
     openvino: OpenVINOOptions = Field(default_factory=OpenVINOOptions)
     upstream: UpstreamOptions = Field(default_factory=UpstreamOptions)
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, v: str) -> str:
+        if v not in serve_backends():
+            raise ValueError(f"unknown backend {v!r}; choose one of: {', '.join(serve_backends())}")
+        return v
+
+    @property
+    def backend_name(self) -> str:
+        """The registry name of the engine `backend` names (llama.cpp -> llama-server)."""
+        return serve_backends()[self.backend]
 
     @field_validator("adapter", mode="before")
     @classmethod
@@ -110,8 +127,9 @@ class ServeConfig(StageConfig):
         names = [a.split("=", 1)[0] for a in named]
         if len(set(names)) != len(names):
             raise ValueError(f"--adapter names repeat: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
-        if named and self.backend != "llama.cpp":
-            raise ValueError(f"several adapters on one base run on the llama.cpp backend, not {self.backend}")
+        if named and Capability.MULTI_ADAPTER not in BACKENDS.get(self.backend_name).capabilities:
+            able = [s for s, n in serve_backends().items() if Capability.MULTI_ADAPTER in BACKENDS.get(n).capabilities]
+            raise ValueError(f"several adapters on one base run on the {', '.join(able)} backend, not {self.backend}")
         return self
 
     @property

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edgereason.backends.base import Backend, Completion, Delta, Messages, SamplingParams, restore_closing_tag
+from edgereason.backends.base import Backend, Capability, Completion, Delta, Messages, SamplingParams, restore_closing_tag
 from edgereason.formats import ParsedCompletion, ReasoningFormat
 from edgereason.grading import extract_answer
 from edgereason.serve.config import EngineLimits
@@ -111,7 +111,7 @@ class ReasoningEngine:
         if reasoning and self.fmt.kind == "tags":
             p.prefix = self.fmt.prefill
             p.stop = [*self.fmt.stop_sequences(), *p.stop]
-            if "grammar" in self.backend.supports:  # elsewhere validation and retries keep the format
+            if Capability.GRAMMAR in self.backend.supports:  # elsewhere validation and retries keep the format
                 p.grammar = self.fmt.grammar(after_prefill=True)
         return p
 

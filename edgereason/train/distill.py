@@ -28,9 +28,10 @@ from edgereason.backends.base import SamplingParams
 from edgereason.files import atomic_output, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.grading import grade_completion
+from edgereason.models import EMBEDDED
 from edgereason.problems import Problem
 from edgereason.rationales import rationale_fault
-from edgereason.targets import open_target, parse_target
+from edgereason.targets import Target, open_target, parse_target
 from edgereason.train.config import TrainConfig
 from edgereason.train.runs import FINISHED, RunResult, TrainSetupError, load_training_problems
 
@@ -46,10 +47,19 @@ def teacher_spec(cfg: TrainConfig) -> str:
         return cfg.teacher
     if cfg.init_adapter:
         return f"{cfg.model}+{cfg.init_adapter}"  # the adapter it continues, on transformers
+    if cfg.model in EMBEDDED:
+        return cfg.model  # its GGUF on llama.cpp (teacher_target), with the chat template it ships with
     from edgereason.models import resolve_model
 
     gguf = resolve_model(cfg.model).gguf_path  # the model's own GGUF samples on llama.cpp, far faster on a CPU
     return str(gguf) if gguf is not None else cfg.model
+
+
+def teacher_target(spec: str) -> Target:
+    """The teacher's target. An embedded model is a GGUF, so it samples on llama.cpp in process, which
+    on a CPU is several times faster than transformers (an eval target of the same name is the
+    transformers reference instead)."""
+    return parse_target(spec, backend="llama.cpp" if spec in EMBEDDED else None)
 
 
 def judge(text: str, p: Problem, fmt: ReasoningFormat) -> tuple[str | None, str | None, str | None]:
@@ -69,7 +79,7 @@ def collect(cfg: TrainConfig, problems: list[Problem], out: Path, log: Any = pri
     """Ask the teacher for traces (resuming), keep the good ones, write rationales.jsonl and the manifest."""
     fmt = get_format(cfg.format)
     spec = teacher_spec(cfg)
-    target = parse_target(spec)
+    target = teacher_target(spec)
     out.mkdir(parents=True, exist_ok=True)
     traces = out / TRACES
     asked: dict[str, list[dict[str, Any]]] = {}

@@ -26,6 +26,7 @@ from edgereason.models import ResolvedModel
 from edgereason.problems import Problem
 from edgereason.train.config import TrainConfig
 from edgereason.train.curriculum import training_row
+from edgereason.train.rewards import CosineLengthParams, reward_ceiling
 from edgereason.train.runs import (
     FINISHED,
     Prepared,
@@ -147,7 +148,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
 
     from edgereason.train.callbacks import BatchStats, CurriculumCallback, GRPOControlCallback, RunRecordCallback
     from edgereason.train.precision import choose_bf16
-    from edgereason.train.rewards import CosineLengthParams, make_trl_rewards
+    from edgereason.train.rewards import make_trl_rewards
     from edgereason.train.trainer import EdgeGRPOTrainer
 
     cfg, fmt, run_dir = prep.cfg, prep.fmt, prep.run_dir
@@ -179,9 +180,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     stats = BatchStats(fmt)
     rewards = make_trl_rewards(
         fmt, prefix=fmt.prefill if cfg.prefill else "",
-        cosine=CosineLengthParams(cfg.cosine_min_correct, cfg.cosine_max_correct, cfg.cosine_min_wrong,
-                                  cfg.cosine_max_wrong, cfg.cosine_max_length or cfg.max_completion_length),
-        on_batch=stats,
+        cosine=_cosine_params(cfg), on_batch=stats,
     )
     control = GRPOControlCallback(cfg, _reward_ceiling(cfg))
     callbacks: list[Any] = [control]
@@ -321,21 +320,14 @@ def _refresher(cfg: TrainConfig, prep: Prepared, engine: Any, tokenizer: Any, re
 # ---- finishing -------------------------------------------------------------------------------
 
 
-def _reward_ceiling(cfg: TrainConfig) -> float:
-    """Highest weighted total reward (for saturation detection)."""
-    from edgereason.grading import EXACT_CREDIT
-    from edgereason.train.rewards import FORMAT_EXACT, PROCESS_ARITHMETIC_WEIGHT, PROCESS_STEPS_WEIGHT
+def _cosine_params(cfg: TrainConfig) -> CosineLengthParams:
+    return CosineLengthParams(cfg.cosine_min_correct, cfg.cosine_max_correct, cfg.cosine_min_wrong,
+                              cfg.cosine_max_wrong, cfg.cosine_max_length or cfg.max_completion_length)
 
-    best = {
-        "format": FORMAT_EXACT,
-        "process": PROCESS_ARITHMETIC_WEIGHT + PROCESS_STEPS_WEIGHT,
-        "accuracy": EXACT_CREDIT,
-        "correctness": 1.0,
-        "cosine_length": cfg.cosine_max_correct,
-        "steps": 1.0,
-        "derived": 1.0,
-    }
-    return sum(w * best[k] for k, w in cfg.reward_weights.items())
+
+def _reward_ceiling(cfg: TrainConfig) -> float:
+    """Highest weighted total reward (for saturation detection), from the reward registry's ranges."""
+    return reward_ceiling(cfg.reward_weights, _cosine_params(cfg))
 
 
 def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str | None) -> RunResult:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgereason.formats import ReasoningFormat, get_format
-from edgereason.grading import EQUIVALENT_CREDIT, answers_equal, extract_answer, partial_credit
+from edgereason.grading import EQUIVALENT_CREDIT, EXACT_CREDIT, WRONG_CREDIT, answers_equal, extract_answer, partial_credit
+from edgereason.registry import Registry
 from edgereason.work_check import NUM, check_arithmetic, to_number
 
 # ---- format adherence ------------------------------------------------------------------------
@@ -154,8 +155,36 @@ def cosine_length_reward(correct: bool, length: int, p: CosineLengthParams = Cos
 
 # ---- TRL adapters ----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class RewardSpec:
+    """A registered reward component: what it scores and its range (`high` may depend on the cosine
+    length parameters, which a config sets)."""
+
+    description: str
+    low: float
+    high: float | Callable[[CosineLengthParams], float]
+
+    def ceiling(self, cosine: CosineLengthParams = CosineLengthParams()) -> float:
+        return self.high(cosine) if callable(self.high) else self.high
+
+
 #: The components, in the order they are passed to TRL (its logs name them rewards/<name>/mean).
-REWARD_NAMES = ("format", "process", "accuracy", "correctness", "cosine_length", "steps", "derived")
+REWARDS: Registry[RewardSpec] = Registry("reward")
+REWARDS.register("format", RewardSpec("format adherence (format_reward)", 0.0, FORMAT_EXACT))
+REWARDS.register("process", RewardSpec("reasoning quality from the text: arithmetic that holds, distinct steps "
+                                       "(process_reward)", -math.inf, PROCESS_ARITHMETIC_WEIGHT + PROCESS_STEPS_WEIGHT))
+REWARDS.register("accuracy", RewardSpec("graded correctness (accuracy_reward)", WRONG_CREDIT, EXACT_CREDIT))
+REWARDS.register("correctness", RewardSpec("binary correctness (correctness_reward)", 0.0, 1.0))
+REWARDS.register("cosine_length", RewardSpec("correctness scaled by length (cosine_length_reward)",
+                                             -math.inf, lambda p: max(p.max_correct, p.min_correct)))
+REWARDS.register("steps", RewardSpec("share of the known intermediate values stated (steps_reward)", 0.0, 1.0))
+REWARDS.register("derived", RewardSpec("correct and derived by a claim that holds (derived_reward)", 0.0, 1.0))
+REWARD_NAMES = tuple(REWARDS)
+
+
+def reward_ceiling(weights: dict[str, float], cosine: CosineLengthParams = CosineLengthParams()) -> float:
+    """The highest weighted total reward (saturation detection reads it)."""
+    return sum(w * REWARDS.get(name).ceiling(cosine) for name, w in weights.items())
 
 
 def _texts(completions: list) -> list[str]:
@@ -222,6 +251,5 @@ def make_trl_rewards(
     def derived(completions: list[Any], answer: list[str], **kw: Any) -> list[float]:
         return [derived_reward(t, g, f) for t, g in zip(full(completions), answer)]
 
-    funcs: list[Callable[..., list[float]]] = [format, process, accuracy, correctness, cosine_length, steps, derived]
-    assert tuple(fn.__name__ for fn in funcs) == REWARD_NAMES
-    return funcs
+    funcs = {fn.__name__: fn for fn in (format, process, accuracy, correctness, cosine_length, steps, derived)}
+    return [funcs[name] for name in REWARDS]

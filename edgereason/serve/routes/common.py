@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel
 
-from edgereason.backends.base import BackendError, BackendRejected, BackendUnavailable
+from edgereason.backends.base import BackendError, BackendRejected, BackendUnavailable, Capability
 from edgereason.backends.chat_template import TemplateError
 from edgereason.backends.upstream import UpstreamError
 from edgereason.serve.engine import Answer, PromptTooLongError, QueueFullError, ReasoningEngine
@@ -54,20 +54,20 @@ def check_request(req: SamplingFields, request: Request, logprobs: int | None = 
         raise APIError(400, "stream=true streams a single completion: for n > 1 or voting, send stream=false "
                        "(the demo streams one sample per request and tallies the vote itself)", param="stream")
     supports = engine.backend.supports
-    if logprobs is not None and "logprobs" not in supports:
+    if logprobs is not None and Capability.LOGPROBS not in supports:
         raise APIError(400, f"logprobs are not available from the {engine.backend.name} backend", param="logprobs")
-    if (req.frequency_penalty or req.presence_penalty) and "penalties" not in supports:
+    if (req.frequency_penalty or req.presence_penalty) and Capability.PENALTIES not in supports:
         param = "frequency_penalty" if req.frequency_penalty else "presence_penalty"
         raise APIError(400, f"{param} is not available from the {engine.backend.name} backend", param=param)
-    if getattr(req, "logit_bias", None) and "logit_bias" not in supports:
+    if getattr(req, "logit_bias", None) and Capability.LOGIT_BIAS not in supports:
         raise APIError(400, f"logit_bias is not available from the {engine.backend.name} backend", param="logit_bias")
     grammar = getattr(req, "grammar", None) or (getattr(req, "structured_outputs", None) or {}).get("grammar")
     structured = getattr(req, "response_format", None) is not None and req.response_format.type != "text"  # type: ignore[attr-defined]
-    if (grammar or structured) and "grammar" not in supports:
+    if (grammar or structured) and Capability.GRAMMAR not in supports:
         param = "grammar" if grammar else "response_format"
         raise APIError(400, f"constrained decoding ({param}) is not available from the {engine.backend.name} backend",
                        param=param)
-    if tools and "tools" not in supports:
+    if tools and Capability.TOOLS not in supports:
         raise APIError(400, f"tools are not available from the {engine.backend.name} backend (serve with "
                        "--backend llama.cpp for tool calls)", param="tools")
     choice, listed = getattr(req, "tool_choice", None), getattr(req, "tools", None) or []
