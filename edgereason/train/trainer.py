@@ -36,13 +36,9 @@ def score_completions_only() -> None:
     measured 13.3 -> 10.2 s per step. The decision is the one name `_use_triton` imported into
     trl.trainer.utils (TRL's kernels keep their own reference); tests check the compact and the full
     paths give the same log-probs, and that the name still exists in the pinned release."""
-    import trl.trainer.utils as trl_utils
+    from edgereason.compat.trl import score_labelled_positions_on_cpu
 
-    if getattr(trl_utils, "_edgereason_compact", False):
-        return
-    on_triton = trl_utils._use_triton
-    trl_utils._use_triton = lambda device: device.type == "cpu" or on_triton(device)
-    trl_utils._edgereason_compact = True  # type: ignore[attr-defined]
+    score_labelled_positions_on_cpu()
 
 
 class EdgeGRPOTrainer(GRPOTrainer):
@@ -53,8 +49,6 @@ class EdgeGRPOTrainer(GRPOTrainer):
         super().__init__(*args, rollout_func=rollout_engine.rollout if rollout_engine else None, **kwargs)  # type: ignore[misc]
         self.rollout_engine = rollout_engine
         if rollout_engine is not None and rollout_engine.importance_sampling:
-            self.use_vllm = True
-            self.vllm_mode = "server"  # keeps TRL off its colocated-engine code paths
-            self.vllm_generation = rollout_engine  # type: ignore[assignment]  # TRL calls only its sync_weights()
-            self.vllm_importance_sampling_correction = True
-            self._last_loaded_step = -1
+            from edgereason.compat.trl import use_external_rollouts
+
+            use_external_rollouts(self, rollout_engine)

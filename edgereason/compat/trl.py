@@ -1,0 +1,58 @@
+"""TRL internals: the fused LM head's Triton switch, GRPO's clipping and KL attributes, the
+vLLM-server attributes an external rollout engine stands in for. Checked against the pinned TRL."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import trl.trainer.utils as trl_utils
+from trl import GRPOTrainer
+
+from edgereason.compat import require
+
+require(callable(getattr(trl_utils, "_use_triton", None)), "trl", "trl.trainer.utils._use_triton is gone")
+_INIT = inspect.getsource(GRPOTrainer.__init__)
+for _attr in ("epsilon_low", "epsilon_high", "beta", "vllm_mode", "use_vllm", "_last_loaded_step",
+              "vllm_importance_sampling_correction"):
+    require(f"self.{_attr} =" in _INIT, "trl", f"GRPOTrainer.__init__ no longer sets self.{_attr}")
+
+
+def score_labelled_positions_on_cpu() -> None:
+    """Make TRL's fused LM head compact to the labelled positions on CPU too (TRL does it on Triton
+    devices only). Idempotent. Why: edgereason.train.trainer.score_completions_only."""
+    if getattr(trl_utils, "_edgereason_compact", False):
+        return
+    on_triton = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or on_triton(device)
+    trl_utils._edgereason_compact = True  # type: ignore[attr-defined]
+
+
+def set_clip_range(trainer: GRPOTrainer, low: float, high: float) -> None:
+    """GRPO's PPO-style clipping range, read by its loss at every step."""
+    trainer.epsilon_low = low
+    trainer.epsilon_high = high
+
+
+def clip_low(trainer: GRPOTrainer) -> float:
+    return float(trainer.epsilon_low)
+
+
+def set_kl_beta(trainer: GRPOTrainer, beta: float) -> None:
+    """The KL coefficient, read by the loss at every step."""
+    trainer.beta = beta
+
+
+def kl_beta(trainer: GRPOTrainer) -> float:
+    return float(trainer.beta)
+
+
+def use_external_rollouts(trainer: GRPOTrainer, engine: Any) -> None:
+    """Make TRL treat `engine` as its vLLM server: it then corrects for the sampler's log-probs
+    (importance sampling) and calls only `engine.sync_weights()`; "server" mode keeps it off its
+    colocated-engine code paths."""
+    trainer.use_vllm = True
+    trainer.vllm_mode = "server"
+    trainer.vllm_generation = engine
+    trainer.vllm_importance_sampling_correction = True
+    trainer._last_loaded_step = -1
