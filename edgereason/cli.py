@@ -132,7 +132,7 @@ def _register_stages() -> None:
         except ImportError as e:
             _register_missing(name, f"its dependencies are missing ({e.name}); install edgereason[all]")
             continue
-        except Exception as e:  # a broken stage must not take the other commands down with it
+        except Exception as e:  # noqa: BLE001  # a broken stage must not take the other commands down with it
             _register_missing(name, f"it failed to load ({type(e).__name__}: {e})")
             continue
         if isinstance(obj, typer.Typer):

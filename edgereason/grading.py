@@ -182,6 +182,7 @@ def _wrap_latex(s: str) -> str:
 def _verify_in_process(pred: str, gold: str, timeout_s: float | None) -> bool:
     """math-verify proper; with a timeout only where SIGALRM works (the main thread)."""
     from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
 
     t = None if timeout_s is None else max(1, int(round(timeout_s)))
     try:
@@ -190,7 +191,9 @@ def _verify_in_process(pred: str, gold: str, timeout_s: float | None) -> bool:
         if not g or not p:
             return False
         return bool(verify(g, p, timeout_seconds=t))
-    except Exception:  # math-verify raises on timeouts and exotic inputs: both mean "not shown equal"
+    except (TimeoutException, ValueError, RecursionError):
+        # math-verify returns False on inputs it cannot handle; it raises only on a timeout (a
+        # BaseException) and ValueError/RecursionError from sympy on exotic ones: "not shown equal"
         return False
 
 
@@ -233,10 +236,8 @@ def _bounded_verify(pred: str, gold: str, timeout_s: float) -> bool:
         future = _get_pool().submit(_worker_verify, pred, gold, timeout_s)
         # The worker bounds itself; the extra margin covers a stuck worker and a cold start.
         return bool(future.result(timeout=timeout_s + 10))
-    except cf.TimeoutError:
-        _reset_pool()
-        return False
-    except Exception:
+    except (cf.TimeoutError, cf.process.BrokenProcessPool, OSError):
+        # a stuck or dead worker (killed, out of memory): start a fresh one for the next call
         _reset_pool()
         return False
 

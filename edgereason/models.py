@@ -300,10 +300,10 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
     try:
         local = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
-    except Exception:
+    except (OSError, ValueError):  # not in the local cache (huggingface_hub's LocalEntryNotFoundError is both)
         try:
             local = snapshot_download(repo_id, allow_patterns=patterns)
-        except Exception as e:
+        except (OSError, ValueError) as e:  # offline, unknown repo, gated: its HTTP errors are OSErrors
             raise ModelNotFoundError(
                 f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); offline, use an "
                 f"embedded model ({', '.join(EMBEDDED)}) or a local path"

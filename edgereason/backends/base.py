@@ -202,7 +202,7 @@ class Backend(ABC):
             try:
                 for d in self._stream_serialised(prompt, params):
                     loop.call_soon_threadsafe(queue.put_nowait, d)
-            except BaseException as e:  # handed to the consumer, which re-raises it
+            except BaseException as e:  # noqa: BLE001  # handed to the consumer, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -53,8 +54,9 @@ class ChatTemplate:
                                          **{SETUP_VARIABLE: setup})
         except TemplateError:
             raise
-        except Exception as e:  # a template that cannot render these messages is the caller's input problem
-            raise TemplateError(f"the chat template cannot render these messages: {type(e).__name__}: {e}") from None
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+            # what a template's own expressions raise on messages it cannot render: the caller's input problem
+            raise TemplateError(f"the chat template cannot render these messages: {type(e).__name__}: {e}") from e
 
     @classmethod
     def from_gguf_metadata(cls, llm: Any, fallback: str | None, where: str) -> ChatTemplate:

@@ -154,7 +154,7 @@ class OpenVINOBackend(Backend):
         def run() -> None:
             try:
                 box["done"] = self._generate(prompt, params, 1, pieces.put)[0]
-            except BaseException as e:  # handed to the consumer below
+            except BaseException as e:  # noqa: BLE001  # handed to the consumer below, which re-raises it
                 box["error"] = e
             finally:
                 pieces.put(_DONE)

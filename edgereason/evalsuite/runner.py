@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgereason.backends.base import Completion, SamplingParams
+from edgereason.backends.base import BackendError, Completion, SamplingParams
 from edgereason.data import Problem, load_benchmark, sample_problems
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact, pass_at_k, vote_correct, wilson_interval
@@ -198,7 +198,9 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
             try:
                 greedy_out = backend.chat(batch, greedy)
                 sample_out = backend.chat(batch, sampled) if sampled else [[] for _ in chunk]
-            except Exception as e:  # keep what is done, mark the run partial, say why
+            except (BackendError, OSError, RuntimeError, ValueError) as e:
+                # the engine failed (a server down, a context overflow, an out-of-memory): keep what is
+                # done, mark the run partial and say why; a bug of ours (TypeError, ...) still raises
                 error = f"{type(e).__name__}: {e}"
                 break
             for p, (g,), samples in zip(chunk, greedy_out, sample_out):

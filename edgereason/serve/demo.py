@@ -227,10 +227,11 @@ def render_steps(out: Outcome | None, shown: int) -> str:
 
 def build_demo(client: TutorClient, default_model: str | None = None):
     import gradio as gr
+    import openai
 
     try:
         models = client.models()
-    except Exception as e:
+    except (openai.APIError, OSError) as e:  # no server there (yet): the page says so
         models = []
         startup_error: str | None = f"Cannot reach the server at {client.base_url}: {type(e).__name__}"
     else:
@@ -282,7 +283,7 @@ def build_demo(client: TutorClient, default_model: str | None = None):
                 for out, status in tutor(client, m, q, int(kk), float(t), mode=vm or VoteMode.VERIFIED):
                     if status:
                         yield out, 0, hist, gr.skip(), gr.skip(), status, gr.skip()
-            except Exception as e:  # the backend's error as a sentence, never a stack trace
+            except Exception as e:  # noqa: BLE001  # the UI's boundary: the error as a sentence, never a stack trace
                 out = Outcome(q, error=f"The tutor could not answer: {_readable(e)}")
                 yield out, 0, hist, render_answer(out), render_steps(None, 0), "", _history(hist)
                 return

@@ -17,5 +17,5 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
         return str(JSON_GBNF)
     try:
         return str(json_schema_to_gbnf(json.dumps(schema)))
-    except Exception as e:  # an unsupported schema is the client's problem, not a 500
-        raise APIError(400, f"response_format.json_schema cannot be compiled: {e}", param="response_format") from None
+    except (ValueError, TypeError, KeyError, NotImplementedError, RecursionError) as e:  # the client's schema, not a 500
+        raise APIError(400, f"response_format.json_schema cannot be compiled: {e}", param="response_format") from e

@@ -91,7 +91,7 @@ async def _stream(req: CompletionRequest, request: Request, prompt: str, params:
                     request.app.state.metrics.ttft.observe(time.perf_counter() - t0)
                 yield chunk(d.text, logprobs=completion_logprobs(d.logprobs, offset))
                 offset += len(d.text)
-    except Exception as e:  # headers are sent: the error travels as an event
+    except Exception as e:  # noqa: BLE001  # headers are sent: any error travels as an event, never a cut stream
         kind = "rate_limit_error" if isinstance(e, QueueFullError) else "server_error"
         yield sse({"error": {"message": f"{type(e).__name__}: {e}", "type": kind, "code": None, "param": None}})
         yield "data: [DONE]\n\n"
