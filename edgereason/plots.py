@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
-def pyplot():
+def pyplot() -> Any:
     """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
@@ -15,7 +16,7 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """Lay out, write a 120-dpi PNG and free the figure; returns the path."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)

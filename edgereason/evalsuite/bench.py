@@ -140,7 +140,7 @@ def _chat_prompts(model: Path, n: int) -> list[str]:
     return [template.render(fmt.messages(p.question)) + fmt.prefill for p in load_benchmark("gsm8k")[:n]]
 
 
-def run_bench(cfg: BenchConfig, progress=None) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
     """Measure every model × thread count, the context effect and the device-profile fit."""
     results: dict[str, Any] = {"machine": machine(), "config": cfg.model_dump(mode="json"), "artifacts": []}
     fmt = get_format()

@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgereason.export.files import ExportError, sha256_dir, sha256_file, write_text_atomic
 from edgereason.export.merge import read_adapter_config
@@ -129,7 +130,7 @@ class Manifest:
             return f.stat().st_size == entry["size_bytes"] and sha256_file(f) == entry["sha256"]
         return f.is_dir() and sha256_dir(f) == entry["sha256"]
 
-    def record(self, name: str, file: Path, kind: str, quant: str, source_key: str, status: str, **extra) -> dict:
+    def record(self, name: str, file: Path, kind: str, quant: str, source_key: str, status: str, **extra: Any) -> dict[str, Any]:
         size = file.stat().st_size if file.is_file() else sum(p.stat().st_size for p in file.rglob("*") if p.is_file())
         params = self.data.get("parameters") or 0
         entry = {

@@ -22,7 +22,7 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     return json.loads(cfg.read_text())
 
 
-def load_hf(base: ResolvedModel, adapter_dir: Path | None = None, merge: bool = True):
+def load_hf(base: ResolvedModel, adapter_dir: Path | None = None, merge: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) in float32 on CPU; with an adapter, merged unless `merge` is False."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

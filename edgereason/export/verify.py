@@ -92,7 +92,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 class Reference:
     """Reference outputs of the merged HF model, computed once and compared with every artifact."""
 
-    def __init__(self, model, tokenizer, format_name: str | None = None,
+    def __init__(self, model: Any, tokenizer: Any, format_name: str | None = None,
                  answer_problems: list[Problem] | None = None) -> None:
         import torch
 

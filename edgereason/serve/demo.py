@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgereason.formats import get_format
 from edgereason.voting import VoteMode, VoteTally, vote
@@ -225,7 +226,7 @@ def render_steps(out: Outcome | None, shown: int) -> str:
     return f"<div class='label'>Steps ({min(shown, len(out.steps))} of {len(out.steps)})</div><ol>{items}</ol>{tail}"
 
 
-def build_demo(client: TutorClient, default_model: str | None = None):
+def build_demo(client: TutorClient, default_model: str | None = None) -> Any:
     import gradio as gr
     import openai
 
@@ -269,7 +270,7 @@ def build_demo(client: TutorClient, default_model: str | None = None):
         with gr.Accordion("Session history", open=False):
             history_md = gr.Markdown("No questions yet.", elem_id="history")
 
-        def solve(q: str, m: str | None, kk: float, t: float, vm: str, hist: list):
+        def solve(q: str, m: str | None, kk: float, t: float, vm: str, hist: list[Any]) -> Iterator[tuple[Any, ...]]:
             q = (q or "").strip()
             if not q:
                 out = Outcome("", error="Type a problem first (or pick an example).")
@@ -292,11 +293,11 @@ def build_demo(client: TutorClient, default_model: str | None = None):
                        + "; ".join(check_mark(s) for s in out.samples) + ".")
             yield out, 1, hist, render_answer(out), render_steps(out, 1), summary, _history(hist)
 
-        def next_hint(out: Outcome | None, n: int):
+        def next_hint(out: Outcome | None, n: int) -> tuple[Any, ...]:
             n = min((n or 0) + 1, len(out.steps)) if out else 0
             return n, render_steps(out, n)
 
-        def show_all(out: Outcome | None):
+        def show_all(out: Outcome | None) -> tuple[Any, ...]:
             n = len(out.steps) if out else 0
             return n, render_steps(out, n)
 
@@ -335,7 +336,7 @@ def start_local_server(model: str, backend: str | None = None, threads: int | No
 
 
 def launch(server_url: str | None, model: str, backend: str | None, host: str, port: int,
-           prevent_thread_lock: bool = False, threads: int | None = None):
+           prevent_thread_lock: bool = False, threads: int | None = None) -> Any:
     url = server_url or start_local_server(model, backend, threads)
     demo = build_demo(TutorClient(url), default_model=Path(model).stem if model else None)
     demo.queue(default_concurrency_limit=1)

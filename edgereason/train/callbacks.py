@@ -53,7 +53,7 @@ class BatchStats:
 class GRPOControlCallback(TrainerCallback):
     """Applies ε(t) before each step and the adaptive-KL β after each log; stops on saturation."""
 
-    def __init__(self, cfg, reward_ceiling: float) -> None:
+    def __init__(self, cfg: Any, reward_ceiling: float) -> None:
         self.cfg = cfg
         self.trainer: Any = None  # set once the trainer exists
         self.kl = AdaptiveKL(cfg.beta, target=cfg.kl_target) if cfg.adaptive_kl and cfg.beta > 0 else None
@@ -64,14 +64,14 @@ class GRPOControlCallback(TrainerCallback):
         )
         self.stop_reason: str | None = None
 
-    def on_step_begin(self, args, state, control, **kw):
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.trainer is None or not self.cfg.adaptive_epsilon:
             return
         eps = adaptive_epsilon(state.global_step, self.cfg.epsilon, self.cfg.epsilon_tau, self.cfg.epsilon_min)
         high_ratio = (self.cfg.epsilon_high or self.cfg.epsilon) / self.cfg.epsilon
         set_clip_range(self.trainer, eps, eps * high_ratio)
 
-    def on_log(self, args, state, control, logs=None, **kw):
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         logs = logs or {}
         if self.trainer is not None:
             if self.kl is not None and "kl" in logs:
@@ -139,7 +139,7 @@ class RunRecordCallback(TrainerCallback):
         )
         self.task: Any = None
 
-    def on_train_begin(self, args, state, control, **kw):
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         # After a resume, drop records of steps past the checkpoint: they are being redone.
         if self.metrics_path.exists():
             kept = [
@@ -150,7 +150,7 @@ class RunRecordCallback(TrainerCallback):
         self.progress.start()
         self.task = self.progress.add_task("starting", total=state.max_steps, completed=state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kw):
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         logs = dict(logs or {})
         if "reward" not in logs:  # the final train summary, not a step
             return
@@ -173,7 +173,7 @@ class RunRecordCallback(TrainerCallback):
                 ),
             )
 
-    def on_train_end(self, args, state, control, **kw):
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.progress.stop()
 
 

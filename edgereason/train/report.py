@@ -39,7 +39,8 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
     return save_figure(fig, out)
 
 
-def write_report(run_dir: Path, cfg, rows: list[dict[str, Any]], metrics: dict[str, float], stop_reason: str, timing: dict) -> Path:
+def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], metrics: dict[str, float], stop_reason: str,
+                 timing: dict[str, Any]) -> Path:
     plot = plot_metrics(rows, run_dir / "metrics.png")
     first = rows[0] if rows else {}
     lines = [
