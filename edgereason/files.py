@@ -69,3 +69,43 @@ def sha256_dir(path: Path) -> str:
         h.update(str(f.relative_to(path)).encode())
         h.update(sha256_file(f).encode())
     return h.hexdigest()
+
+
+#: The files that make a model's weights what they are: a cache keyed on them stays valid exactly as
+#: long as these are unchanged (a tokenizer or README edit does not make new weights).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "config.json")
+
+
+def content_key(path: Path, length: int = 12) -> str:
+    """The one key of a model's weights for every cache (HF copies of GGUFs, GGUF conversions of HF
+    folders): the sha256 of a file, or of a folder's weight files (WEIGHT_PATTERNS), cut to `length`.
+
+    Content, not names or sizes: a model retrained in place, whose files keep their names and sizes,
+    gets a new key. Each hash is remembered per (path, size, mtime) of every file it covers, because
+    hashing a multi-GB model takes seconds, in the cache's content-keys.json."""
+    import json
+
+    from edgereason.paths import cache_dir
+
+    path = path.resolve()
+    files = [path] if path.is_file() else sorted({f for pat in WEIGHT_PATTERNS for f in path.glob(pat) if f.is_file()})
+    if not files:
+        raise FileNotFoundError(f"{path} holds no model weights ({', '.join(WEIGHT_PATTERNS)})")
+    stamp = ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    index_path = cache_dir() / "content-keys.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    if stamp not in index:
+        if path.is_file():
+            digest = sha256_file(path)
+        else:
+            h = hashlib.sha256()
+            for f in files:
+                h.update(f.name.encode())
+                h.update(sha256_file(f).encode())
+            digest = h.hexdigest()
+        index[stamp] = digest
+        write_text_atomic(index_path, json.dumps(index, indent=1))  # a lost race only costs a rehash
+    return str(index[stamp])[:length]

@@ -21,7 +21,7 @@ from typing import Literal
 
 from filelock import FileLock
 
-from edgereason.files import sha256_file, write_text_atomic
+from edgereason.files import content_key
 from edgereason.paths import cache_dir
 
 ModelSource = Literal["embedded", "local-hf", "local-gguf", "hub"]
@@ -148,29 +148,11 @@ def embedded_gguf(model: EmbeddedModel) -> Path:
     return target
 
 
-def _file_key(path: Path) -> str:
-    """The GGUF's content hash (12 hex digits), so every clone or reinstall of the same file shares one
-    Hugging Face copy (half a GB for the default model). Keying by path, as before, left a copy per venv.
-    The hash is remembered per (path, size, mtime) because hashing a multi-GB file takes seconds."""
-    st = path.stat()
-    stamp = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    index_path = cache_dir() / "hf" / "content-keys.json"
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        index = {}
-    if stamp not in index:
-        index[stamp] = sha256_file(path)[:12]
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(index_path, json.dumps(index, indent=1))  # a lost race only costs a rehash
-    return str(index[stamp])
-
-
 def gguf_to_hf(gguf_path: Path, name: str, chat_template: str | None = None) -> Path:
     """A cached float32 Hugging Face copy of a GGUF file (made once, race-safe)."""
     # the template edgereason supplies is part of the key: a corrected one must not meet a stale copy
     suffix = f"-t{hashlib.sha256(chat_template.encode()).hexdigest()[:8]}" if chat_template else ""
-    out = cache_dir() / "hf" / f"{name}-{_file_key(gguf_path)}{suffix}"
+    out = cache_dir() / "hf" / f"{name}-{content_key(gguf_path)}{suffix}"
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +270,7 @@ def _chosen_artifact(folder: Path) -> str:
 
 
 def _cached_hf(gguf: Path, name: str) -> Path | None:
-    out = cache_dir() / "hf" / f"{name}-{_file_key(gguf)}"
+    out = cache_dir() / "hf" / f"{name}-{content_key(gguf)}"
     return out if (out / "config.json").is_file() else None
 
 

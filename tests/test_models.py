@@ -30,7 +30,7 @@ def test_cached_copy_is_reused(default_model):
 
 def test_hf_copy_is_keyed_by_content_not_path(tmp_path, monkeypatch):
     """Two clones (two venvs) of one GGUF share one cached copy; a changed file gets its own."""
-    from edgereason.models import _file_key
+    from edgereason.files import content_key as _file_key
 
     monkeypatch.setenv("EDGEREASON_CACHE_DIR", str(tmp_path / "cache"))
     a, b, c = (tmp_path / n for n in ("a.gguf", "b.gguf", "c.gguf"))
@@ -41,6 +41,26 @@ def test_hf_copy_is_keyed_by_content_not_path(tmp_path, monkeypatch):
     c.write_bytes(a.read_bytes())  # rewritten in place: the remembered hash must not be reused
     os.utime(c, ns=(1, 1))
     assert _file_key(c) == _file_key(a)
+
+
+def test_a_folder_retrained_in_place_gets_a_new_key(tmp_path, monkeypatch):
+    """The rollout engine's GGUF of an HF folder is keyed on the weights' content: the same names and
+    sizes with other values (a run retrained in place) must not reuse the old conversion."""
+    from edgereason.files import content_key
+
+    monkeypatch.setenv("EDGEREASON_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(bytes(1024))
+    (model / "README.md").write_text("a")
+    first = content_key(model)
+    (model / "README.md").write_text("b")  # not weights: same key
+    assert content_key(model) == first
+    (model / "model.safetensors").write_bytes(bytes(1023) + b"\x01")  # same name, same size, new values
+    assert content_key(model) != first
+    with pytest.raises(FileNotFoundError, match="holds no model weights"):
+        content_key(tmp_path / "cache")
 
 
 def test_local_paths_resolve(default_model):

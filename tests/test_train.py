@@ -496,6 +496,7 @@ def test_distill_keeps_only_correct_checked_traces_resumes_and_trains(tmp_path, 
     teacher = _forced_teacher(tmp_path, default_model).start()
     cfg = TrainConfig(output_root=tmp_path, name="kd", method="distill", teacher=f"{teacher.base_url}/v1#teacher",
                       dataset=[str(data)], teacher_samples=3, teacher_concurrency=1, dev="holdout", dev_size=1,
+                      teacher_grammar=False,  # the server's own grammar forces the trace
                       max_steps=2, save_steps=2, per_device_train_batch_size=1, threads=2, lora_r=4, lora_alpha=8)
     problems = load_training_problems(cfg)
     out = tmp_path / "kd" / TEACHER_DIR
@@ -543,3 +544,35 @@ def test_rft_is_its_own_teacher_and_distill_needs_one(tmp_path, default_model):
     with pytest.raises(ValueError, match="distill needs a teacher"):
         TrainConfig(stages=["distill", "grpo"])
     assert TrainConfig(stages=["rft", "grpo"]).stages == ["rft", "grpo"]
+
+
+@pytest.mark.model
+def test_rft_samples_the_model_itself_under_the_format_grammar(tmp_path, default_model):
+    """rft asks the model itself (its GGUF, llama.cpp in process) under the format grammar: every trace
+    that ended by itself is in format, whatever it answers; only the answer and the check decide."""
+    from edgereason.formats import get_format
+    from edgereason.train.distill import MANIFEST, TEACHER_DIR, TRACES, collect
+    from edgereason.train.runs import load_training_problems
+
+    rows = [{"id": f"p{i}", "question": q, "answer": a} for i, (q, a) in enumerate(
+        [("Ada has 2 apples and gets 3 more. How many apples?", "5"), ("Bo has 9 pens and gives away 4. How many pens?", "5")])]
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(output_root=tmp_path, name="rft", method="rft", dataset=[str(data)], teacher_samples=4,
+                      teacher_max_tokens=160, teacher_concurrency=2, teacher_threads=2, dev="holdout", dev_size=1)
+    out = tmp_path / "rft" / TEACHER_DIR
+    said: list[str] = []
+    try:
+        manifest = collect(cfg, load_training_problems(cfg), out, log=lambda m: said.append(str(m)))
+    except TrainSetupError as e:  # no trace right: still a complete, counted collection
+        assert "wrote no usable trace" in str(e)
+        manifest = None
+    assert any("sampling under the format grammar" in m for m in said)
+    traces = [t for line in (out / TRACES).read_text().splitlines() for t in json.loads(line)["traces"]]
+    assert len(traces) == 4 * len(load_training_problems(cfg))
+    fmt = get_format()
+    ended = [t for t in traces if t["finish_reason"] == "stop"]
+    assert ended and all(fmt.parse(t["text"]).valid for t in ended)
+    if manifest is not None:
+        assert "out of format" not in manifest["rejected"] or manifest["rejected"]["out of format"] == len(traces) - len(ended)
+        assert json.loads((out / MANIFEST).read_text())["sampling"]["grammar"] is True

@@ -45,6 +45,10 @@ class TrainConfig(StageConfig):
     teacher_problems: int | None = Field(None, ge=1, description="distill/rft: ask about the first N training problems "
                                          "only (default: all).")
     teacher_concurrency: int = Field(4, ge=1, description="distill/rft: problems asked at once.")
+    teacher_grammar: bool = Field(True, description="distill/rft: sample the teacher under the format's grammar where "
+                                  "its engine takes one (llama.cpp, a llama-server or vLLM URL), so a small teacher's "
+                                  "traces are in format and only correctness decides (gemma3-270m unconstrained: 213 "
+                                  "of 704 traces out of format).")
     teacher_threads: int | None = Field(None, ge=1, description="distill/rft: CPU threads of an in-process teacher.")
     init_adapter: Path | None = Field(None, description="Start from this saved PEFT LoRA (an earlier stage's adapter) "
                                       "and keep training it; its rank, alpha and modules are used.")

@@ -21,10 +21,11 @@ import json
 import shutil
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgereason.backends.base import SamplingParams
+from edgereason.backends.base import Capability, SamplingParams
 from edgereason.files import atomic_output, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.grading import grade_completion
@@ -100,6 +101,9 @@ def collect(cfg: TrainConfig, problems: list[Problem], out: Path, log: Any = pri
             backend = open_target(target, fmt, threads=cfg.teacher_threads, concurrency=cfg.teacher_concurrency)
         except Exception as e:  # a teacher that is down or cannot load: nothing was asked
             raise TrainSetupError(f"the teacher {spec} cannot be opened: {type(e).__name__}: {e}") from e
+        if cfg.teacher_grammar and Capability.GRAMMAR in backend.supports:
+            params = replace(params, grammar=fmt.grammar(after_prefill=True))
+        log(f"  sampling {'under the format grammar' if params.grammar else 'unconstrained'}")
         step = max(1, cfg.teacher_concurrency)
         t0 = time.perf_counter()
         try:
@@ -147,6 +151,7 @@ def _keep(cfg: TrainConfig, problems: list[Problem], asked: dict[str, list[dict[
     traces = sum(len(v) for v in asked.values())
     manifest = {"teacher": spec, "method": cfg.method, "format": fmt.name, "problems": len(problems),
                 "sampling": {"n": cfg.teacher_samples, "temperature": cfg.teacher_temperature,
+                             "grammar": cfg.teacher_grammar,
                              "max_tokens": cfg.teacher_max_tokens, "seed": cfg.seed},
                 "traces": traces, "kept": len(kept), "rejected": dict(rejected),
                 "pass_rate": round(solved / len(problems), 4) if problems else 0.0,

@@ -65,12 +65,13 @@ def rollout_base_gguf(model: ResolvedModel, log_dir: Path) -> Path:
         return model.gguf_path
     from filelock import FileLock
 
+    from edgereason.files import content_key
     from edgereason.native import convert_hf_to_gguf
     from edgereason.paths import cache_dir
 
     hf = model.require_hf()
-    key = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}" for p in sorted(hf.glob("*.safetensors"))).encode())
-    out = cache_dir() / "gguf" / f"{model.name.replace('/', '_')}-{key.hexdigest()[:12]}-f16.gguf"
+    # content-keyed: a model retrained in place (same names, same sizes) must not meet its old conversion
+    out = cache_dir() / "gguf" / f"{model.name.replace('/', '_')}-{content_key(hf)}-f16.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if not out.is_file():
