@@ -3,6 +3,8 @@ early stop, the bounded queue, deadlines, cancellation and concurrency. No model
 on what the engine or the backend recorded, never on elapsed time."""
 
 import asyncio
+import itertools
+import threading
 
 import pytest
 
@@ -96,7 +98,16 @@ async def test_queue_beyond_the_limit_is_refused_and_waiting_requests_run_later(
 
 
 async def test_requests_run_concurrently_up_to_the_backends_capacity():
-    e = engine(lambda p, s: WORDS, token_delay_s=0.005, max_concurrency=4)
+    # The first four generations wait for one another inside the engine's worker threads: they are in
+    # progress at once by construction, however busy the machine (a barrier, not a race against time).
+    gate, started = threading.Barrier(4, timeout=60), itertools.count()
+
+    def script(prompt: str, seed: int) -> str:
+        if next(started) < 4:
+            gate.wait()  # BrokenBarrierError after 60 s: fewer than four ran at once
+        return WORDS
+
+    e = engine(script, token_delay_s=0.005, max_concurrency=4)
     p = params(e, ignore_eos=True, max_tokens=30)
     await asyncio.gather(*(e.complete(str(i), p, 1, validate=False) for i in range(8)))
     assert e.backend.peak_concurrency == 4 and e.peak_in_flight == 4

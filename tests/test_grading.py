@@ -106,7 +106,8 @@ PATHOLOGICAL = ("2^{2^{2^{2^{2^{100}}}}}", "7")
 def test_grading_is_time_bounded_in_main_thread():
     t = time.perf_counter()
     assert answers_equal(*PATHOLOGICAL, timeout_s=2) is False
-    assert time.perf_counter() - t < 10
+    # unbounded, this input runs for hours; the bound is 30x the timeout so a busy machine cannot fail it
+    assert time.perf_counter() - t < 60
 
 
 def test_grading_is_time_bounded_in_worker_thread():

@@ -36,10 +36,10 @@ from edgereason.export.llama_tools import (
     quantize_gguf,
     set_chat_template,
 )
-from edgereason.export.manifest import Manifest, resolve_source
+from edgereason.export.manifest import ExportSource, Manifest, resolve_source
 from edgereason.export.merge import load_hf, merged_checkpoint, parameter_count
 from edgereason.export.verify import Reference, Verification, verify_gguf
-from edgereason.formats import get_format
+from edgereason.formats import ReasoningFormat, get_format
 
 # Approximate bits per weight, for the disk-space check before anything is written.
 _BPW = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_k_s": 5.5, "q5_0": 5.5,
@@ -85,73 +85,90 @@ def choose_smallest(entries: dict[str, dict], cfg: GGUFExportConfig) -> str | No
     return min(passing)[1] if passing else None
 
 
-def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> ExportResult:
-    console = console or Console()
-    out_dir, threads = cfg.out, cfg.threads
-    quants = list(cfg.ladder if cfg.gated else cfg.quant)
-    src = resolve_source(cfg.base, cfg.adapter, cfg.format)
-    fmt = get_format(src.format_name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging, failed_dir, logs = out_dir / ".staging", out_dir / "failed", out_dir / "logs"
-    shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted run are never trusted
-    staging.mkdir()
-    manifest = Manifest.open(out_dir)
-    params = parameter_count(src.base.require_hf())
-    need = params * (_BPW[cfg.outtype] + sum(_BPW.get(q, 8) for q in quants)) / 8 + (params * 4 if cfg.adapter else 0)
-    require_free_space(out_dir, int(need * 1.1), f"{1 + len(quants)} GGUF files")
-    result = ExportResult(out_dir)
-    calibrated = cfg.imatrix or cfg.imatrix_file is not None
-    missing = [q for q in quants if q in NEEDS_IMATRIX and not calibrated]
-    if missing:
-        raise ExportError(f"{', '.join(missing)} need an importance matrix: drop --no-imatrix or give --imatrix-file")
-    if cfg.chat_setup:  # a template that cannot carry the setup is refused before anything is computed
-        chat_setup_for(src.base.require_hf(), src.base.chat_template, fmt)
+@dataclass(frozen=True)
+class Artifact:
+    """One file an export makes: how to make it and how to verify it against the merged model."""
 
-    # 1. merged HF checkpoint (the source of truth for conversion and the verification reference)
-    hf_dir, merged_now = merged_checkpoint(src, manifest, cfg.force, console)
-    if not merged_now and src.adapter is not None:
-        result.skipped.append("merged-hf")
-    model, tok = load_hf(src.base, src.adapter)
-    manifest.start(src, params, tok.chat_template)
-    setup = chat_setup_for(hf_dir, src.base.chat_template, fmt) if cfg.chat_setup else None
-    # every GGUF carries the template: a change of setup redoes them all
-    key = src.key + (f"+setup:{setup.sha256[:12]}" if setup else "")
-    manifest.data["chat_setup"] = setup.to_dict() if setup else None
-    template_file = write_template_file(out_dir, setup) if setup else None
-    reference: Reference | None = None
+    name: str  #: its manifest entry (the quant type, or "lora")
+    filename: str
+    kind: str  #: gguf | gguf-lora
+    quant: str
+    settings: str  #: what, besides the sources, decides its content (part of its key)
+    make: Callable[[Path], None]
+    verify: Callable[[Path, Reference], Verification]
+    extra: dict[str, Any] = field(default_factory=dict)  #: recorded in its manifest entry
 
-    def get_reference() -> Reference:
-        nonlocal reference
-        if reference is None:
-            console.print(f"[dim]reference: the merged model on {cfg.answer_problems} training problems[/]")
-            problems = training_problems(cfg.answer_problems) if cfg.answer_problems else []
-            reference = Reference(model, tok, src.format_name, problems)
-            manifest.data["answer_check"] = {"problems": [p.id for p in problems], **(reference.answers.summary()
-                                             if reference.answers else {})}
-        return reference
 
-    def produce(name: str, filename: str, kind: str, quant: str, settings: str, make: Callable[[Path], None],
-                verify: Callable[[Path, Reference], Verification], **extra: Any) -> None:
-        final = out_dir / filename
+@dataclass
+class ExportJob:
+    """What the stages of one export share: its config, sources, manifest, key and reference."""
+
+    cfg: GGUFExportConfig
+    console: Console
+    src: ExportSource
+    fmt: ReasoningFormat
+    manifest: Manifest
+    quants: list[str]
+    params: int
+    setup: ChatSetup | None
+    result: ExportResult
+    key: str = ""  #: sources + chat setup: every artifact's key starts with it
+    template_file: Path | None = None
+    model: Any = None  #: the merged HF model and tokenizer, the verification reference
+    tok: Any = None
+    _reference: Reference | None = None
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.out
+
+    @property
+    def staging(self) -> Path:
+        return self.out / ".staging"
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    def reference(self) -> Reference:
+        """The merged model's logits and answers, computed on first use (a re-run that skips every
+        artifact never computes it)."""
+        if self._reference is None:
+            n = self.cfg.answer_problems
+            self.console.print(f"[dim]reference: the merged model on {n} training problems[/]")
+            problems = training_problems(n) if n else []
+            self._reference = Reference(self.model, self.tok, self.src.format_name, problems)
+            answers = self._reference.answers.summary() if self._reference.answers else {}
+            self.manifest.data["answer_check"] = {"problems": [p.id for p in problems], **answers}
+        return self._reference
+
+    def gguf_verify(self, quant: str) -> Callable[[Path, Reference], Verification]:
+        expected = self.setup.wrapped if self.setup else None
+        return lambda path, ref: verify_gguf(path, ref, quant, self.cfg.threads, expected_template=expected)
+
+    def produce(self, a: Artifact) -> None:
+        """Make `a` in staging, verify it, and only then move it to its final name (a failure goes
+        to failed/); skip it when the manifest records it verified under the same key."""
+        final = self.out / a.filename
         # The check set is part of the key: a ladder compares candidates verified against one reference.
-        artifact_key = f"{key}+{settings}+check:{cfg.answer_problems}"
-        if not cfg.force and final.exists() and manifest.done(name, artifact_key):
-            console.print(f"[dim]skip {filename}: already exported and verified[/]")
-            result.skipped.append(name)
-            result.artifacts[name] = manifest.data["artifacts"][name]
+        artifact_key = f"{self.key}+{a.settings}+check:{self.cfg.answer_problems}"
+        if not self.cfg.force and final.exists() and self.manifest.done(a.name, artifact_key):
+            self.console.print(f"[dim]skip {a.filename}: already exported and verified[/]")
+            self.result.skipped.append(a.name)
+            self.result.artifacts[a.name] = self.manifest.data["artifacts"][a.name]
             return
-        console.print(f"[bold]{kind} {quant}[/] → {filename}")
-        staged = staging / filename
+        self.console.print(f"[bold]{a.kind} {a.quant}[/] → {a.filename}")
+        staged = self.staging / a.filename
         t0 = time.perf_counter()
-        make(staged)
+        a.make(staged)
         wall = round(time.perf_counter() - t0, 2)
-        ver = verify(staged, get_reference())
+        ver = a.verify(staged, self.reference())
         if ver.passed:
             os.replace(staged, final)
-            entry = manifest.record(name, final, kind, quant, artifact_key, "ok", wall_s=wall,
-                                    verification=ver.to_dict(), **extra)
+            entry = self.manifest.record(a.name, final, a.kind, a.quant, artifact_key, "ok", wall_s=wall,
+                                         verification=ver.to_dict(), **a.extra)
             answers = ver.answers or {}
-            console.print(
+            self.console.print(
                 f"  [green]verified[/] top-1 {ver.top1_agreement:.3f} ({ver.top1_confident:.3f} off near-ties), "
                 f"KL {ver.mean_kl:.4f}, "
                 f"PPL {ver.perplexity:.2f} (ref {ver.reference_perplexity:.2f})"
@@ -159,58 +176,108 @@ def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> Export
                    if answers else "") + f", {entry['size_bytes'] / 2**20:.1f} MiB"
             )
         else:
-            failed_dir.mkdir(exist_ok=True)
-            os.replace(staged, failed_dir / filename)
-            manifest.record(name, failed_dir / filename, kind, quant, artifact_key, "failed", wall_s=wall,
-                            verification=ver.to_dict(), **extra)
-            console.print(f"  [red]verification failed[/]: {'; '.join(ver.problems)}")
-            result.failed.append(name)
-        result.artifacts[name] = manifest.data["artifacts"][name]
+            failed = self.out / "failed"
+            failed.mkdir(exist_ok=True)
+            os.replace(staged, failed / a.filename)
+            self.manifest.record(a.name, failed / a.filename, a.kind, a.quant, artifact_key, "failed", wall_s=wall,
+                                 verification=ver.to_dict(), **a.extra)
+            self.console.print(f"  [red]verification failed[/]: {'; '.join(ver.problems)}")
+            self.result.failed.append(a.name)
+        self.result.artifacts[a.name] = self.manifest.data["artifacts"][a.name]
 
-    def gguf_verify(q: str) -> Callable[[Path, Reference], Verification]:
-        return lambda path, ref: verify_gguf(path, ref, q, threads, expected_template=setup.wrapped if setup else None)
 
-    # 2. the unquantized GGUF every quant is made from (the quants inherit its chat template)
-    f16_name = f"model-{cfg.outtype}.gguf"
-    produce(cfg.outtype, f16_name, "gguf", cfg.outtype, cfg.outtype,
-            functools.partial(_convert, hf_dir, log=logs / f"convert-{cfg.outtype}.log", outtype=cfg.outtype,
-                              template_file=template_file),
-            gguf_verify(cfg.outtype))
-    f16 = out_dir / f16_name
+def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> ExportResult:
+    """The export, stage by stage (each a function below): plan (every check before compute), merge,
+    convert, calibrate, quantize, the LoRA, the ladder, the hand-off."""
+    job = plan(cfg, console or Console())
+    hf_dir = merge(job)
+    f16 = convert(job, hf_dir)
+    quantize(job, f16, calibrate(job, f16))
+    candidates = list(job.quants)
+    # the adapter alone, for llama.cpp's --lora on the base GGUF; with a ladder, a candidate too. It keeps
+    # the trained delta in f16, which any 4-bit grid of the merged weights mostly rounds away.
+    if cfg.lora and job.src.adapter is not None:
+        _export_lora(job)
+        if cfg.gated and job.manifest.data["artifacts"].get("lora", {}).get("status") == "ok":
+            candidates.append("lora")
+    if cfg.gated:
+        _settle_ladder(cfg, candidates, job.manifest, job.result, job.console)
+    elif job.manifest.data.get("chosen") and not (cfg.out / job.manifest.data["chosen"]).is_file():
+        del job.manifest.data["chosen"]  # an earlier ladder's pick that is gone
+    _hand_off(cfg.out, job.manifest, job.setup, job.fmt, job.console)
+    job.manifest.save()
+    shutil.rmtree(job.staging, ignore_errors=True)
+    return job.result
+
+
+def plan(cfg: GGUFExportConfig, console: Console) -> ExportJob:
+    """Resolve the sources and refuse, before anything is computed, what cannot work: too little disk,
+    a type that needs an importance matrix without one, a chat template that cannot carry the setup."""
+    quants = list(cfg.ladder if cfg.gated else cfg.quant)
+    src = resolve_source(cfg.base, cfg.adapter, cfg.format)
+    fmt = get_format(src.format_name)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    params = parameter_count(src.base.require_hf())
+    need = params * (_BPW[cfg.outtype] + sum(_BPW.get(q, 8) for q in quants)) / 8 + (params * 4 if cfg.adapter else 0)
+    require_free_space(cfg.out, int(need * 1.1), f"{1 + len(quants)} GGUF files")
+    calibrated = cfg.imatrix or cfg.imatrix_file is not None
+    missing = [q for q in quants if q in NEEDS_IMATRIX and not calibrated]
+    if missing:
+        raise ExportError(f"{', '.join(missing)} need an importance matrix: drop --no-imatrix or give --imatrix-file")
+    # The merged checkpoint keeps the base's tokenizer, so the base's template is the one every GGUF carries.
+    setup = chat_setup_for(src.base.require_hf(), src.base.chat_template, fmt) if cfg.chat_setup else None
+    job = ExportJob(cfg, console, src, fmt, Manifest.open(cfg.out), quants, params, setup, ExportResult(cfg.out))
+    shutil.rmtree(job.staging, ignore_errors=True)  # leftovers of an interrupted run are never trusted
+    job.staging.mkdir()
+    return job
+
+
+def merge(job: ExportJob) -> Path:
+    """The merged HF checkpoint: the source of truth for conversion and the verification reference."""
+    hf_dir, merged_now = merged_checkpoint(job.src, job.manifest, job.cfg.force, job.console)
+    if not merged_now and job.src.adapter is not None:
+        job.result.skipped.append("merged-hf")
+    job.model, job.tok = load_hf(job.src.base, job.src.adapter)
+    job.manifest.start(job.src, job.params, job.tok.chat_template)
+    # every GGUF carries the template: a change of setup redoes them all
+    job.key = job.src.key + (f"+setup:{job.setup.sha256[:12]}" if job.setup else "")
+    job.manifest.data["chat_setup"] = job.setup.to_dict() if job.setup else None
+    job.template_file = write_template_file(job.out, job.setup) if job.setup else None
+    return hf_dir
+
+
+def convert(job: ExportJob, hf_dir: Path) -> Path:
+    """The unquantized GGUF every quant is made from (the quants inherit its chat template)."""
+    outtype = job.cfg.outtype
+    name = f"model-{outtype}.gguf"
+    job.produce(Artifact(outtype, name, "gguf", outtype, outtype,
+                         functools.partial(_convert, hf_dir, log=job.logs / f"convert-{outtype}.log", outtype=outtype,
+                                           template_file=job.template_file),
+                         job.gguf_verify(outtype)))
+    f16 = job.out / name
     if not f16.is_file():
-        raise ExportError(f"the {cfg.outtype} GGUF failed verification; not quantizing it (see {out_dir / 'manifest.json'})")
+        raise ExportError(f"the {outtype} GGUF failed verification; not quantizing it (see {job.out / 'manifest.json'})")
+    return f16
 
-    # 3. the importance matrix, when some type below 8 bits will use it
-    imatrix: Path | None = None
-    if calibrated and any(q not in _FULL_PRECISION for q in quants):
-        imatrix = _importance_matrix(cfg, f16, fmt, manifest, logs, console)
 
-    # 4. the quants (the ladder's candidates when gated)
-    for q in quants:
+def calibrate(job: ExportJob, f16: Path) -> Path | None:
+    """The importance matrix, when some type below 8 bits will use it."""
+    if not (job.cfg.imatrix or job.cfg.imatrix_file is not None) or all(q in _FULL_PRECISION for q in job.quants):
+        return None
+    return _importance_matrix(job.cfg, f16, job.fmt, job.manifest, job.logs, job.console)
+
+
+def quantize(job: ExportJob, f16: Path, imatrix: Path | None) -> None:
+    """Each quant type (the ladder's candidates when gated)."""
+    for q in job.quants:
         use = imatrix if q not in _FULL_PRECISION else None
         # overrides keep tensors at more bits than the type's own recipe; at 8 bits they would only take bits away
-        overrides = cfg.overrides if q not in _FULL_PRECISION else {}
-        settings = f"{q}+imatrix:{manifest.data['imatrix']['sha256'][:12] if use else 'none'}+{overrides}"
-        make = functools.partial(_quantize, f16, quant=q, log=logs / f"quantize-{q}.log", threads=threads,
-                                 imatrix=use, overrides=overrides)
-        produce(q, f"model-{q}.gguf", "gguf", q, settings, make, gguf_verify(q), imatrix=bool(use),
-                overrides=overrides or None)
-
-    # 5. the adapter alone, for llama.cpp's --lora on the base GGUF; with a ladder, a candidate too. It keeps
-    # the trained delta in f16, which any 4-bit grid of the merged weights mostly rounds away.
-    if cfg.lora and src.adapter is not None:
-        _export_lora(cfg, src, produce, logs, out_dir, manifest)
-        if cfg.gated and manifest.data["artifacts"].get("lora", {}).get("status") == "ok":
-            quants.append("lora")
-
-    if cfg.gated:
-        _settle_ladder(cfg, quants, manifest, result, console)
-    elif manifest.data.get("chosen") and not (out_dir / manifest.data["chosen"]).is_file():
-        del manifest.data["chosen"]  # an earlier ladder's pick that is gone
-    _hand_off(out_dir, manifest, setup, fmt, console)
-    manifest.save()
-    shutil.rmtree(staging, ignore_errors=True)
-    return result
+        overrides = job.cfg.overrides if q not in _FULL_PRECISION else {}
+        settings = f"{q}+imatrix:{job.manifest.data['imatrix']['sha256'][:12] if use else 'none'}+{overrides}"
+        make = functools.partial(quantize_gguf, f16, quant=q, log=job.logs / f"quantize-{q}.log", threads=job.cfg.threads,
+                                 imatrix=use, tensor_types=overrides)
+        job.produce(Artifact(q, f"model-{q}.gguf", "gguf", q, settings, make, job.gguf_verify(q),
+                             {"imatrix": bool(use), "overrides": overrides or None}))
 
 
 def _convert(hf_dir: Path, out: Path, *, log: Path, outtype: str, template_file: Path | None) -> None:
@@ -239,11 +306,6 @@ def _hand_off(out_dir: Path, manifest: Manifest, setup: ChatSetup | None, fmt: A
     manifest.data["handoff"] = handoff
     console.print(f"[dim]hand-off: {', '.join([*handoff['modelfiles'], handoff['card']])}"
                   + (f", {setup.to_dict()['file']}" if setup else "") + "[/]")
-
-
-def _quantize(f16: Path, out: Path, *, quant: str, log: Path, threads: int | None, imatrix: Path | None,
-              overrides: dict[str, str]) -> None:
-    quantize_gguf(f16, out, quant, log, threads, imatrix, overrides)
 
 
 def _importance_matrix(cfg: GGUFExportConfig, f16: Path, fmt: Any, manifest: Manifest, logs: Path,
@@ -322,17 +384,19 @@ def _settle_ladder(cfg: GGUFExportConfig, quants: list[str], manifest: Manifest,
     manifest.save()
 
 
-def _export_lora(cfg: GGUFExportConfig, src: Any, produce: Callable[..., None], logs: Path, out_dir: Path,
-                 manifest: Manifest) -> None:
+def _export_lora(job: ExportJob) -> None:
+    cfg, src, logs = job.cfg, job.src, job.logs
     base_gguf = src.base.gguf_path
     if base_gguf is None:  # a base with no GGUF of its own: convert it once for the check
-        base_gguf = out_dir / f"base-{cfg.outtype}.gguf"
+        base_gguf = job.out / f"base-{cfg.outtype}.gguf"
         if not base_gguf.is_file():
             convert_hf_to_gguf(src.base.require_hf(), base_gguf, logs / "convert-base.log", cfg.outtype)
 
     def lora_verify(path: Path, ref: Reference) -> Verification:
         return verify_gguf(base_gguf, ref, "lora", cfg.threads, lora_path=path)
 
-    produce("lora", "adapter-lora-f16.gguf", "gguf-lora", "f16", "lora-f16",
-            lambda p: convert_lora_to_gguf(src.adapter, src.base.require_hf(), p, logs / "convert-lora.log"),
-            lora_verify, base_gguf=str(base_gguf))
+    adapter = src.adapter
+    assert adapter is not None
+    job.produce(Artifact("lora", "adapter-lora-f16.gguf", "gguf-lora", "f16", "lora-f16",
+                         lambda p: convert_lora_to_gguf(adapter, src.base.require_hf(), p, logs / "convert-lora.log"),
+                         lora_verify, {"base_gguf": str(base_gguf)}))
