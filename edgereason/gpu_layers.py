@@ -9,6 +9,8 @@ request for layers on a build without a GPU backend runs on the CPU and says so,
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -64,3 +66,67 @@ def warn_if_unsupported(value: str | int | None, log: Any) -> None:
     report = offload_report(value)
     if report["requested"] not in ("auto", "0") and not report["build_supports_gpu"]:
         log(report["note"])
+
+
+#: What llama.cpp keeps on the GPU beside weights and KV cache (compute buffers, scratch), reserved
+#: when choosing how many layers fit; a round figure, as Ollama reserves one.
+GPU_COMPUTE_RESERVE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """Where a GGUF's weights and KV cache sit with `layers` of its `total_layers` on the GPU."""
+
+    requested: str
+    layers: int
+    total_layers: int
+    gpu_bytes: int  #: offloaded layers' weights and KV cache (+ the output head when every layer is)
+    cpu_bytes: int  #: the rest: the other layers, the token embeddings, their KV cache
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "layers_on_gpu": self.layers, "total_layers": self.total_layers,
+                "gpu_mb": round(self.gpu_bytes / 2**20, 1), "cpu_mb": round(self.cpu_bytes / 2**20, 1)}
+
+
+def layer_weight_bytes(path: str | Path) -> tuple[list[int], int, int]:
+    """(bytes of each repeating layer blk.N, the output head, everything else) of a GGUF's tensors."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    per: dict[int, int] = {}
+    head = other = 0
+    for t in reader.tensors:
+        size = int(t.n_bytes)
+        if t.name.startswith("blk."):
+            n = int(t.name.split(".")[1])
+            per[n] = per.get(n, 0) + size
+        elif t.name.startswith("output"):  # output.weight and output_norm: offloaded with the last layer
+            head += size
+        else:
+            other += size
+    return [per[i] for i in sorted(per)], head, other
+
+
+def plan_offload(path: str | Path, gpu_layers: str | int | None, n_ctx: int, kv_bytes_per_token: int,
+                 gpu_budget_bytes: int | None) -> OffloadPlan:
+    """How llama.cpp would split the model: `all` or N layers as asked (N capped at the model's), or for
+    `auto` the most layers whose weights, KV cache and a compute reserve fit `gpu_budget_bytes` (none
+    without a GPU). llama.cpp offloads the last layers first; the output head goes once all have."""
+    per, head, other = layer_weight_bytes(path)
+    n = len(per)
+    kv_layer = kv_bytes_per_token * n_ctx // max(1, n)
+    text = parse_gpu_layers(gpu_layers)
+    if text == "all":
+        k = n
+    elif text == "auto":
+        k = 0
+        if gpu_budget_bytes is not None:
+            room = gpu_budget_bytes - GPU_COMPUTE_RESERVE_BYTES
+            while k < n and sum(per[n - k - 1:]) + (k + 1) * kv_layer + (head if k + 1 == n else 0) <= room:
+                k += 1
+    else:
+        k = min(int(text), n)
+    on_gpu = sum(per[n - k:]) if k else 0
+    gpu = on_gpu + k * kv_layer + (head if k == n and n else 0)
+    cpu = sum(per) - on_gpu + (n - k) * kv_layer + other + (0 if k == n and n else head)
+    return OffloadPlan(text, k, n, gpu, cpu)

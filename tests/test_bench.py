@@ -23,6 +23,30 @@ def test_kv_cache_size_from_gguf_metadata(default_model):
     assert tiny["max_context"] < shape["context_length"] and tiny["max_parallel_sequences_at_n_ctx"] < f["max_parallel_sequences_at_n_ctx"]
 
 
+def test_gpu_offload_counts_the_offloaded_layers_against_the_gpu(default_model):
+    """--gpu-layers splits the weights by the GGUF's own tensors: N layers' bytes (and their KV cache)
+    on the GPU, the rest in RAM; auto takes as many as fit; a GPU too small is reported, not assumed."""
+    from edgereason.evalsuite.bench import DeviceProfile
+    from edgereason.gpu_layers import GPU_COMPUTE_RESERVE_BYTES, layer_weight_bytes
+
+    path = default_model.gguf_path
+    per, head, other = layer_weight_bytes(path)
+    assert len(per) == 30 and sum(per) + head + other <= path.stat().st_size  # the tensors, without the header
+    kv_layer = 23040 * 2048 // 30
+    ten = fit(path, PROFILES["jetson-orin-nano-8gb"], 2048, "10")["offload"]
+    assert ten["layers_on_gpu"] == 10 and ten["gpu_mb"] == round((sum(per[-10:]) + 10 * kv_layer) / 2**20, 1)
+    assert ten["gpu_need_mb"] == round((sum(per[-10:]) + 10 * kv_layer + GPU_COMPUTE_RESERVE_BYTES) / 2**20, 1)
+    every = fit(path, PROFILES["laptop-gpu-4gb"], 2048, "auto")
+    assert every["offload"]["layers_on_gpu"] == 30 and every["fits"]  # 135M fits a 4 GB GPU whole
+    # a GPU with room for the reserve and about half the layers: auto stops where the next layer would not fit
+    budget = GPU_COMPUTE_RESERVE_BYTES + sum(per[-15:]) + 15 * kv_layer + 1000
+    half = fit(path, DeviceProfile("small-gpu", 8, 6, gpu_gib=budget / 2**30), 2048, "auto")["offload"]
+    assert half["layers_on_gpu"] == 15 and half["fits_gpu"]
+    over = fit(path, DeviceProfile("small-gpu", 8, 6, gpu_gib=budget / 2**30), 2048, "all")
+    assert over["offload"]["layers_on_gpu"] == 30 and not over["offload"]["fits_gpu"] and not over["fits"]
+    assert "offload" not in fit(path, PROFILES["edge-4gb"], 2048)  # no GPU on that profile
+
+
 def test_a_memory_limit_really_stops_a_model_that_does_not_fit(default_model):
     spec = {"model": str(default_model.gguf_path), "n_ctx": 512, "threads": 1, "pp": 16, "tg": 2, "warmup": 0, "repeats": 1}
     assert "error" in _run_worker(spec, memory_limit_bytes=64 * 2**20)

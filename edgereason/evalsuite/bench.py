@@ -27,6 +27,7 @@ from edgereason.config import StageConfig
 from edgereason.data import load_benchmark
 from edgereason.formats import get_format
 from edgereason.gguf_meta import gguf_info
+from edgereason.gpu_layers import GPU_COMPUTE_RESERVE_BYTES, GpuLayers, plan_offload
 from edgereason.models import DEFAULT_MODEL, resolve_model
 from edgereason.plots import pyplot, save_figure
 from edgereason.servers import python_module
@@ -38,13 +39,22 @@ class DeviceProfile:
     name: str
     memory_gib: float  # what the device has
     usable_gib: float  # what a model process may take (the OS and other apps keep the rest)
-    gpu: bool = False
+    gpu_gib: float | None = None  # memory the GPU may use for the model; None: no GPU
+    unified: bool = False  # the GPU shares the device's memory (Jetson, Apple silicon, iGPUs)
+
+    @property
+    def gpu(self) -> bool:
+        return self.gpu_gib is not None
 
 
 PROFILES = {
     "edge-4gb": DeviceProfile("edge-4gb", 4, 2.5),
     "edge-8gb": DeviceProfile("edge-8gb", 8, 6.0),
-    "cloud-gpu": DeviceProfile("cloud-gpu", 80, 72, gpu=True),
+    # a Jetson Orin Nano 8 GB: CUDA on memory shared with the CPU
+    "jetson-orin-nano-8gb": DeviceProfile("jetson-orin-nano-8gb", 8, 6.0, gpu_gib=6.0, unified=True),
+    # a laptop with a 4 GB discrete GPU (Vulkan or CUDA) and 16 GB of RAM
+    "laptop-gpu-4gb": DeviceProfile("laptop-gpu-4gb", 16, 12.0, gpu_gib=3.6),
+    "cloud-gpu": DeviceProfile("cloud-gpu", 80, 72, gpu_gib=76),
 }
 # Process overhead beyond weights and KV cache (Python, llama.cpp compute buffers), measured ~200 MB
 # for the 135M model here; rounded up.
@@ -71,20 +81,26 @@ class BenchConfig(StageConfig):
     slots: int = Field(8, ge=1, description="llama-server slots in the server benchmark.")
     load_clients: int = Field(64, ge=1, description="Concurrent clients in the server load test.")
     load_seconds: float = Field(60.0, gt=0, description="Duration of the server load test.")
-    device_profile: str | None = Field(None, description="edge-4gb, edge-8gb or cloud-gpu: check the fit.")
+    device_profile: str | None = Field(None, description=f"Check the fit on a device: {', '.join(PROFILES)}. On a "
+                                       "profile with a GPU, the weights and KV cache --gpu-layers offloads count against "
+                                       "its GPU memory and the rest against its RAM.")
+    gpu_layers: GpuLayers = Field("auto", description="Layers offloaded in the device-profile fit: auto (as many as "
+                                  "fit the profile's GPU), all, or a number.")
     out: Path | None = Field(None, description="Output folder (default: results/bench-<time>).")
 
 
-def fit(path: Path, profile: DeviceProfile, n_ctx: int) -> dict[str, Any]:
+def fit(path: Path, profile: DeviceProfile, n_ctx: int, gpu_layers: str = "auto") -> dict[str, Any]:
     """Whether weights + KV cache for `n_ctx` fit the profile; the largest context and parallel
-    sequences that do."""
+    sequences that do. On a profile with a GPU, the offloaded layers' weights and KV cache (and
+    llama.cpp's compute reserve) count against the GPU's memory and the rest against the RAM; on
+    unified memory both come out of the one pool."""
     shape = gguf_info(path)
     budget = profile.usable_gib * 2**30 - RUNTIME_OVERHEAD_MB * 2**20
     free = budget - path.stat().st_size
     per_tok = shape["kv_bytes_per_token"]
     need = path.stat().st_size + per_tok * n_ctx + RUNTIME_OVERHEAD_MB * 2**20
     max_ctx = int(max(0, free) // per_tok)
-    return {
+    out: dict[str, Any] = {
         "profile": profile.name, "usable_gib": profile.usable_gib, "n_ctx": n_ctx,
         "estimated_mb": round(need / 2**20, 1), "kv_mb": round(per_tok * n_ctx / 2**20, 1),
         "fits": need <= profile.usable_gib * 2**30,
@@ -92,6 +108,18 @@ def fit(path: Path, profile: DeviceProfile, n_ctx: int) -> dict[str, Any]:
         "max_parallel_sequences_at_n_ctx": int(max(0, free) // (per_tok * n_ctx)),
         **shape,
     }
+    if profile.gpu_gib is not None:
+        gpu_budget = int(profile.gpu_gib * 2**30)
+        plan = plan_offload(path, gpu_layers, n_ctx, per_tok, gpu_budget)
+        gpu_need = plan.gpu_bytes + (GPU_COMPUTE_RESERVE_BYTES if plan.layers else 0)
+        ram_need = plan.cpu_bytes + RUNTIME_OVERHEAD_MB * 2**20
+        fits_gpu = gpu_need <= gpu_budget
+        fits_ram = (gpu_need + ram_need if profile.unified else ram_need) <= profile.usable_gib * 2**30
+        out["offload"] = {**plan.to_dict(), "gpu_need_mb": round(gpu_need / 2**20, 1),
+                          "ram_need_mb": round(ram_need / 2**20, 1), "gpu_budget_mb": round(gpu_budget / 2**20, 1),
+                          "unified_memory": profile.unified, "fits_gpu": fits_gpu, "fits_ram": fits_ram}
+        out["fits"] = fits_gpu and fits_ram
+    return out
 
 
 def _run_worker(spec: dict, memory_limit_bytes: int | None = None, timeout: float = 900) -> dict:
@@ -181,7 +209,7 @@ def run_bench(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
             profile = PROFILES.get(cfg.device_profile)
             if profile is None:
                 raise ValueError(f"unknown device profile {cfg.device_profile!r}; choose {', '.join(PROFILES)}")
-            f = fit(path, profile, cfg.n_ctx)
+            f = fit(path, profile, cfg.n_ctx, cfg.gpu_layers)
             if not profile.gpu:
                 if progress:
                     progress(f"{path.name} · under a {profile.usable_gib} GiB limit")
@@ -248,6 +276,15 @@ def write_bench(results: dict[str, Any], out: Path) -> Path:
                          f"{f['estimated_mb']} | {'yes' if f['fits'] else 'no'} | "
                          f"{f.get('confirmed_under_limit', 'n/a')} ({f.get('confirm_detail', '')}) | {f['max_context']} | "
                          f"{f['max_parallel_sequences_at_n_ctx']} |")
+        offloads = [(a, a["device_profile"]["offload"]) for a in fits if "offload" in a["device_profile"]]
+        if offloads:
+            lines += ["", "GPU offload (--gpu-layers): the offloaded layers' weights and KV cache, plus llama.cpp's "
+                      "compute reserve, against the GPU's memory; the rest against the RAM.", "",
+                      "| artifact | requested | layers on GPU | GPU need / budget MB | RAM need MB | unified | fits |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {Path(a['file']).name} | {o['requested']} | {o['layers_on_gpu']}/{o['total_layers']} | "
+                      f"{o['gpu_need_mb']} / {o['gpu_budget_mb']} | {o['ram_need_mb']} | {o['unified_memory']} | "
+                      f"{'yes' if o['fits_gpu'] and o['fits_ram'] else 'no'} |" for a, o in offloads]
     plots = _plots(results, out)
     if "serve" in results:
         from edgereason.evalsuite.serve_bench import serve_bench_markdown, write_serve_plot
