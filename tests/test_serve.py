@@ -430,8 +430,77 @@ def test_two_adapters_on_one_base_each_request_decodes_with_its_own(tmp_path, de
         s.stop()
 
 
+def test_adapters_are_added_and_removed_at_run_time_without_losing_a_request(tmp_path, default_model):
+    """`--allow-adapter-updates`: POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes).
+    A request in flight when an adapter is added finishes whole (the engine drains before llama-server
+    restarts with the new set); the added adapter then decodes as itself (its first-token log-probability
+    differs from the base's, which is unchanged); bad requests are 4xx that change nothing."""
+    from conftest import make_adapter
+
+    from edgereason.export.llama_tools import convert_lora_to_gguf
+
+    ggufs = {}
+    for name, seed in (("math", 1), ("logic", 2)):
+        peft = make_adapter(default_model.hf_dir, tmp_path / f"peft-{name}", seed=seed, std=0.3,
+                            targets=("q_proj", "k_proj", "v_proj", "down_proj"))
+        ggufs[name] = tmp_path / f"{name}.gguf"
+        convert_lora_to_gguf(peft, default_model.hf_dir, ggufs[name], tmp_path / f"convert-{name}.log")
+    locked = Server(adapter=[f"math={ggufs['math']}"], llama_cpp={"ctx_per_slot": 512, "slots": 2})
+    try:  # off by default: the routes read files the client names
+        r = httpx.post(locked.base + "/v1/load_lora_adapter", json={"lora_name": "logic", "lora_path": str(ggufs["logic"])})
+        assert r.status_code == 404
+    finally:
+        locked.stop()
+    s = Server(adapter=[f"math={ggufs['math']}"], allow_adapter_updates=True, llama_cpp={"ctx_per_slot": 512, "slots": 2})
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
+        prompt = "The capital of France is"
+
+        def first_logprob(model: str) -> float:
+            r = c.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0.0, logprobs=1,
+                                     extra_body={"ignore_eos": True})
+            return r.choices[0].logprobs.token_logprobs[0]
+
+        base_before, math = first_logprob("smollm2-135m"), first_logprob("math")
+        pid = httpx.get(s.base + "/health").json()["pid"]
+        long = {"model": "math", "prompt": "Once", "max_tokens": 120, "ignore_eos": True, "temperature": 0}
+        with cf.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(httpx.post, s.base + "/v1/completions", json=long, timeout=300)
+            deadline = time.monotonic() + 60
+            while s.engine.in_flight == 0:
+                assert time.monotonic() < deadline, "the long request never started"
+                time.sleep(0.01)
+            r = httpx.post(s.base + "/v1/load_lora_adapter", timeout=300,
+                           json={"lora_name": "logic", "lora_path": str(ggufs["logic"])})
+            assert r.status_code == 200 and r.text == "Success: LoRA adapter 'logic' added successfully."
+            done = in_flight.result(timeout=300)
+        assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 120  # drained, not cut
+        health = httpx.get(s.base + "/health").json()
+        assert health["pid"] != pid and health["files"]["adapters"] == {n: str(p) for n, p in ggufs.items()}
+        assert [m.id for m in c.models.list().data] == ["smollm2-135m", "math", "logic"]
+        logic = first_logprob("logic")
+        assert abs(first_logprob("smollm2-135m") - base_before) < 0.02 and abs(first_logprob("math") - math) < 0.02
+        assert min(abs(logic - base_before), abs(logic - math)) > 0.05, (base_before, math, logic)
+        # refused, and nothing changes: a name taken, a file that is no GGUF LoRA, an adapter not loaded
+        again = httpx.post(s.base + "/v1/load_lora_adapter", json={"lora_name": "math", "lora_path": str(ggufs["logic"])})
+        assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
+        bad = httpx.post(s.base + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "lora_path"
+        gone = httpx.post(s.base + "/v1/unload_lora_adapter", json={"lora_name": "chemistry"})
+        assert gone.status_code == 404
+        assert httpx.get(s.base + "/health").json()["files"]["adapters"] == {n: str(p) for n, p in ggufs.items()}
+        r = httpx.post(s.base + "/v1/unload_lora_adapter", timeout=300, json={"lora_name": "math"})
+        assert r.status_code == 200 and r.text == "Success: LoRA adapter 'math' removed successfully."
+        assert [m.id for m in c.models.list().data] == ["smollm2-135m", "logic"]
+        with pytest.raises(openai.NotFoundError):
+            c.completions.create(model="math", prompt=prompt, max_tokens=1)
+        assert abs(first_logprob("logic") - logic) < 0.02  # ids renumbered: logic is still logic
+    finally:
+        s.stop()
+
+
 def test_adapter_settings_are_checked_before_anything_loads(tmp_path):
-    from edgereason.serve.app import AdapterError, adapter_gguf
+    from edgereason.serve.adapters import AdapterError, adapter_gguf
     from edgereason.serve.config import ServeConfig
 
     with pytest.raises(ValueError, match="need names"):

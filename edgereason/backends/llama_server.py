@@ -84,26 +84,51 @@ class LlamaServerBackend(OpenAIBackend):
             cmd += ["--chat-template-file", str(tpl)]
         if adapter is not None and adapters:
             raise ValueError("one adapter applied to every request, or several chosen by name: not both")
-        for path in [adapter] if adapter is not None else list((adapters or {}).values()):
-            if Path(path).suffix != ".gguf":
-                raise ValueError(f"llama-server takes a GGUF LoRA (export one with `edgereason export gguf`), not {path}")
-            cmd += ["--lora", str(path)]
-        # Several adapters: each loaded once beside the one base, applied per request by id (scale 0 unless asked).
-        self.adapter_ids = {name: i for i, name in enumerate(adapters or {})}
-        if adapters:
-            cmd.append("--lora-init-without-apply")
-        self.files = {"model": str(gguf), "lora": str(adapter) if adapter is not None else None,
-                      "adapters": {k: str(v) for k, v in (adapters or {}).items()}}
-        cmd += list(extra_args or [])
-        log = cache_dir() / "logs" / f"llama-server-{port}.log"
-        self.process = ManagedProcess(cmd, f"http://127.0.0.1:{port}", log, startup_timeout_s=startup_timeout_s,
-                                      name="llama-server").start()
+        if adapter is not None:
+            cmd += self._lora_args([adapter])
+        self._base_cmd, self._extra_args = cmd, list(extra_args or [])
+        self._startup_timeout_s, self._port = startup_timeout_s, port
+        self.files: dict[str, Any] = {"model": str(gguf), "lora": str(adapter) if adapter is not None else None, "adapters": {}}
+        self.adapter_ids: dict[str, int] = {}
+        self.process = self._launch(dict(adapters or {}))
         super().__init__(f"http://127.0.0.1:{port}", name, concurrency=slots, template=template)
         self.model_name = name
         self.format = resolved.format
         self.context_length = self.ctx_per_slot
         self.slots = slots
         self.extra_body = {**PLAIN_SAMPLING, "cache_prompt": prompt_cache}
+
+    # ---- adapters ------------------------------------------------------------------------------
+    @staticmethod
+    def _lora_args(paths: list[str | Path]) -> list[str]:
+        for path in paths:
+            if Path(path).suffix != ".gguf":
+                raise ValueError(f"llama-server takes a GGUF LoRA (export one with `edgereason export gguf`), not {path}")
+        return [arg for path in paths for arg in ("--lora", str(path))]
+
+    def _launch(self, adapters: dict[str, str | Path]) -> ManagedProcess:
+        """Start llama-server with the base and these named adapters. Each is loaded once beside the one
+        base and applied per request by id (scale 0 unless asked, hence --lora-init-without-apply)."""
+        cmd = self._base_cmd + self._lora_args(list(adapters.values()))
+        if adapters:
+            cmd.append("--lora-init-without-apply")
+        log = cache_dir() / "logs" / f"llama-server-{self._port}.log"
+        process = ManagedProcess(cmd + self._extra_args, f"http://127.0.0.1:{self._port}", log,
+                                 startup_timeout_s=self._startup_timeout_s, name="llama-server").start()
+        self.adapter_ids = {name: i for i, name in enumerate(adapters)}
+        self.files["adapters"] = {k: str(v) for k, v in adapters.items()}
+        return process
+
+    def set_adapters(self, adapters: dict[str, str | Path]) -> None:
+        """Serve this set of named adapters from now on. llama.cpp loads LoRAs only when it starts, so
+        llama-server is restarted on the same port with the same base and slots (a few seconds); the
+        caller drains the requests in flight first (the server's engine does, `ReasoningEngine.exclusive`)."""
+        if self.files["lora"] is not None:
+            raise ValueError("this server applies one adapter to every request; serve named adapters "
+                             "(--adapter NAME=PATH) to add or remove them at run time")
+        self._lora_args(list(adapters.values()))  # refused before the running server is touched
+        self.process.stop()
+        self.process = self._launch(dict(adapters))
 
     # ---- requests ------------------------------------------------------------------------------
     def completion_body(self, prompt: str, params: SamplingParams, stream: bool = False) -> dict[str, Any]:

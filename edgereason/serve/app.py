@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -24,12 +22,13 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from edgereason import __version__
 from edgereason.backends import Backend, create_backend
-from edgereason.formats import DEFAULT_FORMAT, get_format
-from edgereason.models import resolve_model
+from edgereason.formats import get_format
+from edgereason.serve.adapters import adapter_gguf
 from edgereason.serve.config import ServeConfig
 from edgereason.serve.engine import ReasoningEngine
 from edgereason.serve.errors import error_response, install_error_handlers
 from edgereason.serve.metrics import Metrics
+from edgereason.serve.routes import adapters as adapter_routes
 from edgereason.serve.routes import chat, completions, health, models
 from edgereason.servers import free_port
 
@@ -77,37 +76,9 @@ def load_backend(cfg: ServeConfig) -> Backend:
     return create_backend(name, cfg.model, **cfg.backend_options)
 
 
-class AdapterError(ValueError):
-    """A named adapter that cannot join the served base (not a GGUF LoRA, another format, another base)."""
-
-
-def adapter_gguf(name: str, path: str, cfg: ServeConfig) -> Path:
-    """A named adapter's GGUF LoRA: the file itself, or an export folder's adapter-lora-f16.gguf, whose
-    manifest must record the server's format and a base of the served base's size."""
-    p = Path(path)
-    if p.is_dir():
-        manifest = p / "manifest.json"
-        if not manifest.is_file():
-            raise AdapterError(f"adapter {name}: {p} is neither a GGUF LoRA nor an export folder")
-        data = json.loads(manifest.read_text())
-        lora = (data.get("artifacts") or {}).get("lora") or {}
-        if lora.get("status") != "ok" or not (p / lora.get("file", "")).is_file():
-            raise AdapterError(f"adapter {name}: {p} holds no verified GGUF LoRA (export with --lora)")
-        fmt = cfg.format or DEFAULT_FORMAT
-        if data.get("format") and data["format"] != fmt:
-            raise AdapterError(f"adapter {name} was trained for the {data['format']} format; this server serves {fmt}")
-        base, served = lora.get("base_gguf"), resolve_model(cfg.model).gguf_path
-        if base and served and Path(base).is_file() and Path(base).stat().st_size != served.stat().st_size:
-            raise AdapterError(f"adapter {name} was exported on {base}, not on the served base {served}")
-        p = p / lora["file"]
-    if p.suffix != ".gguf" or not p.is_file():
-        raise AdapterError(f"adapter {name}: {p} is not a GGUF LoRA file (export one with `edgereason export gguf`)")
-    return p
-
-
 def create_app(engine: ReasoningEngine, model_id: str, *, api_key: str | None = None,
                cors_origins: list[str] | None = None, root: str | None = None,
-               adapters: list[str] | None = None) -> FastAPI:
+               adapters: list[str] | None = None, config: ServeConfig | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -120,11 +91,14 @@ def create_app(engine: ReasoningEngine, model_id: str, *, api_key: str | None = 
     app.state.model_id = model_id
     app.state.model_root = root
     app.state.adapters = list(adapters or [])  # model ids of the named LoRAs on the base
+    app.state.config = config  # what the adapter routes check a new adapter against
     app.state.metrics = Metrics()
     app.state.created = int(time.time())
     install_error_handlers(app)
     for module in (chat, completions, models, health):
         app.include_router(module.router)
+    if config is not None and config.allow_adapter_updates:
+        app.include_router(adapter_routes.router)
 
     key = api_key or os.environ.get("EDGEREASON_API_KEY")
 
@@ -150,7 +124,7 @@ def build_app(cfg: ServeConfig) -> FastAPI:
     fmt = get_format(cfg.format or backend.format)
     engine = ReasoningEngine(backend, fmt, cfg.limits)
     return create_app(engine, cfg.served_model_name or backend.model_name, api_key=cfg.api_key,
-                      cors_origins=cfg.cors_origins, root=cfg.model, adapters=list(cfg.named_adapters))
+                      cors_origins=cfg.cors_origins, root=cfg.model, adapters=list(cfg.named_adapters), config=cfg)
 
 
 @dataclass

@@ -77,6 +77,10 @@ class ServeConfig(StageConfig):
         default_factory=list, description="LoRA: PATH, applied to every request, or NAME=PATH (repeatable): several "
         "adapters on the one base, each a model id chosen per request by `model` (llama.cpp). PATH: a GGUF LoRA, an "
         "export folder (its adapter-lora-f16.gguf) or a PEFT dir (transformers, vLLM).")
+    allow_adapter_updates: bool = Field(
+        False, description="Add and remove named adapters at run time: POST /v1/load_lora_adapter and "
+        "/v1/unload_lora_adapter, as vLLM names them (its VLLM_ALLOW_RUNTIME_LORA_UPDATING). Off by default: the "
+        "routes read files named by the client.")
     backend: str = Field(
         "llama.cpp", description="Engine, by its serve name in the backend registry: llama.cpp (llama-server, edge), "
         "vllm (GPU), transformers (reference, one request at a time), openvino (an `export openvino` folder; CPU, "

@@ -77,6 +77,7 @@ class ReasoningEngine:
         self.fmt = fmt
         self.limits = limits or EngineLimits()
         self._slots: asyncio.Semaphore | None = None
+        self._exclusive = asyncio.Lock()  # one exclusive() at a time: two would each hold part of the slots
         self.waiting = 0
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -102,6 +103,23 @@ class ReasoningEngine:
         finally:
             self.in_flight -= 1
             self._slots.release()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Every slot, once the requests in them have finished; requests that arrive meanwhile wait in
+        the queue (429 beyond it) and run after. For changing the engine under the server (adapters)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max(1, self.backend.max_concurrency))
+        async with self._exclusive:
+            taken = 0
+            try:
+                for _ in range(max(1, self.backend.max_concurrency)):
+                    await self._slots.acquire()
+                    taken += 1
+                yield
+            finally:
+                for _ in range(taken):
+                    self._slots.release()
 
     # ---- parameters and prompts ----------------------------------------------------------------
     def params(self, reasoning: bool, max_tokens: int | None, temperature: float, top_p: float,

@@ -479,3 +479,19 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+class LoadLoRAAdapterRequest(BaseModel):
+    """vLLM's body for POST /v1/load_lora_adapter."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str = Field(min_length=1, max_length=200, description="The model id requests will name it by.")
+    lora_path: str = Field(min_length=1, description="A GGUF LoRA file, or an export folder holding one.")
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    """vLLM's body for POST /v1/unload_lora_adapter."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str = Field(min_length=1, max_length=200)
+    lora_int_id: int | None = Field(None, description="Accepted for vLLM compatibility; the name decides.")
