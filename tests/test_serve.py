@@ -386,11 +386,9 @@ def test_engine_killed_under_concurrent_load_gives_no_500():
         print(f"outcomes after the kill: { {c: statuses.count(c) for c in sorted(set(statuses))} }")
 
 
-def test_two_adapters_on_one_base_each_request_decodes_with_its_own(tmp_path, default_model):
-    """`--adapter math=A --adapter logic=B`: each is a model id beside the base; concurrent requests for
-    the three share the slots, and each request's first-token log-probability is its own model's
-    (measured alone first; the adapters move it far more than batching does). A model id the server
-    does not hold is a 404 naming the ones it has; a single server process holds all three."""
+def _two_lora_ggufs(tmp_path, default_model) -> dict:
+    """Two random LoRAs (std 0.3: they move the logits far more than batching does), converted with
+    llama.cpp's own converter."""
     from conftest import make_adapter
 
     from edgereason.export.llama_tools import convert_lora_to_gguf
@@ -401,6 +399,15 @@ def test_two_adapters_on_one_base_each_request_decodes_with_its_own(tmp_path, de
                             targets=("q_proj", "k_proj", "v_proj", "down_proj"))
         ggufs[name] = tmp_path / f"{name}.gguf"
         convert_lora_to_gguf(peft, default_model.hf_dir, ggufs[name], tmp_path / f"convert-{name}.log")
+    return ggufs
+
+
+def test_two_adapters_on_one_base_each_request_decodes_with_its_own(tmp_path, default_model):
+    """`--adapter math=A --adapter logic=B`: each is a model id beside the base; concurrent requests for
+    the three share the slots, and each request's first-token log-probability is its own model's
+    (measured alone first; the adapters move it far more than batching does). A model id the server
+    does not hold is a 404 naming the ones it has; a single server process holds all three."""
+    ggufs = _two_lora_ggufs(tmp_path, default_model)
     s = Server(adapter=[f"{n}={p}" for n, p in ggufs.items()], llama_cpp={"ctx_per_slot": 512, "slots": 4})
     try:
         c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
@@ -435,16 +442,7 @@ def test_adapters_are_added_and_removed_at_run_time_without_losing_a_request(tmp
     A request in flight when an adapter is added finishes whole (the engine drains before llama-server
     restarts with the new set); the added adapter then decodes as itself (its first-token log-probability
     differs from the base's, which is unchanged); bad requests are 4xx that change nothing."""
-    from conftest import make_adapter
-
-    from edgereason.export.llama_tools import convert_lora_to_gguf
-
-    ggufs = {}
-    for name, seed in (("math", 1), ("logic", 2)):
-        peft = make_adapter(default_model.hf_dir, tmp_path / f"peft-{name}", seed=seed, std=0.3,
-                            targets=("q_proj", "k_proj", "v_proj", "down_proj"))
-        ggufs[name] = tmp_path / f"{name}.gguf"
-        convert_lora_to_gguf(peft, default_model.hf_dir, ggufs[name], tmp_path / f"convert-{name}.log")
+    ggufs = _two_lora_ggufs(tmp_path, default_model)
     locked = Server(adapter=[f"math={ggufs['math']}"], llama_cpp={"ctx_per_slot": 512, "slots": 2})
     try:  # off by default: the routes read files the client names
         r = httpx.post(locked.base + "/v1/load_lora_adapter", json={"lora_name": "logic", "lora_path": str(ggufs["logic"])})
