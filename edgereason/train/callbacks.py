@@ -140,6 +140,8 @@ class RunRecordCallback(TrainerCallback):
         self.task: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:  # one record per run: the main process writes it
+            return
         # After a resume, drop records of steps past the checkpoint: they are being redone.
         if self.metrics_path.exists():
             kept = [
@@ -152,7 +154,7 @@ class RunRecordCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         logs = dict(logs or {})
-        if "reward" not in logs:  # the final train summary, not a step
+        if "reward" not in logs or not state.is_world_process_zero:  # the final summary, or not the main process
             return
         compliance = self.stats.pop_compliance()
         record = {"step": state.global_step, "format_compliance": compliance, **logs}

@@ -16,7 +16,11 @@ def run(cfg: TrainConfig) -> None:
     quiet_libraries()
     from edgereason.train.methods import run_method
 
+    from edgereason.train.runs import is_main_process
+
     result = run_method(cfg)
+    if not is_main_process():  # one summary for a distributed run
+        return
     console.print(f"[green]done[/] {result.steps} steps ({result.stop_reason}) in {result.seconds:.0f} s")
     for k, v in result.metrics.items():
         console.print(f"  {k}: {v}")

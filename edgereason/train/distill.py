@@ -34,7 +34,14 @@ from edgereason.problems import Problem
 from edgereason.rationales import rationale_fault
 from edgereason.targets import Target, open_target, parse_target
 from edgereason.train.config import TrainConfig
-from edgereason.train.runs import FINISHED, RunResult, TrainSetupError, load_training_problems
+from edgereason.train.runs import (
+    FINISHED,
+    RunResult,
+    TrainSetupError,
+    is_main_process,
+    load_training_problems,
+    main_process_first,
+)
 
 TEACHER_DIR, TRACES, KEPT, MANIFEST = "teacher", "traces.jsonl", "rationales.jsonl", "manifest.json"
 
@@ -176,17 +183,25 @@ def run_distill(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     record = root / "run.json"
     if record.is_file() and json.loads(record.read_text()).get("status") == FINISHED and not cfg.overwrite:
         raise TrainSetupError(f"{root} holds a finished run; pass --overwrite to replace it or choose another --name")
-    if cfg.overwrite and root.exists():
-        shutil.rmtree(root)
     problems = load_training_problems(cfg)[: cfg.teacher_problems or None]
     t0 = time.perf_counter()
-    manifest = collect(cfg, problems, root / TEACHER_DIR, log=console.print)
+    # One teacher for a distributed run: the main process asks it and writes the dataset; the others
+    # read the manifest once it is there (main_process_first holds them at a barrier until then).
+    with main_process_first():
+        if is_main_process():
+            if cfg.overwrite and root.exists():
+                shutil.rmtree(root)
+            manifest = collect(cfg, problems, root / TEACHER_DIR, log=console.print)
+        else:
+            manifest = json.loads((root / TEACHER_DIR / MANIFEST).read_text())
     console.print(f"kept {manifest['kept']} of {manifest['traces']} traces; {manifest['pass_rate']:.0%} of problems "
                   f"have one; rejected: {manifest['rejected']}")
     sft_cfg = cfg.model_copy(update={"method": "sft", "dataset": [str(root / TEACHER_DIR / KEPT)],
                                      "name": "sft", "output_root": root, "overwrite": False,
                                      "dataset_weights": None})
     result = run_sft(sft_cfg, show_progress)
+    if not is_main_process():
+        return result
     final = root / "adapter"
     with atomic_output(final) as tmp:
         shutil.copytree(result.adapter_dir, tmp)

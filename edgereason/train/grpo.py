@@ -33,13 +33,16 @@ from edgereason.train.runs import (
     RunResult,
     TrainSetupError,
     build_prompt,
-    config_key,
     dir_hash,
+    is_main_process,
     load_policy,
     load_tokenizer,
     peak_rss_mb,
     prepare_run,
+    replicas_in_sync,
     report_to,
+    save_on_other_ranks,
+    start_run_dir,
     wire_reporting,
     write_run_json,
 )
@@ -337,6 +340,11 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
 
     cfg, run_dir, trainer = prep.cfg, prep.run_dir, built.trainer
     adapter_dir = run_dir / ("model" if cfg.full_finetune else "adapter")
+    in_sync = replicas_in_sync(trainer.model)
+    steps = trainer.state.global_step
+    if not is_main_process():
+        save_on_other_ranks(trainer)
+        return RunResult(run_dir, adapter_dir, steps, stop_reason or "max_steps", {}, seconds)
     with atomic_output(adapter_dir) as tmp:
         trainer.save_model(str(tmp))
         built.tokenizer.save_pretrained(str(tmp))
@@ -352,7 +360,7 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
     }
     extra: dict[str, Any] = {"steps": steps, "stop_reason": reason, "final_metrics": metrics,
                              "rollout_engine": built.engine_name, "bf16": built.bf16[0], "precision_note": built.bf16[1],
-                             **timing}
+                             "replicas_in_sync": in_sync, **timing}
     if built.pool is not None:
         extra["curriculum"] = built.pool.sizes()
     write_run_json(prep, FINISHED, extra)
@@ -366,9 +374,7 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
 
     prep = prepare_run(cfg)
     console = Console(quiet=not show_progress)
-    prep.run_dir.mkdir(parents=True, exist_ok=True)
-    (prep.run_dir / "config.key").write_text(config_key(cfg))
-    (prep.run_dir / "config.yaml").write_text(cfg.to_yaml())
+    start_run_dir(prep)
     built = build_trainer(prep, show_progress, log=console.print)
     write_run_json(prep, "running")
     t0 = time.perf_counter()

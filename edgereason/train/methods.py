@@ -8,6 +8,9 @@ from edgereason.train.runs import RunResult
 
 
 def run_method(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
+    from edgereason.train.runs import is_main_process
+
+    show_progress = show_progress and is_main_process()  # one console for a distributed run
     if cfg.stages:
         from edgereason.train.hybrid import run_stages
 

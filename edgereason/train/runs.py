@@ -8,6 +8,7 @@ folder, resume point.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import platform
 import shutil
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,57 @@ def checkpoint_complete(ckpt: Path) -> bool:
     return opt.exists() and zipfile.is_zipfile(opt)
 
 
-def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest complete checkpoint; incomplete ones (a kill mid-save) are set aside, not deleted."""
+# ---- several processes (torchrun, accelerate launch: DDP, ZeRO) --------------------------------
+
+
+DISTRIBUTED_TIMEOUT_HOURS = 12
+
+
+def world_size() -> int:
+    """How many training processes run this job (WORLD_SIZE, as torchrun and accelerate set it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that decides about and writes the run folder. The others
+    train their share of each batch and write nothing."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (it may set incomplete checkpoints aside, or delete a run to be
+    overwritten); the others run it once rank 0 is done. A no-op for one process."""
+    if world_size() == 1:
+        yield
+        return
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    # The first to make the process group sets its collectives' timeout for the whole run: long enough
+    # for rank 0 to ask a distillation teacher while the others wait (torch's default is 30 min).
+    with PartialState(timeout=timedelta(hours=DISTRIBUTED_TIMEOUT_HOURS)).main_process_first():
+        yield
+
+
+def replicas_in_sync(model: Any) -> bool | None:
+    """Whether every process ends with the same trainable weights, as DDP's all-reduced gradients
+    must leave them (a checksum per process, gathered); None for one process."""
+    if world_size() == 1:
+        return None
+    import torch
+    from accelerate.utils import gather_object
+
+    with torch.no_grad():
+        total = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+    sums = gather_object([round(total, 6)])
+    return len(set(sums)) == 1
+
+
+def latest_complete_checkpoint(ckpt_root: Path, set_aside: bool = True) -> Path | None:
+    """The newest complete checkpoint; incomplete ones (a kill mid-save) are set aside, not deleted
+    (only by the main process: the others look once it has)."""
     if not ckpt_root.is_dir():
         return None
     ckpts = sorted(
@@ -128,7 +178,8 @@ def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
     for ckpt in ckpts:
         if checkpoint_complete(ckpt):
             return ckpt
-        ckpt.rename(ckpt.with_name(f"incomplete-{ckpt.name}-{int(time.time())}"))
+        if set_aside:
+            ckpt.rename(ckpt.with_name(f"incomplete-{ckpt.name}-{int(time.time())}"))
     return None
 
 
@@ -182,6 +233,23 @@ def _level_curriculum(cfg: TrainConfig, hard: list[Problem], easy: list[Problem]
     return mixed
 
 
+def save_on_other_ranks(trainer: Any) -> None:
+    """A process other than the main one joins save_model (under ZeRO-3 it gathers the sharded
+    weights collectively) into a scratch folder; the main process writes the adapter."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgereason-rank-") as scratch:
+        trainer.save_model(scratch)
+
+
+def start_run_dir(prep: Prepared) -> None:
+    """The run folder and its identity (config.key, config.yaml), written by the main process."""
+    if is_main_process():
+        prep.run_dir.mkdir(parents=True, exist_ok=True)
+        (prep.run_dir / "config.key").write_text(config_key(prep.cfg))
+        (prep.run_dir / "config.yaml").write_text(prep.cfg.to_yaml())
+
+
 def prepare_run(cfg: TrainConfig) -> Prepared:
     """Everything that can fail, in one place, before any compute is spent (cheapest first: the data,
     then the model, which may be converted to a cached HF copy on first use, then the output folder)."""
@@ -192,7 +260,9 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
         model.require_hf()
     except LookupError as e:
         raise TrainSetupError(str(e)) from None
-    resume = check_output_dir(cfg)
+    with main_process_first():  # the main process decides (and sets aside, or overwrites); the others follow
+        resume = check_output_dir(cfg) if is_main_process() else \
+            latest_complete_checkpoint(cfg.run_dir / "checkpoints", set_aside=False)
     if cfg.init_adapter is not None:
         # The adapter continued decides the LoRA's shape; the run trains it as it is.
         cfg = cfg.model_copy(update=adapter_shape(cfg.init_adapter))
@@ -270,6 +340,8 @@ def dir_hash(path: Path) -> str:
 
 
 def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = None) -> None:
+    if not is_main_process():
+        return
     cfg, hf = prep.cfg, prep.model.hf_dir
     record = {
         "name": cfg.name,
@@ -282,6 +354,7 @@ def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = N
         "seed": cfg.seed,
         "resumed_from": str(prep.resume) if prep.resume else None,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "world_size": world_size(),
         **(extra or {}),
     }
     write_text_atomic(prep.run_dir / "run.json", json.dumps(record, indent=2))

@@ -30,12 +30,15 @@ from edgereason.train.runs import (
     RunResult,
     TrainSetupError,
     build_prompt,
-    config_key,
+    is_main_process,
     load_policy,
     load_tokenizer,
     peak_rss_mb,
     prepare_run,
+    replicas_in_sync,
     report_to,
+    save_on_other_ranks,
+    start_run_dir,
     wire_reporting,
     write_run_json,
 )
@@ -101,6 +104,8 @@ class _Record:
 
         class SFTRecordCallback(TrainerCallback):
             def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                if not state.is_world_process_zero:
+                    return
                 if record.path.exists():  # a resumed run redoes the steps past its checkpoint
                     kept = [line for line in record.path.read_text().splitlines()
                             if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
@@ -110,7 +115,7 @@ class _Record:
 
             def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
                 logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-                if not ({"loss", "eval_loss"} & set(logs)):
+                if not state.is_world_process_zero or not ({"loss", "eval_loss"} & set(logs)):
                     return
                 record.last.update(logs)
                 with record.path.open("a") as fh:
@@ -164,10 +169,9 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     prep = prepare_run(cfg)
     train, dev, faults = split_rationales(cfg, prep.problems)
     run_dir = prep.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.key").write_text(config_key(cfg))
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    write_text_atomic(run_dir / "rationale-faults.txt", "".join(f + "\n" for f in faults))
+    start_run_dir(prep)
+    if is_main_process():
+        write_text_atomic(run_dir / "rationale-faults.txt", "".join(f + "\n" for f in faults))
     if faults:
         console.print(f"[yellow]{len(faults)} of {len(prep.problems)} problems left out[/] (a rationale that does not "
                       f"check out; each named in {run_dir / 'rationale-faults.txt'}), e.g. {faults[0]}")
@@ -203,6 +207,10 @@ def _finalize(prep: Prepared, trainer: Any, tokenizer: Any, seconds: float, n_tr
 
     cfg, run_dir = prep.cfg, prep.run_dir
     adapter_dir = run_dir / ("model" if cfg.full_finetune else "adapter")
+    in_sync = replicas_in_sync(trainer.model)
+    if not is_main_process():
+        save_on_other_ranks(trainer)
+        return RunResult(run_dir, adapter_dir, trainer.state.global_step, "max_steps", {}, seconds)
     with atomic_output(adapter_dir) as tmp:  # the best checkpoint's weights when a dev loss chose one
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -224,7 +232,8 @@ def _finalize(prep: Prepared, trainer: Any, tokenizer: Any, seconds: float, n_tr
               "train_tokens_per_second": round(tokens / seconds, 1) if tokens and not prep.resume else None}
     extra = {"method": "sft", "steps": steps, "stop_reason": "max_steps", "final_metrics": metrics,
              "best_checkpoint": state.best_model_checkpoint, "rationales": {"train": n_train, "dev": n_dev,
-                                                                            "faults": len(faults)}, **timing}
+                                                                            "faults": len(faults)},
+             "replicas_in_sync": in_sync, **timing}
     write_run_json(prep, FINISHED, extra)
     _report(run_dir, cfg, rows, metrics, timing, state.best_model_checkpoint, len(faults), n_train, n_dev)
     return RunResult(run_dir, adapter_dir, steps, "max_steps", metrics, seconds)
