@@ -343,7 +343,7 @@ def test_runs_under_accelerate_launch(tmp_path, default_model):
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("method", ["sft", "grpo"])
+@pytest.mark.parametrize("method", ["sft", "grpo", "sft+grpo"])
 def test_each_method_trains_data_parallel_over_two_processes(tmp_path, default_model, method):
     """torchrun with two CPU processes (gloo): real DDP, each process a replica on its share of each
     batch. The replicas end with the same weights (a checksum per process, gathered: the gradients were
@@ -351,19 +351,26 @@ def test_each_method_trains_data_parallel_over_two_processes(tmp_path, default_m
     adapter is complete. (accelerate launch runs one CPU process without MPI; torchrun is the CPU path.)"""
     if method == "sft":
         cfg = _sft(tmp_path, name="ddp", max_steps=2, save_steps=2, per_device_train_batch_size=2, threads=1)
-    else:
+    elif method == "grpo":
         cfg = tiny(tmp_path, name="ddp", max_steps=1, rollout_engine="transformers", threads=1)
+    else:  # the hybrid: the second stage continues the first's adapter, written by the main process alone
+        sft = _sft(tmp_path, name="ddp", per_device_train_batch_size=2, threads=1)
+        cfg = sft.model_copy(update={"stages": ["sft", "grpo"], "stage_settings": {
+            "sft": {"max_steps": 2, "save_steps": 2},
+            "grpo": {**TINY, "dataset": ["arith-train"], "max_steps": 1, "rollout_engine": "transformers"}}})
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(cfg.to_yaml())
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "edgereason.cli",
                           "train", "--config", str(cfg_file)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    run = json.loads((tmp_path / "ddp" / "run.json").read_text())
-    assert run["status"] == "finished" and run["world_size"] == 2 and run["replicas_in_sync"] is True
-    steps = [json.loads(line)["step"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line) or "reward" in json.loads(line)]
-    assert steps and len(steps) == len(set(steps))  # one writer: no step recorded twice
+    runs = [tmp_path / "ddp" / s for s in ("1-sft", "2-grpo")] if method == "sft+grpo" else [tmp_path / "ddp"]
+    for run_dir in runs:
+        run = json.loads((run_dir / "run.json").read_text())
+        assert run["status"] == "finished" and run["world_size"] == 2 and run["replicas_in_sync"] is True
+        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if "loss" in json.loads(line) or "reward" in json.loads(line)]
+        assert steps and len(steps) == len(set(steps))  # one writer: no step recorded twice
     assert (tmp_path / "ddp" / "adapter" / "adapter_model.safetensors").is_file()
     assert out.stdout.count("done ") == 1  # one console
 

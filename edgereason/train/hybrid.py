@@ -19,7 +19,7 @@ from typing import Any
 
 from edgereason.files import atomic_output, write_text_atomic
 from edgereason.train.config import TrainConfig
-from edgereason.train.runs import FINISHED, RunResult, TrainSetupError
+from edgereason.train.runs import FINISHED, RunResult, TrainSetupError, is_main_process
 
 
 def stage_configs(cfg: TrainConfig) -> list[TrainConfig]:
@@ -63,10 +63,14 @@ def run_stages(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
             console.print(f"[bold]{stage.name}[/]: {stage.method}" + (f" from {adapter}" if adapter else ""))
             result = run_method(stage, show_progress)
         adapter = result.adapter_dir
+        if not is_main_process():  # the next stage's set-up waits for the main process to have written this one
+            continue
         summaries.append({"stage": stage.name, "method": stage.method, "run_dir": str(stage.run_dir),
                           **{k: v for k, v in json.loads((stage.run_dir / "run.json").read_text()).items()
                              if k in ("steps", "stop_reason", "final_metrics", "wall_seconds", "peak_rss_mb")}})
     assert result is not None and adapter is not None
+    if not is_main_process():
+        return result
     final = root / "adapter"
     with atomic_output(final) as tmp:
         shutil.copytree(adapter, tmp)
