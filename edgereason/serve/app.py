@@ -23,7 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from edgereason import __version__
 from edgereason.backends import Backend, create_backend
 from edgereason.formats import get_format
-from edgereason.serve.adapters import adapter_gguf
+from edgereason.serve.adapters import check_adapter
 from edgereason.serve.config import ServeConfig
 from edgereason.serve.engine import ReasoningEngine
 from edgereason.serve.errors import error_response, install_error_handlers
@@ -37,7 +37,7 @@ logger = logging.getLogger("edgereason.serve")
 
 def _llama_server(cfg: ServeConfig) -> Backend:
     return create_backend("llama-server", cfg.model, adapter=cfg.single_adapter, slots=cfg.llama_cpp.slots,
-                          adapters={n: adapter_gguf(n, p, cfg) for n, p in cfg.named_adapters.items()} or None,
+                          adapters={n: check_adapter(n, p, cfg) for n, p in cfg.named_adapters.items()} or None,
                           ctx_per_slot=cfg.llama_cpp.ctx_per_slot, threads=cfg.threads,
                           served_name=cfg.served_model_name, prompt_cache=cfg.llama_cpp.prompt_cache,
                           gpu_layers=cfg.llama_cpp.gpu_layers)
@@ -46,7 +46,9 @@ def _llama_server(cfg: ServeConfig) -> Backend:
 def _vllm(cfg: ServeConfig) -> Backend:
     return create_backend("vllm", cfg.model, adapter=cfg.single_adapter, serving=True, n_ctx=cfg.vllm.max_model_len,
                           tensor_parallel_size=cfg.vllm.tensor_parallel_size,
-                          gpu_memory_utilization=cfg.vllm.gpu_memory_utilization)
+                          gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
+                          adapters={n: check_adapter(n, p, cfg) for n, p in cfg.named_adapters.items()} or None,
+                          enable_lora=cfg.allow_adapter_updates)
 
 
 def _upstream(cfg: ServeConfig) -> Backend:

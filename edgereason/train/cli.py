@@ -15,7 +15,6 @@ def run(cfg: TrainConfig) -> None:
     from edgereason.quiet import quiet_libraries
     quiet_libraries()
     from edgereason.train.methods import run_method
-
     from edgereason.train.runs import is_main_process
 
     result = run_method(cfg)

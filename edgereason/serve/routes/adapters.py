@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from edgereason.backends.base import Capability
-from edgereason.serve.adapters import AdapterError, adapter_gguf
+from edgereason.serve.adapters import AdapterError, check_adapter
 from edgereason.serve.errors import APIError
 from edgereason.serve.protocol import ErrorResponse, LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 
@@ -41,7 +41,7 @@ async def load_lora_adapter(req: LoadLoRAAdapterRequest, request: Request) -> Pl
     if req.lora_name == state.model_id or req.lora_name in current:
         raise APIError(400, f"The lora adapter '{req.lora_name}' has already been loaded.", param="lora_name")
     try:
-        path = adapter_gguf(req.lora_name, req.lora_path, state.config)
+        path = check_adapter(req.lora_name, req.lora_path, state.config)
     except AdapterError as e:
         raise APIError(400, str(e), param="lora_path") from e
     await _apply(request, {**current, req.lora_name: path})
