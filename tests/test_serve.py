@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from adapter_checks import PROMPT, assert_each_decodes_as_itself, first_logprob
 from live_server import Server
 
 from edgereason.formats import get_format
@@ -414,23 +415,9 @@ def test_two_adapters_on_one_base_each_request_decodes_with_its_own(tmp_path, de
         models = {m.id: m for m in c.models.list().data}
         assert list(models) == ["smollm2-135m", "math", "logic"]
         assert models["math"].model_extra["parent"] == "smollm2-135m" and models["math"].model_extra["root"] == str(ggufs["math"])
-        prompt = "The capital of France is"
-
-        def first_logprob(model: str) -> float:
-            r = c.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0.0, logprobs=1,
-                                     extra_body={"ignore_eos": True})
-            return r.choices[0].logprobs.token_logprobs[0]
-
-        alone = {m: first_logprob(m) for m in models}
-        gaps = [abs(alone[a] - alone[b]) for a in alone for b in alone if a < b]
-        assert min(gaps) > 0.05, alone  # the three really differ
-        order = [m for _ in range(4) for m in models]
-        with cf.ThreadPoolExecutor(12) as pool:
-            together = list(pool.map(first_logprob, order))
-        for m, lp in zip(order, together):
-            assert abs(lp - alone[m]) < min(gaps) / 3, (m, lp, alone)
+        assert_each_decodes_as_itself(c, list(models), rounds=4)
         with pytest.raises(openai.NotFoundError, match="'math', 'logic'"):
-            c.completions.create(model="chemistry", prompt=prompt, max_tokens=1)
+            c.completions.create(model="chemistry", prompt=PROMPT, max_tokens=1)
         health = httpx.get(s.base + "/health").json()
         assert health["files"]["adapters"] == {n: str(p) for n, p in ggufs.items()}
     finally:
@@ -452,14 +439,7 @@ def test_adapters_are_added_and_removed_at_run_time_without_losing_a_request(tmp
     s = Server(adapter=[f"math={ggufs['math']}"], allow_adapter_updates=True, llama_cpp={"ctx_per_slot": 512, "slots": 2})
     try:
         c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
-        prompt = "The capital of France is"
-
-        def first_logprob(model: str) -> float:
-            r = c.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0.0, logprobs=1,
-                                     extra_body={"ignore_eos": True})
-            return r.choices[0].logprobs.token_logprobs[0]
-
-        base_before, math = first_logprob("smollm2-135m"), first_logprob("math")
+        base_before, math = first_logprob(c, "smollm2-135m"), first_logprob(c, "math")
         pid = httpx.get(s.base + "/health").json()["pid"]
         long = {"model": "math", "prompt": "Once", "max_tokens": 120, "ignore_eos": True, "temperature": 0}
         with cf.ThreadPoolExecutor(1) as pool:
@@ -476,8 +456,8 @@ def test_adapters_are_added_and_removed_at_run_time_without_losing_a_request(tmp
         health = httpx.get(s.base + "/health").json()
         assert health["pid"] != pid and health["files"]["adapters"] == {n: str(p) for n, p in ggufs.items()}
         assert [m.id for m in c.models.list().data] == ["smollm2-135m", "math", "logic"]
-        logic = first_logprob("logic")
-        assert abs(first_logprob("smollm2-135m") - base_before) < 0.02 and abs(first_logprob("math") - math) < 0.02
+        logic = first_logprob(c, "logic")
+        assert abs(first_logprob(c, "smollm2-135m") - base_before) < 0.02 and abs(first_logprob(c, "math") - math) < 0.02
         assert min(abs(logic - base_before), abs(logic - math)) > 0.05, (base_before, math, logic)
         # refused, and nothing changes: a name taken, a file that is no GGUF LoRA, an adapter not loaded
         again = httpx.post(s.base + "/v1/load_lora_adapter", json={"lora_name": "math", "lora_path": str(ggufs["logic"])})
@@ -491,8 +471,8 @@ def test_adapters_are_added_and_removed_at_run_time_without_losing_a_request(tmp
         assert r.status_code == 200 and r.text == "Success: LoRA adapter 'math' removed successfully."
         assert [m.id for m in c.models.list().data] == ["smollm2-135m", "logic"]
         with pytest.raises(openai.NotFoundError):
-            c.completions.create(model="math", prompt=prompt, max_tokens=1)
-        assert abs(first_logprob("logic") - logic) < 0.02  # ids renumbered: logic is still logic
+            c.completions.create(model="math", prompt=PROMPT, max_tokens=1)
+        assert abs(first_logprob(c, "logic") - logic) < 0.02  # ids renumbered: logic is still logic
     finally:
         s.stop()
 
@@ -507,8 +487,9 @@ def test_adapter_settings_are_checked_before_anything_loads(tmp_path):
         ServeConfig(adapter=["a.gguf", "math=b.gguf"])
     with pytest.raises(ValueError, match="names repeat: math"):
         ServeConfig(adapter=["math=a.gguf", "math=b.gguf"])
-    with pytest.raises(ValueError, match="llama.cpp backend"):
-        ServeConfig(adapter=["math=a.gguf"], backend="vllm")
+    with pytest.raises(ValueError, match="run on the llama.cpp, vllm backend, not transformers"):
+        ServeConfig(adapter=["math=a.gguf"], backend="transformers")  # the registry says who can
+    assert ServeConfig(adapter=["math=a", "logic=b"], backend="vllm").named_adapters == {"math": "a", "logic": "b"}
     assert ServeConfig(adapter="only.gguf").single_adapter == "only.gguf"
     with pytest.raises(AdapterError, match="neither a GGUF LoRA nor an export folder"):
         adapter_gguf("math", str(tmp_path), ServeConfig())

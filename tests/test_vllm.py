@@ -74,6 +74,7 @@ def test_vllm_serves_named_adapters_chosen_per_request_and_added_at_run_time(tmp
     without a restart (vLLM loads it on first use)."""
     import httpx
     import openai
+    from adapter_checks import assert_each_decodes_as_itself, first_logprob
     from conftest import make_adapter
     from live_server import Server
 
@@ -87,26 +88,12 @@ def test_vllm_serves_named_adapters_chosen_per_request_and_added_at_run_time(tmp
     try:
         c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
         assert [m.id for m in c.models.list().data] == ["smollm2-135m", "math", "logic"]
-        prompt = "The capital of France is"
-
-        def first_logprob(model: str) -> float:
-            r = c.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0.0, logprobs=1,
-                                     extra_body={"ignore_eos": True})
-            return r.choices[0].logprobs.token_logprobs[0]
-
-        alone = {m: first_logprob(m) for m in ("smollm2-135m", "math", "logic")}
-        gaps = [abs(alone[a] - alone[b]) for a in alone for b in alone if a < b]
-        assert min(gaps) > 0.05, alone  # the three really differ
-        order = [m for _ in range(3) for m in alone]
-        with cf.ThreadPoolExecutor(9) as pool:
-            together = list(pool.map(first_logprob, order))
-        for m, lp in zip(order, together):
-            assert abs(lp - alone[m]) < min(gaps) / 3, (m, lp, alone)
+        alone = assert_each_decodes_as_itself(c, ["smollm2-135m", "math", "logic"], rounds=3)
         r = httpx.post(s.base + "/v1/load_lora_adapter", json={"lora_name": "chem", "lora_path": str(peft["chem"])},
                        timeout=300)
         assert r.status_code == 200, r.text
         assert [m.id for m in c.models.list().data] == ["smollm2-135m", "math", "logic", "chem"]
-        assert min(abs(first_logprob("chem") - v) for v in alone.values()) > 0.05
+        assert min(abs(first_logprob(c, "chem") - v) for v in alone.values()) > 0.05
         bad = httpx.post(s.base + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
         assert bad.status_code == 400 and "PEFT LoRA folder" in bad.json()["error"]["message"]
     finally:
