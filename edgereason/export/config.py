@@ -83,6 +83,11 @@ class GGUFExportConfig(ExportSourceConfig):
         return dict(item.split("=", 1) for item in self.tensor_type)
 
     @property
+    def calibrated(self) -> bool:
+        """Whether an importance matrix is made or given for the types below 8 bits."""
+        return self.imatrix or self.imatrix_file is not None
+
+    @property
     def gated(self) -> bool:
         return any(t is not None for t in (self.target_agreement, self.target_kl, self.target_answers))
 

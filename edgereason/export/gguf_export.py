@@ -220,8 +220,7 @@ def plan(cfg: GGUFExportConfig, console: Console) -> ExportJob:
     params = parameter_count(src.base.require_hf())
     need = params * (_BPW[cfg.outtype] + sum(_BPW.get(q, 8) for q in quants)) / 8 + (params * 4 if cfg.adapter else 0)
     require_free_space(cfg.out, int(need * 1.1), f"{1 + len(quants)} GGUF files")
-    calibrated = cfg.imatrix or cfg.imatrix_file is not None
-    missing = [q for q in quants if q in NEEDS_IMATRIX and not calibrated]
+    missing = [q for q in quants if q in NEEDS_IMATRIX and not cfg.calibrated]
     if missing:
         raise ExportError(f"{', '.join(missing)} need an importance matrix: drop --no-imatrix or give --imatrix-file")
     # The merged checkpoint keeps the base's tokenizer, so the base's template is the one every GGUF carries.
@@ -262,7 +261,7 @@ def convert(job: ExportJob, hf_dir: Path) -> Path:
 
 def calibrate(job: ExportJob, f16: Path) -> Path | None:
     """The importance matrix, when some type below 8 bits will use it."""
-    if not (job.cfg.imatrix or job.cfg.imatrix_file is not None) or all(q in _FULL_PRECISION for q in job.quants):
+    if not job.cfg.calibrated or all(q in _FULL_PRECISION for q in job.quants):
         return None
     return _importance_matrix(job.cfg, f16, job.fmt, job.manifest, job.logs, job.console)
 
