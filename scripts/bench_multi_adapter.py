@@ -25,6 +25,7 @@ a = Path(sys.argv[1])
 out = Path(sys.argv[2] if len(sys.argv) > 2 else "results/multi-adapter")
 out.mkdir(parents=True, exist_ok=True)
 base = resolve_model("smollm2-135m", need_hf=True)
+assert base.hf_dir is not None  # need_hf: resolve_model raises otherwise
 b = out / "random.gguf"
 if not b.is_file():
     peft = make_adapter(base.hf_dir, out / "peft-random", seed=3, std=0.05, targets=("q_proj", "v_proj", "down_proj"))

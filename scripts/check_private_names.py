@@ -3,7 +3,8 @@
 A private name is one that starts with a single underscore. Flagged outside compat/:
 - importing one from another package (`from llama_cpp import _internals`, `import x._y`);
 - reading or writing an attribute `obj._name` (or `getattr(obj, "_name")`) that edgereason
-  itself never defines (so it belongs to a library object, the standard library's included). `self._x`/`cls._x` and our own private attributes pass.
+  itself never defines (so it belongs to a library object, the standard library's included).
+  `self._x`/`cls._x` and our own private attributes pass.
     python scripts/check_private_names.py [PACKAGE_DIR]     (exit 1 and one line per use when any)
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 ALLOWED_STDLIB = {"_exit", "_getframe", "_replace", "_asdict", "_fields", "_make", "_thread"}
@@ -20,7 +22,7 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
 
-def _defined_names(trees: dict[Path, ast.AST]) -> set[str]:
+def _defined_names(trees: Mapping[Path, ast.AST]) -> set[str]:
     """Private names edgereason defines: functions, classes, assignments, attributes it assigns."""
     names: set[str] = set()
     for tree in trees.values():

@@ -41,13 +41,13 @@ def make_adapter(base_hf: Path, out: Path, seed: int = 0, std: float = 0.01,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_hf), dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
+    base = AutoModelForCausalLM.from_pretrained(str(base_hf), dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, std)
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(base_hf)).save_pretrained(out)
     return out
 

@@ -4,20 +4,23 @@ script (exact texts, token by token), so every assertion is exact."""
 
 import json
 import time
+from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from openai_fields import extra
 
 from edgereason.backends.scripted import ScriptedBackend
 from edgereason.formats import get_format
-from edgereason.serve.app import create_app, serve_in_thread
+from edgereason.serve.app import ThreadedServer, create_app, serve_in_thread
 from edgereason.serve.config import EngineLimits
 from edgereason.serve.engine import ReasoningEngine
 
 FMT = get_format()
 ANSWER = "Tom has 3 + 4 = 7 apples.\n</reasoning>\n<answer>\n7\n</answer>"  # what follows the prefill
-USER = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}]
 
 
 def script(prompt: str, seed: int) -> str:
@@ -26,14 +29,26 @@ def script(prompt: str, seed: int) -> str:
     return ANSWER
 
 
+@dataclass
+class Served:
+    """The API on a scripted backend, with the engine and backend whose records the tests read."""
+
+    threaded: ThreadedServer
+    engine: ReasoningEngine
+    backend: ScriptedBackend
+
+    @property
+    def base(self) -> str:
+        return self.threaded.base
+
+
 @pytest.fixture(scope="module")
 def server():
     backend = ScriptedBackend(script, token_delay_s=0.002, max_concurrency=2, context_length=2048, model_name="scripted")
     engine = ReasoningEngine(backend, FMT, EngineLimits(max_tokens=256, max_queue=4, format_retries=1))
-    s = serve_in_thread(create_app(engine, "scripted", cors_origins=["https://tutor.example"]))
-    s.engine = engine
+    s = Served(serve_in_thread(create_app(engine, "scripted", cors_origins=["https://tutor.example"])), engine, backend)
     yield s
-    s.stop()
+    s.threaded.stop()
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +65,14 @@ def test_reasoning_split_under_both_field_names(client):
     r = client.chat.completions.create(model="scripted", messages=USER, max_tokens=64)
     msg = r.choices[0].message
     assert msg.content == "7" and r.choices[0].finish_reason == "stop"
-    assert msg.model_extra["reasoning_content"] == msg.model_extra["reasoning"] == "Tom has 3 + 4 = 7 apples."
-    assert r.choices[0].model_extra["format_valid"] is True
+    assert extra(msg)["reasoning_content"] == extra(msg)["reasoning"] == "Tom has 3 + 4 = 7 apples."
+    assert extra(r.choices[0])["format_valid"] is True
 
 
 def test_usage_counts_every_attempt_and_the_reasoning(client):
     r = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "BROKEN question"}],
                                        max_tokens=64, seed=1)
-    assert r.choices[0].model_extra["attempts"] == 2 and r.choices[0].message.content == "7"
+    assert extra(r.choices[0])["attempts"] == 2 and r.choices[0].message.content == "7"
     first, second = len("no tags at all".split()), len(ANSWER.split())
     assert r.usage.completion_tokens == first + second
     assert r.usage.completion_tokens_details.reasoning_tokens == len("Tom has 3 + 4 = 7 apples.".split())
@@ -77,6 +92,7 @@ def test_streaming_splits_reasoning_and_reports_finish_and_usage(client):
             content += c.delta.content or ""
             finish = c.finish_reason or finish
     assert reasoning.strip() == "Tom has 3 + 4 = 7 apples." and content.strip() == "7" and finish == "stop"
+    assert usage is not None, "no usage chunk"
     assert usage.completion_tokens == len(ANSWER.split())
 
 
@@ -97,6 +113,7 @@ def test_completions_stream_and_usage(client):
         for c in chunk.choices:
             text += c.text
             finish = c.finish_reason or finish
+    assert usage is not None, "no usage chunk"
     assert text == "Tom has 3 +" and finish == "length" and usage.completion_tokens == 4
     r = client.completions.create(model="scripted", prompt="count", max_tokens=4)
     assert r.choices[0].text == text and r.usage.completion_tokens == 4
@@ -128,7 +145,7 @@ def test_history_with_reasoning_tool_results_and_null_content(client):
 def test_voting_counts_every_sample(client):
     r = client.chat.completions.create(model="scripted", messages=USER, max_tokens=64,
                                        extra_body={"voting": {"k": 4, "early_stop": False}})
-    vote = r.model_extra["voting"]
+    vote = extra(r)["voting"]
     assert vote["answer"] == "7" and vote["samples"] == 4 and vote["share"] == 1.0
     assert r.usage.completion_tokens == 4 * len(ANSWER.split())
 
@@ -136,14 +153,14 @@ def test_voting_counts_every_sample(client):
 def test_a_verified_vote_reports_each_samples_check(client):
     r = client.chat.completions.create(model="scripted", messages=USER, max_tokens=64,
                                        extra_body={"voting": {"k": 3, "early_stop": False, "mode": "verified"}})
-    vote = r.model_extra["voting"]
+    vote = extra(r)["voting"]
     assert vote["mode"] == "verified" and vote["answer"] == "7" and vote["note"] is None
     assert vote["votes"][0]["weight"] == pytest.approx(3.0)  # three consistent samples, 1.0 each
     assert [c["status"] for c in vote["checks"]] == ["consistent"] * 3
     assert all(c["score"] == 1.0 and c["claims"] == 1 and c["answer"] == "7" for c in vote["checks"])
     plain = client.chat.completions.create(model="scripted", messages=USER, max_tokens=64,
                                            extra_body={"voting": {"k": 2}})
-    assert plain.model_extra["voting"]["mode"] == "majority" and plain.model_extra["voting"]["checks"] is None
+    assert extra(plain)["voting"]["mode"] == "majority" and extra(plain)["voting"]["checks"] is None
 
 
 @pytest.mark.parametrize("body, status, fragment", [
@@ -201,16 +218,16 @@ def test_models_by_id_and_cors(server):
 
 def test_a_client_that_disconnects_cancels_its_generation(server):
     before = server.engine.counters["cancelled"]
-    calls = len(server.engine.backend.calls)
+    calls = len(server.backend.calls)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.base + "/v1/completions", timeout=0.3,
                    json={"model": "scripted", "prompt": "long", "max_tokens": 200, "ignore_eos": True})
     for _ in range(300):
-        new = server.engine.backend.calls[calls:]
+        new = server.backend.calls[calls:]
         if new and all(c.finished is not None for c in new) and server.engine.counters["cancelled"] > before:
             break
         time.sleep(0.02)
-    new = server.engine.backend.calls[calls:]
+    new = server.backend.calls[calls:]
     assert server.engine.counters["cancelled"] == before + 1
     assert new and new[0].cancelled  # the engine stopped generating for nobody
 

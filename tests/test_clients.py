@@ -10,6 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 from live_server import Server
+from openai_fields import extra
 
 from edgereason.data import load_benchmark
 
@@ -111,4 +112,4 @@ def test_node_sdk_streams_a_chat_with_reasoning(server):
     client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0)
     msg = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": question}],
                                          max_tokens=256, temperature=0).choices[0].message
-    assert msg.content == out["content"] and msg.model_extra["reasoning_content"] == out["reasoning"]
+    assert msg.content == out["content"] and extra(msg)["reasoning_content"] == out["reasoning"]

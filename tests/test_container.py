@@ -75,7 +75,7 @@ def _run_and_ask(image: str, *run_args: str, serve_args: tuple[str, ...] = ()) -
 
 
 def test_the_edge_image_serves_a_mounted_export():
-    assert EXPORT, "EDGEREASON_TEST_EXPORT names the export folder to mount"
+    assert IMAGE and EXPORT, "EDGEREASON_TEST_IMAGE and EDGEREASON_TEST_EXPORT name the image and the export to mount"
     gguf = Path(EXPORT).resolve() / "model-q4_k_m.gguf"
     figures = _run_and_ask(IMAGE, "-v", f"{gguf.parent}:/models:ro", serve_args=("--model", "/models/model-q4_k_m.gguf"))
     _record("edge", figures)
@@ -83,6 +83,7 @@ def test_the_edge_image_serves_a_mounted_export():
 
 @pytest.mark.skipif(not BAKED, reason="the edge-baked image was not built")
 def test_the_baked_image_serves_its_own_export():
+    assert BAKED and EXPORT
     figures = _run_and_ask(BAKED)  # nothing mounted: the model and its manifest are in the image
     assert figures["model"] == json.loads((Path(EXPORT) / "manifest.json").read_text())["name"]
     _record("edge-baked", figures)

@@ -35,7 +35,7 @@ def test_math500_levels_and_subjects():
     problems = load_benchmark("math500")
     assert {p.level for p in problems} == {1, 2, 3, 4, 5}
     hard = filter_by_level(problems, [4, 5])
-    assert 0 < len(hard) < 500 and all(p.level >= 4 for p in hard)
+    assert 0 < len(hard) < 500 and all((p.level or 0) >= 4 for p in hard)
     assert all(p.subject for p in problems)
 
 
@@ -105,7 +105,7 @@ def _evaluate_story(question: str) -> int:
     """Re-derive a generated problem's answer from its wording alone (an independent check)."""
     import re
 
-    amount = None
+    amount: int | None = None
     for sentence in re.split(r"(?<=[.?])\s+", question):
         n = [int(x) for x in re.findall(r"\d+", sentence)]
         if amount is None:
@@ -118,6 +118,7 @@ def _evaluate_story(question: str) -> int:
             amount *= n[-1]
         elif "equal" in sentence:
             amount //= n[0]
+    assert amount is not None, question
     return amount
 
 
@@ -125,12 +126,12 @@ def test_arithmetic_generator_is_seeded_balanced_disjoint_and_right():
     a, b = generate_arithmetic(90, seed=5), generate_arithmetic(90, seed=5)
     assert [p.question for p in a] == [p.question for p in b]
     assert [p.question for p in generate_arithmetic(90, seed=6)] != [p.question for p in a]
-    assert sorted({p.subject for p in a}) == ["1-step", "2-step", "3-step"]
+    assert sorted({p.subject or "" for p in a}) == ["1-step", "2-step", "3-step"]
     assert all(sum(p.subject == s for p in a) == 30 for s in ("1-step", "2-step", "3-step"))
     for p in a:
         assert int(p.gold_answer) == _evaluate_story(p.question) >= 0, p.question
         # one known value per operation (a grouped start is one), the answer last: the steps reward's input
-        assert len(p.meta["steps"]) == int(p.subject[0]) and p.meta["steps"][-1] == int(p.gold_answer)
+        assert len(p.meta["steps"]) == int((p.subject or "?")[0]) and p.meta["steps"][-1] == int(p.gold_answer)
     test, train = load_benchmark("arith"), load_benchmark("arith-train")
     assert len(test) == 600 and len(train) == 5000
     assert not {p.question for p in test} & {p.question for p in train}  # never train on the benchmark

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgereason.serve.demo import Outcome, render_answer, split_steps
+from edgereason.serve.demo import Outcome, Sample, render_answer, split_steps
+
+UNUSED = Sample("", "", False)  # the answer card counts samples, it does not read them
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(os.environ.get("EDGEREASON_TEST_OUTPUT", "test-output"))
@@ -48,9 +50,9 @@ def test_steps_are_split_into_hints():
 
 
 def test_answer_card_flags_invalid_and_split_votes():
-    out = Outcome("q", answer=None, samples=[object()] * 2, invalid=2)
+    out = Outcome("q", answer=None, samples=[UNUSED] * 2, invalid=2)
     assert "failed format validation" in render_answer(out)
-    out = Outcome("q", answer="7", confidence=0.5, samples=[object()] * 2, split=True)
+    out = Outcome("q", answer="7", confidence=0.5, samples=[UNUSED] * 2, split=True)
     html = render_answer(out)
     assert "vote is split" in html and "50%" in html
     assert "could not answer" in render_answer(Outcome("q", error="The tutor could not answer: boom"))

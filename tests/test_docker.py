@@ -42,7 +42,8 @@ def test_edge_install_steps_build_a_working_server(tmp_path, default_model):
     try:
         health = wait_healthy(f"http://127.0.0.1:{port}")
         if health is None:
-            pytest.fail("the edge install's server never became healthy: " + server.stdout.read1(4000).decode(errors="replace"))
+            assert server.stdout is not None
+            pytest.fail("the edge install's server never became healthy: " + os.read(server.stdout.fileno(), 4000).decode(errors="replace"))
         assert health["backend"] == "llama-server" and health["ready"]
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120, json={
             "model": health["model"], "max_tokens": 48, "messages": [{"role": "user", "content": "What is 2 + 3?"}]})

@@ -24,10 +24,16 @@ def engine(script, limits=None, **kw) -> ReasoningEngine:
     return ReasoningEngine(ScriptedBackend(script, **kw), FMT, limits or EngineLimits())
 
 
+def scripted(e: ReasoningEngine) -> ScriptedBackend:
+    """The scripted backend behind `e`, whose record of calls the tests read."""
+    assert isinstance(e.backend, ScriptedBackend)
+    return e.backend
+
+
 async def _all_finished(e: ReasoningEngine) -> None:
     """Wait until every generation thread the backend started has returned."""
     for _ in range(500):
-        if all(c.finished is not None for c in e.backend.calls):
+        if all(c.finished is not None for c in scripted(e).calls):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("a generation never stopped")
@@ -41,7 +47,7 @@ async def test_invalid_format_is_retried_with_a_new_seed_and_all_tokens_count():
     e = engine(lambda prompt, seed: VALID if seed >= 1000 else INVALID, EngineLimits(format_retries=1))
     (a,) = await e.complete("q", params(e), 1, validate=True)
     assert a.parsed.valid and a.attempts == 2 and a.content == "4"
-    assert [c.params.seed for c in e.backend.calls] == [5, 1005]
+    assert [c.params.seed for c in scripted(e).calls] == [5, 1005]
     assert a.tokens_spent == len(INVALID.split()) + len(VALID.split())  # the failed attempt counts too
     assert e.counters["format_retries"] == 1
 
@@ -53,7 +59,7 @@ async def test_invalid_format_is_retried_with_a_new_seed_and_all_tokens_count():
 async def test_n_samples_get_their_own_seeds():
     e = engine(lambda prompt, seed: VALID)
     answers = await e.complete("q", params(e, seed=10), 3, validate=True)
-    assert len(answers) == 3 and sorted(c.params.seed for c in e.backend.calls) == [10, 11, 12]
+    assert len(answers) == 3 and sorted(c.params.seed or -1 for c in scripted(e).calls) == [10, 11, 12]
 
 
 async def test_vote_groups_equivalent_answers_and_stops_early_once_decided():
@@ -64,9 +70,9 @@ async def test_vote_groups_equivalent_answers_and_stops_early_once_decided():
     assert voted.early_stopped and len(voted.samples) == 6
     assert voted.vote.answer == "4" and voted.vote.groups[0].count == 5 and voted.vote.share == pytest.approx(5 / 6)
     await _all_finished(e)
-    finished = [c for c in e.backend.calls if not c.cancelled]
+    finished = [c for c in scripted(e).calls if not c.cancelled]
     assert len(finished) == 6  # the last two samples never ran to completion
-    assert all(c.cancelled for c in e.backend.calls[6:]) and len(e.backend.calls) <= 7
+    assert all(c.cancelled for c in scripted(e).calls[6:]) and len(scripted(e).calls) <= 7
     assert e.counters["early_stops"] == 1
 
     e = engine(lambda prompt, seed: f"r\n</reasoning>\n<answer>\n{texts[seed % 8]}\n</answer>")
@@ -93,8 +99,8 @@ async def test_queue_beyond_the_limit_is_refused_and_waiting_requests_run_later(
         await e.complete("c", p, 1, validate=False)
     await first
     await second
-    assert [c.prompt.split(":")[-1].strip()[:1] for c in e.backend.calls][:2] == ["a", "b"]
-    assert e.backend.peak_concurrency == 1
+    assert [c.prompt.split(":")[-1].strip()[:1] for c in scripted(e).calls][:2] == ["a", "b"]
+    assert scripted(e).peak_concurrency == 1
 
 
 async def test_requests_run_concurrently_up_to_the_backends_capacity():
@@ -110,7 +116,7 @@ async def test_requests_run_concurrently_up_to_the_backends_capacity():
     e = engine(script, token_delay_s=0.005, max_concurrency=4)
     p = params(e, ignore_eos=True, max_tokens=30)
     await asyncio.gather(*(e.complete(str(i), p, 1, validate=False) for i in range(8)))
-    assert e.backend.peak_concurrency == 4 and e.peak_in_flight == 4
+    assert scripted(e).peak_concurrency == 4 and e.peak_in_flight == 4
 
 
 async def test_deadline_stops_the_generation_itself():
@@ -118,7 +124,7 @@ async def test_deadline_stops_the_generation_itself():
     with pytest.raises(TimeoutError):
         await e.complete("q", params(e, ignore_eos=True, max_tokens=10_000), 1, validate=False)
     await _all_finished(e)  # the worker thread notices the deadline at its next token
-    call = e.backend.calls[0]
+    call = scripted(e).calls[0]
     assert call.cancelled and call.finished is not None
     (a,) = await e.complete("q", params(e, max_tokens=4), 1, validate=False)  # the engine is free again
     assert a.completion.completion_tokens == 4
@@ -133,19 +139,19 @@ async def test_a_stream_holds_a_slot_and_stops_when_its_reader_leaves():
         await e.complete("other", params(e), 1, validate=False)
     await stream.aclose()  # the reader left
     await _all_finished(e)
-    assert e.backend.calls[0].cancelled and e.in_flight == 0
+    assert scripted(e).calls[0].cancelled and e.in_flight == 0
 
 
 async def test_cancelling_a_request_cancels_its_generation():
     e = engine(lambda p, s: WORDS, token_delay_s=0.005)
     task = asyncio.ensure_future(e.complete("q", params(e, ignore_eos=True, max_tokens=5000), 1, validate=False))
-    while not e.backend.calls:
+    while not scripted(e).calls:
         await asyncio.sleep(0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await _all_finished(e)
-    assert e.backend.calls[0].cancelled
+    assert scripted(e).calls[0].cancelled
 
 
 async def test_prompt_too_long_and_max_tokens_capped():
@@ -164,9 +170,9 @@ async def test_a_completion_cut_by_max_tokens_is_not_retried_and_a_greedy_retry_
     e = engine(lambda prompt, seed: VALID, EngineLimits(format_retries=2))
     (a,) = await e.complete("q", params(e, max_tokens=3), 1, validate=True)
     assert not a.parsed.valid and a.completion.finish_reason == "length" and a.attempts == 1
-    assert len(e.backend.calls) == 1 and e.counters["format_retries"] == 0 and e.counters["invalid"] == 1
+    assert len(scripted(e).calls) == 1 and e.counters["format_retries"] == 0 and e.counters["invalid"] == 1
     # Ended by itself but invalid, asked greedily: the retry samples (greedy would repeat the text).
     e = engine(lambda prompt, seed: VALID if seed >= 1000 else INVALID, EngineLimits(format_retries=1))
     (a,) = await e.complete("q", params(e, temperature=0.0), 1, validate=True)
     assert a.parsed.valid and a.attempts == 2
-    assert [c.params.temperature for c in e.backend.calls] == [0.0, 0.7]
+    assert [c.params.temperature for c in scripted(e).calls] == [0.0, 0.7]

@@ -79,10 +79,12 @@ def test_multiple_choice_loader_and_scorer(tmp_path):
     problems = load_benchmark(str(f))
     assert [p.gold_answer for p in problems] == ["B", "A", "A", "C"]
     assert "B) whale" in problems[0].prompt and "letter" in problems[0].prompt
-    assert choice_letter("B", problems[0].choices) == "B"
-    assert choice_letter("(b) whale", problems[0].choices) == "B"
-    assert choice_letter("whale", problems[0].choices) == "B"
-    assert choice_letter("D", problems[0].choices) is None
+    choices = problems[0].choices
+    assert choices is not None
+    assert choice_letter("B", choices) == "B"
+    assert choice_letter("(b) whale", choices) == "B"
+    assert choice_letter("whale", choices) == "B"
+    assert choice_letter("D", choices) is None
     assert is_correct("b", "B", problems[0].choices) and not is_correct("A", "B", problems[0].choices)
     f.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": "Z"}) + "\n")
     with pytest.raises(DataError, match="not a choice"):
@@ -119,7 +121,7 @@ def test_baselines_by_hand():
     most_tf = max(sum(p.gold_answer == a for p in true_false) for a in ("true", "false"))
     assert b.rate == pytest.approx((most + most_tf) / len(logic)) and b.kind == "mixed"
     arc = load_benchmark("arc-easy")[:40]
-    assert baseline_of(arc).rate == pytest.approx(sum(1 / len(p.choices) for p in arc) / 40)
+    assert baseline_of(arc).rate == pytest.approx(sum(1 / len(p.choices or "") for p in arc) / 40)
     assert baseline_of(load_benchmark("gsm8k")[:10]).kind == "none"
 
 

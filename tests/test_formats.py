@@ -100,7 +100,8 @@ def test_gbnf_compiles_and_constrains_real_decoding(default_model):
         max_tokens=96,
         temperature=0,
     )
-    text = out["choices"][0]["message"]["content"]
+    assert isinstance(out, dict)  # not a stream
+    text = out["choices"][0]["message"]["content"] or ""
     parsed = RA.parse(text)
     if out["choices"][0]["finish_reason"] == "stop":
         assert parsed.valid, (text, parsed.errors)

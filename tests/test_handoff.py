@@ -132,7 +132,7 @@ def _manifest(tmp_path: Path) -> dict:
 
 
 def test_the_model_card_metadata_parses_with_huggingface_hub(tmp_path):
-    from huggingface_hub import ModelCard
+    from huggingface_hub import ModelCard, ModelCardData
 
     from edgereason.export.model_card import card_text, export_evals
 
@@ -147,9 +147,11 @@ def test_the_model_card_metadata_parses_with_huggingface_hub(tmp_path):
     evals = export_evals(tmp_path, [tmp_path / "results"])
     assert [e["benchmark"] for e in evals] == ["arith"]  # only this export's evals
     card = ModelCard(card_text(tmp_path, manifest, evals))
-    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
-    assert card.data.pipeline_tag == "text-generation" and "gguf" in card.data.tags
-    flexible = [r for r in card.data.eval_results if "flexible" in r.metric_name]
+    data = card.data
+    assert isinstance(data, ModelCardData)
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and data.license == "apache-2.0"
+    assert data.pipeline_tag == "text-generation" and "gguf" in (data.tags or [])
+    flexible = [r for r in data.eval_results or [] if "flexible" in (r.metric_name or "")]
     assert flexible[0].metric_value == 0.49 and flexible[0].dataset_type == "arith"
     assert "ollama create" in card.text and "model-q8_0.gguf" in card.text
 

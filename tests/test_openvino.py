@@ -9,6 +9,7 @@ import openai
 import pytest
 from conftest import make_adapter, tiny_llama
 from live_server import Server
+from openai_fields import extra
 
 from edgereason.backends.base import SamplingParams
 from edgereason.export.config import OpenVINOExportConfig
@@ -112,13 +113,13 @@ def test_served_behind_the_same_api(exported):
         r = client.chat.completions.create(model=server.app.state.model_id, messages=[{"role": "user", "content": QUESTION}],
                                            max_tokens=160, temperature=0)
         msg = r.choices[0].message
-        assert msg.model_extra["reasoning_content"] is not None and r.usage.completion_tokens > 0
+        assert extra(msg)["reasoning_content"] is not None and r.usage is not None and r.usage.completion_tokens > 0
         chunks = list(client.chat.completions.create(model=server.app.state.model_id, stream=True, max_tokens=160,
                                                      temperature=0, messages=[{"role": "user", "content": QUESTION}]))
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
         vote = client.chat.completions.create(model=server.app.state.model_id, messages=[{"role": "user", "content": QUESTION}],
                                               max_tokens=160, extra_body={"voting": {"k": 3, "temperature": 0.8}})
-        assert vote.model_extra["voting"]["samples"] >= 1
+        assert extra(vote)["voting"]["samples"] >= 1
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model=server.app.state.model_id, messages=[{"role": "user", "content": "hi"}],
                                            logprobs=True, max_tokens=4)

@@ -27,6 +27,7 @@ def test_the_default_pipeline_trains_the_shortened_hybrid_and_its_preset_file_ag
 
     cfg = PipelineConfig()
     assert PipelineConfig.load("pipeline-cpu") == cfg
+    assert cfg.train_config is not None
     train = TrainConfig.load(find_config(cfg.train_config), cfg.train_set)
     assert train.stages == ["sft", "grpo"]
     assert train.stage_settings["sft"]["max_steps"] == 90 and train.stage_settings["grpo"]["max_steps"] == 10

@@ -15,6 +15,8 @@ import openai
 import pytest
 from adapter_checks import PROMPT, assert_each_decodes_as_itself, first_logprob
 from live_server import Server
+from openai.types.chat import ChatCompletionMessageParam
+from openai_fields import extra
 
 from edgereason.formats import get_format
 
@@ -22,7 +24,8 @@ pytestmark = pytest.mark.model
 
 # A question whose greedy decoding under the format grammar ends within the limits (it is the system
 # prompt's own example), so the split has a whole completion to work on.
-QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have now?"}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have now?"}]
 FMT = get_format()
 
 
@@ -71,8 +74,8 @@ def test_models_and_health(server, client):
 def test_reasoning_split_under_the_grammar(client):
     r = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=300, temperature=0)
     choice = r.choices[0]
-    assert choice.finish_reason == "stop" and choice.model_extra["format_valid"] is True
-    reasoning, content = choice.message.model_extra["reasoning_content"], choice.message.content
+    assert choice.finish_reason == "stop" and extra(choice)["format_valid"] is True
+    reasoning, content = extra(choice.message)["reasoning_content"], choice.message.content
     # the split, not what the model happens to answer: the grammar kept the answer to one line, no tags
     assert reasoning.strip() and not any(tag in reasoning for tag in ("<reasoning>", "</reasoning>", "<answer>"))
     assert content.strip() and "\n" not in content.strip() and "<" not in content
@@ -89,10 +92,12 @@ def test_streaming_matches_the_non_streamed_answer(client):
             reasoning += (c.delta.model_extra or {}).get("reasoning_content") or ""
             content += c.delta.content or ""
             finish = c.finish_reason or finish
-    assert reasoning.strip() == full.choices[0].message.model_extra["reasoning_content"].strip()
+    assert reasoning.strip() == extra(full.choices[0].message)["reasoning_content"].strip()
     assert content.strip() == full.choices[0].message.content.strip() and finish == full.choices[0].finish_reason
+    assert usage is not None and full.usage is not None, "no usage reported"
     assert usage.completion_tokens == full.usage.completion_tokens
-    assert usage.prompt_tokens_details.cached_tokens > 0  # the same prompt again: llama-server's cache served it
+    # the same prompt again: llama-server's cache served it
+    assert usage.prompt_tokens_details is not None and (usage.prompt_tokens_details.cached_tokens or 0) > 0
 
 
 def test_concurrent_requests_are_decoded_together(server):
@@ -126,7 +131,7 @@ def test_a_vote_is_one_request_with_k_distinct_seeded_samples(server, client):
               extra_body={"voting": {"k": 4, "temperature": 1.0, "early_stop": False}})
     r = client.chat.completions.create(**kw)
     after = engine_metrics(server)
-    vote = r.model_extra["voting"]
+    vote = extra(r)["voting"]
     assert vote["samples"] == 4 and not vote["early_stopped"]
     assert sum(v["count"] for v in vote["votes"]) + vote["invalid"] == 4
     assert r.usage.completion_tokens == after["tokens_predicted_total"] - before["tokens_predicted_total"]
@@ -258,7 +263,7 @@ def test_gateway_over_two_replicas_spreads_concurrent_requests():
     try:
         c = openai.OpenAI(base_url=gw.base + "/v1", api_key="unused", max_retries=0)
         r = c.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=128, temperature=0)
-        assert r.choices[0].message.model_extra.get("reasoning_content") is not None
+        assert extra(r.choices[0].message).get("reasoning_content") is not None
         body = {"model": "smollm2-135m", "prompt": "Once", "max_tokens": 32, "ignore_eos": True}
         with cf.ThreadPoolExecutor(4) as pool:
             replies = list(pool.map(lambda _: httpx.post(gw.base + "/v1/completions", json=body, timeout=120), range(4)))
@@ -276,7 +281,8 @@ def test_gateway_over_two_replicas_spreads_concurrent_requests():
         b.stop()
         with pytest.raises(openai.APIStatusError) as err:
             c.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=32)
-        assert err.value.status_code == 502 and err.value.body["type"] == "upstream_error"
+        assert err.value.status_code == 502 and isinstance(err.value.body, dict)
+        assert err.value.body["type"] == "upstream_error"
         assert httpx.get(gw.base + "/health").status_code == 503
     finally:
         for s in (a, b, gw):
@@ -310,7 +316,7 @@ def test_gateway_sends_the_upstream_key_and_makes_up_an_n_shortfall(tmp_path, de
         assert len(r.choices) == 4 and sorted(ch.index for ch in r.choices) == [0, 1, 2, 3]
         vote = c.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=96, temperature=0.8,
                                          extra_body={"voting": {"k": 4}})
-        assert vote.model_extra["voting"]["samples"] == 4
+        assert extra(vote)["voting"]["samples"] == 4
     finally:
         for s in (gw, keyless):
             if s is not None:
@@ -414,7 +420,7 @@ def test_two_adapters_on_one_base_each_request_decodes_with_its_own(tmp_path, de
         c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
         models = {m.id: m for m in c.models.list().data}
         assert list(models) == ["smollm2-135m", "math", "logic"]
-        assert models["math"].model_extra["parent"] == "smollm2-135m" and models["math"].model_extra["root"] == str(ggufs["math"])
+        assert extra(models["math"])["parent"] == "smollm2-135m" and extra(models["math"])["root"] == str(ggufs["math"])
         assert_each_decodes_as_itself(c, list(models), rounds=4)
         with pytest.raises(openai.NotFoundError, match="'math', 'logic'"):
             c.completions.create(model="chemistry", prompt=PROMPT, max_tokens=1)

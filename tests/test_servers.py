@@ -26,6 +26,7 @@ def test_a_killed_child_is_not_serving_before_any_watchdog_looks(tmp_path):
         assert proc.serving()
         assert proc.confirm_death(wait_s=0.01) is False  # alive: left as it is
         assert proc.ready.is_set()
+        assert proc.pid is not None
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.confirm_death(wait_s=10) is True
         assert not proc.ready.is_set() and not proc.serving()

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edgereason.servers import free_port, python_module
+from edgereason.servers import ManagedProcess, free_port, python_module
 from edgereason.train.config import TrainConfig
 from edgereason.train.grpo import run_training
 from edgereason.train.precision import choose_bf16
@@ -42,8 +43,8 @@ def _adapter_model(hf_dir: Path, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=[
+    base = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -88,8 +89,10 @@ def test_rollout_engine_matches_the_policy_and_schedules_temperatures(tmp_path, 
     tok = AutoTokenizer.from_pretrained(default_model.hf_dir)
     model = _adapter_model(default_model.hf_dir)
     fmt = get_format()
-    prompt = tok.apply_chat_template(fmt.messages("Tom has 12 apples and buys 7 more. How many apples?"),
-                                     add_generation_prompt=True, tokenize=False) + fmt.prefill
+    chat = tok.apply_chat_template(fmt.messages("Tom has 12 apples and buys 7 more. How many apples?"),
+                                   add_generation_prompt=True, tokenize=False)
+    assert isinstance(chat, str)
+    prompt = chat + fmt.prefill
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
 
     class Trainer:  # what the engine reads from TRL's trainer
@@ -98,6 +101,8 @@ def test_rollout_engine_matches_the_policy_and_schedules_temperatures(tmp_path, 
 
         class state:
             global_step = 0
+
+        model: Any = None
 
     Trainer.model = model
     engine = LlamaCppRollouts(default_model.gguf_path, tok, LoraLayout.from_hf_config(model.config), 8, 4, 24, [],
@@ -122,6 +127,7 @@ def test_rollout_engine_matches_the_policy_and_schedules_temperatures(tmp_path, 
         # with the model's own log-probability of it.
         path = again["completion_ids"][0]
         stop = tok.decode(path[2:4])
+        assert isinstance(stop, str)
         (row,), _ = engine.decoder.generate_batch([ids], [0.0], [0], 24, stop=[stop], logprobs=True,
                                                   end_token=tok.eos_token_id)
         assert row.token_ids[-1] == tok.eos_token_id and row.token_ids[:-1] == path[:len(row.token_ids) - 1]
@@ -139,6 +145,7 @@ def test_compact_scoring_gives_trls_log_probs(default_model):
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM
 
+    from edgereason.compat.trl import score_labelled_positions_on_cpu
     from edgereason.train.trainer import score_completions_only
 
     assert hasattr(trl_utils, "_use_triton")
@@ -152,15 +159,15 @@ def test_compact_scoring_gives_trls_log_probs(default_model):
         with torch.no_grad():
             return model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs[:, -10:]
 
-    saved = trl_utils._use_triton
+    was_compact = trl_utils._use_triton(torch.device("cpu"))  # an earlier test in this process may have trained
+    score_labelled_positions_on_cpu(False)
     full = logps()
     try:
         score_completions_only()
         assert trl_utils._use_triton(torch.device("cpu"))
         compact = logps()
     finally:
-        trl_utils._use_triton = saved
-        trl_utils._edgereason_compact = False
+        score_labelled_positions_on_cpu(was_compact)
     assert torch.allclose(full, compact, atol=1e-5)
 
 
@@ -500,9 +507,8 @@ def test_sft_then_grpo_continues_the_same_lora(tmp_path, default_model):
 FORCED_TRACE = "<reasoning>\n2 + 3 = 5.\n</reasoning>\n<answer>\n5\n</answer>"
 
 
-def _forced_teacher(tmp_path: Path, model) -> "ManagedProcess":  # noqa: F821
+def _forced_teacher(tmp_path: Path, model) -> ManagedProcess:
     from edgereason.native import tool
-    from edgereason.servers import ManagedProcess, free_port
 
     grammar = tmp_path / "forced.gbnf"
     grammar.write_text("root ::= " + json.dumps(FORCED_TRACE) + "\n")

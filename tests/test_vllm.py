@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here; scripts/setup-vllm-venv.sh makes a venv that has it")
 
+from openai_fields import extra
+
 from edgereason.formats import get_format
 
 pytestmark = pytest.mark.model
@@ -58,8 +60,8 @@ def test_vllm_behind_the_http_api_serves_concurrent_requests(served):
     r = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": QUESTION}],
                                        max_tokens=128, extra_body={"voting": {"k": 4, "temperature": 0.7,
                                                                               "early_stop": False}})
-    vote = r.model_extra["voting"]
-    assert vote["samples"] == 4 and r.choices[0].message.model_extra.get("reasoning_content") is not None
+    vote = extra(r)["voting"]
+    assert vote["samples"] == 4 and extra(r.choices[0].message).get("reasoning_content") is not None
     body = {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 32, "ignore_eos": True}
     with cf.ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda _: httpx.post(f"{server.base}/v1/completions", json=body, timeout=300), range(4)))

@@ -18,14 +18,14 @@ for _attr in ("epsilon_low", "epsilon_high", "beta", "vllm_mode", "use_vllm", "_
     require(f"self.{_attr} =" in _INIT, "trl", f"GRPOTrainer.__init__ no longer sets self.{_attr}")
 
 
-def score_labelled_positions_on_cpu() -> None:
+_TRL_USE_TRITON = trl_utils._use_triton
+
+
+def score_labelled_positions_on_cpu(enable: bool = True) -> None:
     """Make TRL's fused LM head compact to the labelled positions on CPU too (TRL does it on Triton
-    devices only). Idempotent. Why: edgereason.train.trainer.score_completions_only."""
-    if getattr(trl_utils, "_edgereason_compact", False):
-        return
-    on_triton = trl_utils._use_triton
-    trl_utils._use_triton = lambda device: device.type == "cpu" or on_triton(device)
-    trl_utils._edgereason_compact = True  # type: ignore[attr-defined]
+    devices only); `enable=False` gives TRL's own switch back. Idempotent: both build on TRL's
+    original. Why: edgereason.train.trainer.score_completions_only."""
+    trl_utils._use_triton = (lambda device: device.type == "cpu" or _TRL_USE_TRITON(device)) if enable else _TRL_USE_TRITON
 
 
 def set_clip_range(trainer: GRPOTrainer, low: float, high: float) -> None:

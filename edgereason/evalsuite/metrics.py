@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -34,14 +35,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def majority_correct(answers: list[str | None], valid: list[bool], correct: list[bool], k: int) -> float:
+def majority_correct(answers: Sequence[str | None], valid: list[bool], correct: list[bool], k: int) -> float:
     """maj@k of one problem from its first k samples: 1 if the majority answer is correct, 0 if it is
     wrong, and for a tie at the top the expected value of breaking it uniformly (the share of tied
     groups that are correct), so ties neither help nor hurt on average."""
     return vote_correct("majority", answers, valid, correct, k)[0]
 
 
-def vote_correct(mode: str, answers: list[str | None], valid: list[bool], correct: list[bool], k: int,
+def vote_correct(mode: str, answers: Sequence[str | None], valid: list[bool], correct: list[bool], k: int,
                  scores: list[float] | None = None) -> tuple[float, bool]:
     """One problem's vote over its first k samples: (the expected correctness with ties at the top
     broken uniformly, whether the answer the vote returns is correct: ties to the earliest group, what

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -261,7 +261,7 @@ class ReasoningEngine:
         """The answer a sample votes for: its extracted answer when the format holds, else none."""
         return extract_answer(a.text, self.fmt).text if a.parsed.valid else None
 
-    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Delta, None]:
         """Deltas of one completion, admitted and deadlined like any other request."""
         params = self._deadlined(params)
         async with self.slot():
