@@ -4,6 +4,7 @@ fallback, and setup errors before compute."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -431,6 +432,41 @@ def test_sft_refuses_a_test_split_and_names_each_bad_rationale(tmp_path, default
 
     with pytest.raises(TrainSetupError, match=r"no usable rationale.*bad-0: a step does not compute"):
         run_sft(_sft(tmp_path, name="bad", dataset=[str(bad)]), show_progress=False)
+
+
+@pytest.mark.model
+def test_gkd_learns_a_teachers_logits_and_refuses_another_tokenizer(tmp_path, default_model):
+    """Logit-level distillation: the teacher is the base with a random LoRA merged in (the student's
+    tokenizer, other next-token distributions), so the divergence starts above 0 and training lowers it."""
+    from transformers import AutoTokenizer
+
+    from edgereason.train.sft import run_sft
+
+    hf = default_model.require_hf()
+    teacher = tmp_path / "teacher"
+    _adapter_model(hf, seed=1).merge_and_unload().save_pretrained(str(teacher))
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    tok.save_pretrained(str(teacher))
+    result = run_sft(_sft(tmp_path, method="gkd", name="gkd", teacher=str(teacher)), show_progress=False)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["status"] == "finished" and run["method"] == "gkd" and run["steps"] == 6
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    dev = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(losses) == 6 and losses[0] > 0 and losses[-1] < losses[0] and len(dev) == 2 and dev[-1] < dev[0]
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+    # Refused before any training: a teacher that tokenizes differently, and one that serves no logits.
+    other = tmp_path / "other"
+    shutil.copytree(teacher, other)
+    tok.add_tokens(["<not-in-the-student>"])
+    tok.save_pretrained(str(other))
+    with pytest.raises(TrainSetupError, match="another tokenizer"):
+        run_sft(_sft(tmp_path, method="gkd", name="gkd-other", teacher=str(other)), show_progress=False)
+    with pytest.raises(TrainSetupError, match="does not serve"):
+        run_sft(_sft(tmp_path, method="gkd", name="gkd-url", teacher="http://127.0.0.1:9/v1#m"), show_progress=False)
+    with pytest.raises(ValueError, match="gkd needs a teacher"):
+        _sft(tmp_path, method="gkd", name="gkd-none")
 
 
 @pytest.mark.model

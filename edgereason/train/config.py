@@ -24,13 +24,14 @@ LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
 
 class TrainConfig(StageConfig):
     # ---- method ----
-    method: Literal["grpo", "sft", "distill", "rft"] = Field(
+    method: Literal["grpo", "sft", "gkd", "distill", "rft"] = Field(
         "grpo", description="grpo: reinforcement learning from rewards (TRL GRPOTrainer); sft: supervised fine-tuning on "
         "checked worked solutions (TRL SFTTrainer; see edgereason.rationales), loss on the assistant turn only; "
         "distill: a teacher's traces, kept when correct and checked, then SFT on them; rft: the same with the model "
-        "as its own teacher (rejection-sampling fine-tuning).")
+        "as its own teacher (rejection-sampling fine-tuning); gkd: logit-level distillation on the checked "
+        "worked solutions from a teacher with the student's tokenizer (TRL GKDTrainer; see edgereason.train.gkd).")
 
-    stages: list[Literal["sft", "grpo", "distill", "rft"]] | None = Field(
+    stages: list[Literal["sft", "grpo", "gkd", "distill", "rft"]] | None = Field(
         None, description="A hybrid in one command, e.g. sft then grpo: each stage a run under <name>/ (1-sft, 2-grpo), "
         "each continuing the previous stage's LoRA; <name>/adapter is the last stage's. Overrides per stage in "
         "stage_settings.")
@@ -38,7 +39,8 @@ class TrainConfig(StageConfig):
         {}, description="Settings of one stage of a hybrid, e.g. {sft: {max_steps: 120, learning_rate: 5.0e-4}, "
         "grpo: {max_steps: 40}}: the rest of this config with these on top.")
     teacher: str | None = Field(None, description="distill: the teacher, any edgereason target: a GGUF, an export "
-                                "folder, an HF folder, or an OpenAI-compatible URL http://host:port/v1#model (e.g. vLLM).")
+                                "folder, an HF folder, or an OpenAI-compatible URL http://host:port/v1#model (e.g. vLLM); "
+                                "gkd: a model with Hugging Face weights and the student's tokenizer.")
     teacher_samples: int = Field(4, ge=1, le=64, description="distill/rft: traces asked per training problem.")
     teacher_temperature: float = Field(0.7, ge=0.0, le=2.0, description="distill/rft: the teacher's sampling temperature.")
     teacher_max_tokens: int = Field(256, ge=16, description="distill/rft: the longest trace the teacher may write.")
@@ -50,6 +52,10 @@ class TrainConfig(StageConfig):
                                   "traces are in format and only correctness decides (gemma3-270m unconstrained: 213 "
                                   "of 704 traces out of format).")
     teacher_threads: int | None = Field(None, ge=1, description="distill/rft: CPU threads of an in-process teacher.")
+    gkd_beta: float = Field(0.5, ge=0.0, le=1.0, description="gkd: the generalized Jensen-Shannon divergence's "
+                            "interpolation: 0 forward KL(teacher||student), 0.5 JSD, 1 reverse KL.")
+    gkd_lmbda: float = Field(0.0, ge=0.0, le=1.0, description="gkd: share of batches on which the student writes its own "
+                             "completion (on-policy, HF generate: slow on CPU); 0 distils on the checked rationales only.")
     init_adapter: Path | None = Field(None, description="Start from this saved PEFT LoRA (an earlier stage's adapter) "
                                       "and keep training it; its rank, alpha and modules are used.")
 
@@ -208,6 +214,8 @@ class TrainConfig(StageConfig):
                 f"per_device_train_batch_size × gradient_accumulation_steps ({per_step}) must be divisible by "
                 f"num_generations ({self.num_generations})"
             )
+        if self.method == "gkd" and not self.teacher:
+            raise ValueError("method gkd needs a teacher with the student's tokenizer: an HF folder or a model name")
         if self.method == "distill" and not self.teacher:
             raise ValueError("method distill needs a teacher: a GGUF, an export folder, an HF folder or a URL "
                              "http://host:port/v1#model")

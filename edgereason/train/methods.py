@@ -15,7 +15,7 @@ def run_method(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
         from edgereason.train.hybrid import run_stages
 
         return run_stages(cfg, show_progress)
-    if cfg.method == "sft":
+    if cfg.method in ("sft", "gkd"):
         from edgereason.train.sft import run_sft
 
         return run_sft(cfg, show_progress)

@@ -1,5 +1,6 @@
 """SFT on checked rationales (`train --method sft`): TRL's `SFTTrainer` with the same PEFT LoRA, run
-folder, checkpoints, resume and run record as GRPO.
+folder, checkpoints, resume and run record as GRPO. `--method gkd` runs the same with TRL's
+`GKDTrainer` and a teacher's logits (`edgereason.train.gkd`).
 
 Each training row is a prompt and a completion. The prompt is built exactly as GRPO, eval and serve
 build it (`grpo.build_prompt`: the format's system prompt, the model's chat template, the prefill);
@@ -72,12 +73,15 @@ def split_rationales(cfg: TrainConfig, problems: list[Problem]) -> tuple[list[Ra
     return train, dev, faults
 
 
-def _rows(rs: list[Rationale], tokenizer: Any, fmt: ReasoningFormat, cfg: TrainConfig) -> list[dict[str, str]]:
+def _rows(rs: list[Rationale], tokenizer: Any, fmt: ReasoningFormat, cfg: TrainConfig) -> list[dict[str, Any]]:
+    from edgereason.train.gkd import conversation
+
     return [{"prompt": build_prompt(tokenizer, fmt, r.problem.prompt, cfg.prefill),
-             "completion": completion_text(fmt, r, cfg.prefill)} for r in rs]
+             "completion": completion_text(fmt, r, cfg.prefill),
+             **({"messages": conversation(fmt, r)} if cfg.method == "gkd" else {})} for r in rs]
 
 
-def _fits(rows: list[dict[str, str]], tokenizer: Any, cfg: TrainConfig) -> list[dict[str, str]]:
+def _fits(rows: list[dict[str, Any]], tokenizer: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Rows whose prompt and completion fit the configured lengths (a cut rationale teaches a cut answer)."""
     def n(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -130,7 +134,16 @@ class _Record:
 
 
 def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_dev: bool) -> Any:
+    """SFTConfig from ours; for gkd, GKDConfig (an SFTConfig) with its own fields on top."""
     from trl import SFTConfig
+
+    from edgereason.train.gkd import gkd_settings
+
+    config_class, own = SFTConfig, {}
+    if cfg.method == "gkd":
+        from edgereason.train.gkd import trl_gkd
+
+        config_class, own = trl_gkd()[0], gkd_settings(cfg)
 
     same_name = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "adam_beta1",
                  "adam_beta2", "weight_decay", "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "seed")
@@ -138,8 +151,8 @@ def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_de
     dev: dict[str, Any] = {"eval_strategy": "steps", "eval_steps": cfg.save_steps, "load_best_model_at_end": True,
            "metric_for_best_model": "eval_loss", "greater_is_better": False,
            "per_device_eval_batch_size": cfg.per_device_train_batch_size} if has_dev else {}
-    return SFTConfig(
-        **{name: getattr(cfg, name) for name in same_name}, **steps, **dev,
+    return config_class(
+        **{name: getattr(cfg, name) for name in same_name}, **steps, **dev, **own,
         output_dir=str(run_dir / "checkpoints"),
         max_length=cfg.max_prompt_length + cfg.max_completion_length,
         completion_only_loss=True,  # the prompt (system prompt, question) is context, not a target
@@ -177,24 +190,36 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
                       f"check out; each named in {run_dir / 'rationale-faults.txt'}), e.g. {faults[0]}")
     hf_dir = prep.model.require_hf()
     tokenizer = load_tokenizer(prep)
+    teacher = None
+    if cfg.method == "gkd":
+        from edgereason.train.gkd import teacher_checkpoint
+
+        teacher = teacher_checkpoint(cfg, tokenizer)  # the vocabularies are compared before any training
     train_rows = _fits(_rows(train, tokenizer, prep.fmt, cfg), tokenizer, cfg)
     dev_rows = _fits(_rows(dev, tokenizer, prep.fmt, cfg), tokenizer, cfg)
     if not train_rows:
         raise TrainSetupError("no rationale fits max_prompt_length / max_completion_length")
     use_gpu = torch.cuda.is_available()
     bf16 = choose_bf16(cfg.bf16, use_gpu)
-    console.print(f"SFT on {len(train_rows)} rationales (dev {len(dev_rows)}); precision: "
+    console.print(f"{cfg.method.upper()} on {len(train_rows)} rationales (dev {len(dev_rows)}"
+                  + (f"; teacher {cfg.teacher}" if teacher else "") + "); precision: "
                   f"{'bf16' if bf16[0] else 'fp32'} ({bf16[1]})")
     record = _Record(run_dir, show_progress)
     policy, peft_config = load_policy(cfg, hf_dir, bf16[0])
-    trainer = SFTTrainer(
-        model=policy, args=_sft_args(cfg, run_dir, use_gpu, bf16[0], bool(dev_rows)),
-        train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
-        processing_class=tokenizer, peft_config=peft_config, callbacks=[record.callback()])
+    trainer_kw = dict(model=policy, args=_sft_args(cfg, run_dir, use_gpu, bf16[0], bool(dev_rows)),
+                      train_dataset=Dataset.from_list(train_rows),
+                      eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
+                      processing_class=tokenizer, peft_config=peft_config, callbacks=[record.callback()])
+    if teacher is not None:
+        from edgereason.train.gkd import gkd_trainer
+
+        trainer = gkd_trainer(cfg, teacher, bf16[0], **trainer_kw)
+    else:
+        trainer = SFTTrainer(**trainer_kw)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     wire_reporting(trainer, run_dir, [])
-    write_run_json(prep, "running", {"method": "sft"})
+    write_run_json(prep, "running", {"method": cfg.method})
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(prep.resume) if prep.resume else None)
     seconds = time.perf_counter() - t0
@@ -230,7 +255,7 @@ def _finalize(prep: Prepared, trainer: Any, tokenizer: Any, seconds: float, n_tr
     timing = {"wall_seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(steps - done_before, 1), 2),
               "peak_rss_mb": round(peak_rss_mb(), 1),
               "train_tokens_per_second": round(tokens / seconds, 1) if tokens and not prep.resume else None}
-    extra = {"method": "sft", "steps": steps, "stop_reason": "max_steps", "final_metrics": metrics,
+    extra = {"method": cfg.method, "steps": steps, "stop_reason": "max_steps", "final_metrics": metrics,
              "best_checkpoint": state.best_model_checkpoint, "rationales": {"train": n_train, "dev": n_dev,
                                                                             "faults": len(faults)},
              "replicas_in_sync": in_sync, **timing}
