@@ -71,10 +71,10 @@ def test_gguf_round_trip_answers_in_the_reasoning_format(exported):
         prompt = Jinja2ChatFormatter(template=template, eos_token="<|im_end|>", bos_token="")(
             messages=[{"role": "user", "content": "What is 6 + 5?"}]).prompt
         assert prompt.endswith(fmt.prefill) and fmt.system_prompt in prompt
-        out = llm.create_completion(prompt, max_tokens=160, temperature=0.0,
-                                    grammar=LlamaGrammar.from_string(bounded, verbose=False))
-        assert isinstance(out, dict)  # not a stream
-        choice = out["choices"][0]
+        completion = llm.create_completion(prompt, max_tokens=160, temperature=0.0,
+                                           grammar=LlamaGrammar.from_string(bounded, verbose=False))
+        assert isinstance(completion, dict)  # not a stream
+        choice = completion["choices"][0]
         parsed = fmt.parse(fmt.prefill + choice["text"])
         assert parsed.valid and (parsed.answer or "").strip().isdigit(), (q, choice, parsed.errors)
         llm.close()
