@@ -61,7 +61,7 @@ def trl_gkd() -> tuple[Any, Any]:
     return GKDConfig, GKDTrainer
 
 
-def gkd_trainer(cfg: TrainConfig, teacher: Path, bf16: bool, **trainer_kw: Any) -> Any:
+def gkd_trainer(teacher: Path, bf16: bool, **trainer_kw: Any) -> Any:
     """TRL's GKDTrainer with the teacher loaded in the student's precision, for evaluation only."""
     import torch
     from transformers import AutoModelForCausalLM

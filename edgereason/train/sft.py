@@ -137,11 +137,9 @@ def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_de
     """SFTConfig from ours; for gkd, GKDConfig (an SFTConfig) with its own fields on top."""
     from trl import SFTConfig
 
-    from edgereason.train.gkd import gkd_settings
-
     config_class, own = SFTConfig, {}
     if cfg.method == "gkd":
-        from edgereason.train.gkd import trl_gkd
+        from edgereason.train.gkd import gkd_settings, trl_gkd
 
         config_class, own = trl_gkd()[0], gkd_settings(cfg)
 
@@ -213,7 +211,7 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     if teacher is not None:
         from edgereason.train.gkd import gkd_trainer
 
-        trainer = gkd_trainer(cfg, teacher, bf16[0], **trainer_kw)
+        trainer = gkd_trainer(teacher, bf16[0], **trainer_kw)
     else:
         trainer = SFTTrainer(**trainer_kw)
     trainer.remove_callback(ProgressCallback)
