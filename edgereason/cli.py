@@ -155,8 +155,10 @@ _register_stages()
 
 def main() -> None:
     from edgereason.quiet import quiet_libraries
+    from edgereason.servers import exit_on_termination
 
     quiet_libraries()
+    exit_on_termination()  # a terminated command stops the servers it started (atexit), never orphans them
     app()
 
 

@@ -71,6 +71,20 @@ def wait_healthy(base_url: str, timeout_s: float = 120.0, path: str = "/health",
     return None
 
 
+def exit_on_termination(signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> None:
+    """Make SIGTERM and SIGHUP raise SystemExit(128 + signal) in the main thread, so `finally` blocks
+    and atexit run and every ManagedProcess stops its server. Python's default for SIGTERM is to die
+    at once without atexit, which left a llama-server child orphaned (on its port, holding its
+    memory) after `timeout make run` or a closed terminal. Call it from the main thread; uvicorn
+    replaces it with its own graceful handler while it serves."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in signals:
+        signal.signal(sig, _exit)
+
+
 class ManagedProcess:
     """A child server process: started and health-waited, restarted by a watchdog when it dies,
     stopped (process group and all) on `stop()` or at interpreter exit. Its output goes to a log

@@ -99,3 +99,35 @@ def test_gpu_layers_are_checked_and_a_cpu_build_says_it_cannot_offload():
     report = offload_report("all")
     if not report["build_supports_gpu"]:  # the set-up's CPU build: asked for layers, told why not
         assert n_gpu_layers("auto") == 0 and not report["on_gpu"] and "-DGGML_CUDA=on" in report["note"]
+
+
+_TERMINATED_OWNER = """
+import sys, time
+from pathlib import Path
+from edgereason.servers import ManagedProcess, exit_on_termination
+exit_on_termination()
+port, folder = sys.argv[1], sys.argv[2]
+child = ManagedProcess([sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1", "--directory", folder],
+                       f"http://127.0.0.1:{port}", Path(folder) / "log", health_path="/", restart=False,
+                       startup_timeout_s=30).start()
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_terminated_owner_stops_its_server_instead_of_orphaning_it(tmp_path):
+    import subprocess
+
+    owner = subprocess.Popen([sys.executable, "-c", _TERMINATED_OWNER, str(free_port()), str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        child_pid = int(owner.stdout.readline())  # printed once the child answers its health check
+        os.kill(child_pid, 0)  # running
+        owner.send_signal(signal.SIGTERM)
+        assert owner.wait(timeout=30) == 128 + signal.SIGTERM  # SystemExit, so atexit ran
+        with pytest.raises(ProcessLookupError):  # the child was stopped (and reaped) by its owner
+            os.kill(child_pid, 0)
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
