@@ -423,6 +423,27 @@ def test_sft_lowers_the_loss_and_its_adapter_loads_as_a_gguf_lora(tmp_path, defa
 
 
 @pytest.mark.model
+def test_sft_padding_free_scores_a_batch_exactly_as_padding_does(tmp_path, default_model):
+    """Padding-free puts a batch's sequences in one row; on CPU (sdpa) each must still attend only to
+    itself. The first step's loss is computed before any update, on the same rows in the same order:
+    padded and padding-free must agree (fp32), or the sequences saw each other."""
+    from edgereason.train.sft import run_sft
+
+    first = {}
+    for padding_free in (False, True):
+        (tmp_path / str(padding_free)).mkdir()
+        cfg = _sft(tmp_path / str(padding_free), dev=None, max_steps=1, save_steps=1, bf16=False,
+                   padding_free=padding_free)
+        result = run_sft(cfg, show_progress=False)
+        row = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        first[padding_free] = (row["loss"], row["num_tokens"])
+    assert first[True][1] == first[False][1]  # the same rows
+    assert first[True][0] == pytest.approx(first[False][0], rel=1e-4)
+    with pytest.raises(ValueError, match="padding_free"):
+        TrainConfig(method="gkd", teacher="x", padding_free=True)
+
+
+@pytest.mark.model
 def test_sft_refuses_a_test_split_and_names_each_bad_rationale(tmp_path, default_model):
     with pytest.raises(TrainSetupError, match="evaluation split"):
         prepare_run(TrainConfig(output_root=tmp_path, method="sft", dataset=["gsm8k"]))

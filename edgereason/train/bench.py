@@ -1,15 +1,24 @@
-"""`edgereason bench-train`: GRPO step time and peak memory of each speed lever, against stock TRL,
-measured side by side in one run at equal settings (the same preset, data, seed, batch, group
-size, completion length and LoRA).
+"""`edgereason bench-train`: step time, throughput and peak memory of each speed lever against the
+stock TRL trainer, measured side by side in one run at equal settings (the same preset, data, seed,
+batch, lengths and LoRA). Each variant is an `edgereason train` process, so its peak RSS is its own;
+ratios are to the anchor of the same run, the first (warm-up) step excluded.
 
-Variants (each an `edgereason train` process, so peak RSS is its own):
+GRPO (`--method grpo`, the default):
 - `anchor`: stock TRL `GRPOTrainer`: transformers generation, fp32, one temperature, every position
   scored (TRL's CPU path), LoRA dropout as configured, the whole batch in one forward;
 - one lever at a time on top of it: `bf16`, `llama.cpp` rollouts, `compact` scoring;
 - `fast`: all levers plus LoRA dropout 0 and one completion per micro-batch (same effective batch);
 - `fast+checkpointing`: the same with gradient checkpointing, to show what it costs.
-Step times are TRL's per-step `step_time`, the first (warm-up) step excluded; ratios are to the
-anchor of the same run.
+Step times are TRL's per-step `step_time`.
+
+SFT (`--method sft`), on the checked rationales of the same data:
+- `anchor`: stock TRL `SFTTrainer` defaults (`SFTConfig`: bf16, activation checkpointing on, random
+  batches padded to their longest row);
+- one lever at a time: `fp32`, `no-checkpointing`, `group-by-length` (batches of similar length),
+  `padding-free` (a batch's rows back to back in one row);
+- `fast`: no checkpointing, padding-free, LoRA dropout 0.
+Throughput is training tokens (real ones, padding excluded: TRL's `num_tokens`) per second between
+the first and the last step.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from rich.console import Console
@@ -30,7 +39,7 @@ from edgereason.config import StageConfig
 from edgereason.servers import python_module
 
 ANCHOR = ["rollout_engine=trl", "bf16=false", "compact_scoring=false", "temperature_schedule=null"]
-VARIANTS: dict[str, list[str]] = {
+GRPO_VARIANTS: dict[str, list[str]] = {
     "anchor": ANCHOR,
     "bf16": ["rollout_engine=trl", "bf16=true", "compact_scoring=false", "temperature_schedule=null"],
     "llama.cpp": ["rollout_engine=llama.cpp", "bf16=false", "compact_scoring=false"],
@@ -39,30 +48,48 @@ VARIANTS: dict[str, list[str]] = {
     "fast+checkpointing": ["rollout_engine=llama.cpp", "bf16=true", "compact_scoring=true", "lora_dropout=0.0", "MICRO",
                            "gradient_checkpointing=true"],
 }
+# TRL's SFTConfig defaults, each lever written out so that every variant states all four.
+SFT_ANCHOR = ["bf16=true", "gradient_checkpointing=true", "group_by_length=false", "padding_free=false"]
+SFT_VARIANTS: dict[str, list[str]] = {
+    "anchor": SFT_ANCHOR,
+    "fp32": ["bf16=false", "gradient_checkpointing=true", "group_by_length=false", "padding_free=false"],
+    "no-checkpointing": ["bf16=true", "gradient_checkpointing=false", "group_by_length=false", "padding_free=false"],
+    "group-by-length": ["bf16=true", "gradient_checkpointing=true", "group_by_length=true", "padding_free=false"],
+    "padding-free": ["bf16=true", "gradient_checkpointing=true", "group_by_length=false", "padding_free=true"],
+    "fast": ["bf16=true", "gradient_checkpointing=false", "group_by_length=false", "padding_free=true", "lora_dropout=0.0"],
+}
+VARIANTS: dict[str, dict[str, list[str]]] = {"grpo": GRPO_VARIANTS, "sft": SFT_VARIANTS}
+# What every variant of a method runs with besides its levers: no curriculum or early stop in GRPO
+# (the same problems for all); for SFT no dev loss (evaluation is not training throughput).
+COMMON: dict[str, list[str]] = {"grpo": ["curriculum=none", "early_stop=false"],
+                                "sft": ["method=sft", "stages=null", "curriculum=none", "dev=null", "logging_steps=1"]}
 
 
 class TrainBenchConfig(StageConfig):
+    method: Literal["grpo", "sft"] = Field("grpo", description="The trainer benchmarked.")
     preset: str = Field("cpu-smollm2", description="TrainConfig preset every variant starts from.")
-    variants: list[str] = Field(list(VARIANTS), description=f"Variants to run: {', '.join(VARIANTS)}.")
-    steps: int = Field(4, ge=2, description="GRPO steps per variant (the first is warm-up and not counted).")
+    variants: list[str] | None = Field(None, description="Variants to run (default: all of the method's): grpo: "
+                                       f"{', '.join(GRPO_VARIANTS)}; sft: {', '.join(SFT_VARIANTS)}.")
+    steps: int = Field(4, ge=2, description="Steps per variant (the first is warm-up and not counted).")
     dataset: str = Field("arith-train", description="Training data of every variant.")
     out: Path = Field(Path("results/bench-train"), description="Output folder.")
 
 
 def _run_variant(cfg: TrainBenchConfig, name: str, base: dict[str, Any], console: Console) -> dict[str, Any]:
-    overrides = [o for o in VARIANTS[name] if o != "MICRO"]
+    levers = VARIANTS[cfg.method][name]
+    overrides = [o for o in levers if o != "MICRO"]
     # The same completions per optimizer step in every variant: the whole batch in one forward, or
     # (MICRO) one completion per forward/backward with gradient accumulation.
     batch = int(base.get("per_device_train_batch_size", 8)) * int(base.get("gradient_accumulation_steps", 1))
-    if "MICRO" in VARIANTS[name]:
+    if "MICRO" in levers:
         overrides += ["per_device_train_batch_size=1", f"gradient_accumulation_steps={batch}"]
     else:
         overrides += [f"per_device_train_batch_size={batch}", "gradient_accumulation_steps=1"]
     run_name = name.replace("+", "-").replace(".", "")
     cmd = python_module("edgereason.cli", "train", "--config", cfg.preset, "--name", run_name, "--output-root",
                         str(cfg.out / "runs"), "--overwrite", "--set", f"max_steps={cfg.steps}", "--set",
-                        f"save_steps={cfg.steps * 10}", "--set", "curriculum=none", "--set", f"dataset={cfg.dataset}",
-                        "--set", "early_stop=false", *[a for o in overrides for a in ("--set", o)])
+                        f"save_steps={cfg.steps * 10}", "--set", f"dataset={cfg.dataset}",
+                        *[a for o in [*COMMON[cfg.method], *overrides] for a in ("--set", o)])
     t0 = time.perf_counter()
     log = cfg.out / "logs" / f"{run_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -74,13 +101,30 @@ def _run_variant(cfg: TrainBenchConfig, name: str, base: dict[str, Any], console
     run_dir = cfg.out / "runs" / run_name
     run = json.loads((run_dir / "run.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    times = [r["step_time"] for r in rows[1:] if "step_time" in r]
-    lengths = [r.get("completions/mean_length", 0) for r in rows[1:]]
-    console.print(f"  {name}: {statistics.median(times):.1f} s/step, peak RSS {run['peak_rss_mb']:.0f} MB "
+    result: dict[str, Any] = {"variant": name, "overrides": overrides, "peak_rss_mb": run["peak_rss_mb"],
+                              "bf16": run.get("bf16")}
+    if cfg.method == "sft":
+        result.update(_sft_speed(rows))
+    else:
+        times = [r["step_time"] for r in rows[1:] if "step_time" in r]
+        lengths = [r.get("completions/mean_length", 0) for r in rows[1:]]
+        result.update(step_s=statistics.median(times), step_times=times, rollout_engine=run.get("rollout_engine"),
+                      mean_completion_tokens=statistics.fmean(lengths) if lengths else None)
+    tps = f", {result['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in result else ""
+    console.print(f"  {name}: {result['step_s']:.1f} s/step{tps}, peak RSS {run['peak_rss_mb']:.0f} MB "
                   f"({time.perf_counter() - t0:.0f} s)")
-    return {"variant": name, "overrides": overrides, "step_s": statistics.median(times), "step_times": times,
-            "peak_rss_mb": run["peak_rss_mb"], "mean_completion_tokens": statistics.fmean(lengths) if lengths else None,
-            "rollout_engine": run.get("rollout_engine"), "bf16": run.get("bf16")}
+    return result
+
+
+def _sft_speed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Step time and training tokens/s from the SFT record's per-step rows (elapsed seconds, cumulative
+    real tokens), the first step left out as warm-up."""
+    steps = [r for r in rows if "loss" in r and "elapsed_s" in r]
+    times = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(steps, steps[1:])]
+    tokens = steps[-1]["num_tokens"] - steps[0]["num_tokens"]
+    seconds = steps[-1]["elapsed_s"] - steps[0]["elapsed_s"]
+    return {"step_s": statistics.median(times), "step_times": times, "tokens_per_s": tokens / seconds,
+            "tokens_per_step": tokens / len(times)}
 
 
 def run_bench(cfg: TrainBenchConfig, console: Console | None = None) -> dict[str, Any]:
@@ -88,28 +132,51 @@ def run_bench(cfg: TrainBenchConfig, console: Console | None = None) -> dict[str
     from edgereason.versions import versions
 
     console = console or Console()
-    unknown = set(cfg.variants) - set(VARIANTS)
+    variants = VARIANTS[cfg.method]
+    chosen = cfg.variants or list(variants)
+    unknown = set(chosen) - set(variants)
     if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown {cfg.method} variants {sorted(unknown)}; choose from {', '.join(variants)}")
     import yaml
 
     base = yaml.safe_load(find_config(cfg.preset).read_text()) or {}
-    order = ["anchor", *[v for v in cfg.variants if v != "anchor"]]  # the anchor first: every ratio needs it
+    order = ["anchor", *[v for v in chosen if v != "anchor"]]  # the anchor first: every ratio needs it
     results = []
     for name in order:
-        console.print(f"[bold]{name}[/]: {' '.join(VARIANTS[name])}")
+        console.print(f"[bold]{name}[/]: {' '.join(variants[name])}")
         results.append(_run_variant(cfg, name, base, console))
     anchor = results[0]
     for r in results:
         if "step_s" in r and "step_s" in anchor:
             r["x_anchor_time"] = r["step_s"] / anchor["step_s"]
             r["x_anchor_rss"] = r["peak_rss_mb"] / anchor["peak_rss_mb"]
+        if "tokens_per_s" in r and "tokens_per_s" in anchor:
+            r["x_anchor_tokens_per_s"] = r["tokens_per_s"] / anchor["tokens_per_s"]
     import os
     import platform
 
-    return {"preset": cfg.preset, "steps": cfg.steps, "dataset": cfg.dataset, "results": results,
+    return {"method": cfg.method, "preset": cfg.preset, "steps": cfg.steps, "dataset": cfg.dataset, "results": results,
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
             "versions": versions("torch", "transformers", "trl", "peft", "llama-cpp-python")}
+
+
+def _columns(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The report's measured columns for the method: (header, value of a result row)."""
+    cols: list[tuple[str, Any]] = [("s/step", lambda r: f"{r['step_s']:.1f}"),
+                                   ("× anchor", lambda r: f"{r.get('x_anchor_time', 1):.2f}")]
+    if data.get("method") == "sft":
+        cols += [("tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
+                 ("× anchor", lambda r: f"{r.get('x_anchor_tokens_per_s', 1):.2f}")]
+    cols += [("peak RSS MB", lambda r: f"{r['peak_rss_mb']:.0f}"),
+             ("× anchor", lambda r: f"{r.get('x_anchor_rss', 1):.2f}")]
+    if data.get("method") != "sft":
+        cols.append(("completion tokens", lambda r: f"{r['mean_completion_tokens']:.0f}"))
+    return cols
+
+
+def _title(data: dict[str, Any]) -> str:
+    trainer = "SFTTrainer" if data.get("method") == "sft" else "TRL"
+    return f"{data.get('method', 'grpo').upper()} step: each lever against stock {trainer} (same settings)"
 
 
 def write_bench(data: dict[str, Any], out: Path) -> Path:
@@ -118,22 +185,27 @@ def write_bench(data: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench-train.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
     ok = [r for r in data["results"] if "step_s" in r]
-    lines = ["# GRPO step time and memory, each lever against stock TRL", "",
+    cols = _columns(data)
+    sft = data.get("method") == "sft"
+    lines = [f"# {_title(data)}", "",
              f"Preset `{data['preset']}`, {data['steps']} steps per variant (the first not counted), data "
-             f"`{data['dataset']}`; every variant at the same batch, group, completion length and LoRA.", "",
-             "| variant | s/step | × anchor | peak RSS MB | × anchor | completion tokens | settings |",
-             "|---|---|---|---|---|---|---|"]
+             f"`{data['dataset']}`; every variant at the same batch, lengths and LoRA.", "",
+             "| variant | " + " | ".join(h for h, _ in cols) + " | settings |",
+             "|---" * (len(cols) + 2) + "|"]
     for r in data["results"]:
         if "error" in r:
-            lines.append(f"| {r['variant']} | failed: {r['error']} ||||||")
+            lines.append(f"| {r['variant']} | failed: {r['error']} " + "|" * (len(cols) + 1))
             continue
-        lines.append(f"| {r['variant']} | {r['step_s']:.1f} | {r.get('x_anchor_time', 1):.2f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r.get('x_anchor_rss', 1):.2f} | {r['mean_completion_tokens']:.0f} | `{' '.join(r['overrides'])}` |")
+        lines.append(f"| {r['variant']} | " + " | ".join(f(r) for _, f in cols) + f" | `{' '.join(r['overrides'])}` |")
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     names = [r["variant"] for r in ok]
-    axes[0].bar(names, [r["step_s"] for r in ok], color="#3b6ea8")
-    axes[0].set_title("seconds per GRPO step")
+    if sft:
+        axes[0].bar(names, [r["tokens_per_s"] for r in ok], color="#3b6ea8")
+        axes[0].set_title("training tokens per second")
+    else:
+        axes[0].bar(names, [r["step_s"] for r in ok], color="#3b6ea8")
+        axes[0].set_title("seconds per GRPO step")
     axes[1].bar(names, [r["peak_rss_mb"] for r in ok], color="#e0a030")
     axes[1].axhline(2048, color="#c0392b", ls="--", lw=1, label="2 GB")
     axes[1].set_title("peak RSS (MB)")
@@ -151,18 +223,19 @@ def run(cfg: TrainBenchConfig) -> None:
     console = Console()
     data = run_bench(cfg, console)
     report = write_bench(data, cfg.out)
-    table = Table(title="GRPO step: each lever against stock TRL (same settings)")
-    for col in ("variant", "s/step", "× anchor", "peak RSS MB", "× anchor"):
+    cols = _columns(data)
+    table = Table(title=_title(data))
+    for col in ("variant", *[h for h, _ in cols]):
         table.add_column(col)
     for r in data["results"]:
         if "error" in r:
-            table.add_row(r["variant"], f"[red]{r['error'][:80]}[/]", "", "", "")
+            table.add_row(r["variant"], f"[red]{r['error'][:80]}[/]", *[""] * (len(cols) - 1))
         else:
-            table.add_row(r["variant"], f"{r['step_s']:.1f}", f"{r.get('x_anchor_time', 1):.2f}",
-                          f"{r['peak_rss_mb']:.0f}", f"{r.get('x_anchor_rss', 1):.2f}")
+            table.add_row(r["variant"], *[f(r) for _, f in cols])
     console.print(table)
     console.print(f"report: {report}")
 
 
-bench_train_command = stage_command(TrainBenchConfig, run, help="GRPO step time and peak memory of each speed lever "
-                                    "against stock TRL, side by side in one run.", errors=(ValueError,))
+bench_train_command = stage_command(TrainBenchConfig, run, help="Step time, throughput and peak memory of each speed "
+                                    "lever against the stock TRL trainer (GRPO or --method sft), side by side in one "
+                                    "run.", errors=(ValueError,))

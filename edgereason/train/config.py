@@ -113,6 +113,11 @@ class TrainConfig(StageConfig):
                             "None: no dev loss, the last checkpoint.")
     dev_size: int = Field(64, ge=1, description="Dev problems evaluated at each checkpoint (sft).")
     epochs: float | None = Field(None, gt=0, description="Passes over the rationales (sft); overrides max_steps when set.")
+    padding_free: bool = Field(False, description="SFT: each batch one row, its sequences back to back with no padding "
+                               "(TRL's padding-free collator; each sequence attends only to itself, checked in the "
+                               "tests). Not with gkd, whose collator is its own.")
+    group_by_length: bool = Field(False, description="SFT: batches of rationales of similar length, so less padding "
+                                  "(transformers' length-grouped sampler; the order is less random).")
 
     # ---- rewards ----
     reward_weights: dict[str, float] = Field(
@@ -214,6 +219,8 @@ class TrainConfig(StageConfig):
                 f"per_device_train_batch_size × gradient_accumulation_steps ({per_step}) must be divisible by "
                 f"num_generations ({self.num_generations})"
             )
+        if self.method == "gkd" and self.padding_free:
+            raise ValueError("padding_free is SFT's collator; gkd brings its own: leave padding_free off")
         if self.method == "gkd" and not self.teacher:
             raise ValueError("method gkd needs a teacher with the student's tokenizer: an HF folder or a model name")
         if self.method == "distill" and not self.teacher:

@@ -100,6 +100,7 @@ class _Record:
                                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress)
         self.task: Any = None
         self.last: dict[str, float] = {}
+        self.t0 = time.perf_counter()
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
@@ -114,6 +115,7 @@ class _Record:
                     kept = [line for line in record.path.read_text().splitlines()
                             if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
                     record.path.write_text("".join(line + "\n" for line in kept))
+                record.t0 = time.perf_counter()
                 record.progress.start()
                 record.task = record.progress.add_task("starting", total=state.max_steps, completed=state.global_step)
 
@@ -123,7 +125,9 @@ class _Record:
                     return
                 record.last.update(logs)
                 with record.path.open("a") as fh:
-                    fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                    # seconds since this process began training: `bench-train --method sft` reads step times here
+                    fh.write(json.dumps({"step": state.global_step, **logs,
+                                         "elapsed_s": round(time.perf_counter() - record.t0, 3)}) + "\n")
                 record.progress.update(record.task, completed=state.global_step, description=(
                     f"loss {record.last.get('loss', float('nan')):.3f}  dev {record.last.get('eval_loss', float('nan')):.3f}"))
 
@@ -152,13 +156,17 @@ def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_de
     return config_class(
         **{name: getattr(cfg, name) for name in same_name}, **steps, **dev, **own,
         output_dir=str(run_dir / "checkpoints"),
-        max_length=cfg.max_prompt_length + cfg.max_completion_length,
+        # Padding-free takes the rows as they are (TRL refuses a max_length it cannot enforce there);
+        # `_fits` has already left out every row longer than the limits.
+        max_length=None if cfg.padding_free else cfg.max_prompt_length + cfg.max_completion_length,
         completion_only_loss=True,  # the prompt (system prompt, question) is context, not a target
         # The dev loss is all that is read from an evaluation: gathering its logits (rows x tokens x a
         # 49k vocabulary) took the 48-problem dev set's run to a 10.8 GB peak.
         prediction_loss_only=True,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers' current name for it
+        padding_free=cfg.padding_free,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=bf16, use_cpu=not use_gpu, save_strategy="steps", data_seed=cfg.seed,
         report_to=report_to(cfg), disable_tqdm=True, shuffle_dataset=True,
         model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
