@@ -154,8 +154,12 @@ def test_n_samples_take_adjacent_slots(default_model):
     from edgereason.backends.base import SamplingParams
     from edgereason.backends.llama_server import LlamaServerBackend
 
-    backend = LlamaServerBackend(str(default_model.gguf_path), slots=6, ctx_per_slot=256, threads=2)
+    backend = LlamaServerBackend(str(default_model.gguf_path), slots=6, ctx_per_slot=256, threads=2, poll=0)
     try:
+        pid = backend.process.pid
+        assert pid is not None
+        args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")  # what the engine was started with
+        assert args[args.index(b"--poll") + 1] == b"0"
         async def sample() -> int:
             params = SamplingParams(max_tokens=4, temperature=1.0, seed=3, ignore_eos=True)
             try:

@@ -672,3 +672,25 @@ def test_rft_samples_the_model_itself_under_the_format_grammar(tmp_path, default
     if manifest is not None:
         assert "out of format" not in manifest["rejected"] or manifest["rejected"]["out of format"] == len(traces) - len(ended)
         assert json.loads((out / MANIFEST).read_text())["sampling"]["grammar"] is True
+
+
+@pytest.mark.model
+def test_bench_train_sft_compares_levers_on_the_same_tokens(tmp_path, default_model):
+    """`bench-train --method sft`: each variant a real training process; throughput is comparable only
+    if every variant trained on the same rows, so the real tokens per step must agree exactly."""
+    from edgereason.train.bench import TrainBenchConfig, run_bench, write_bench
+
+    data = _sft(tmp_path).dataset[0]
+    cfg = TrainBenchConfig(method="sft", variants=["anchor", "padding-free"], steps=3, dataset=data,
+                           out=tmp_path / "bench")
+    result = run_bench(cfg)
+    anchor, padding_free = result["results"]
+    assert "error" not in anchor and "error" not in padding_free, result
+    assert anchor["x_anchor_tokens_per_s"] == 1.0 and padding_free["tokens_per_s"] > 0
+    assert padding_free["tokens_per_step"] == anchor["tokens_per_step"]
+    record = json.loads((tmp_path / "bench" / "runs" / "padding-free" / "run.json").read_text())
+    assert record["method"] == "sft" and record["config"]["padding_free"] is True
+    report = write_bench(result, cfg.out).read_text()
+    assert "tokens/s" in report and "stock SFTTrainer" in report
+    with pytest.raises(ValueError, match="unknown sft variants"):
+        run_bench(TrainBenchConfig(method="sft", variants=["compact"], out=tmp_path / "x"))

@@ -55,7 +55,8 @@ class LlamaServerBackend(OpenAIBackend):
     def __init__(self, model: str, *, adapter: str | Path | None = None, slots: int = 4,
                  ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,
                  served_name: str | None = None, extra_args: list[str] | None = None, prompt_cache: bool = True,
-                 gpu_layers: str | int | None = "auto", adapters: dict[str, str | Path] | None = None) -> None:
+                 gpu_layers: str | int | None = "auto", adapters: dict[str, str | Path] | None = None,
+                 poll: int | None = None) -> None:
         from edgereason.gpu_layers import offload_report, parse_gpu_layers, warn_if_unsupported
 
         resolved = resolve_model(model)
@@ -75,6 +76,8 @@ class LlamaServerBackend(OpenAIBackend):
                "--alias", name, "--parallel", str(slots), "--no-kv-unified", "--ctx-size", str(slots * self.ctx_per_slot),
                "--threads", str(threads), "--threads-batch", str(threads), "--metrics", "--slots", "--no-webui",
                "--jinja", "--n-gpu-layers", parse_gpu_layers(gpu_layers)]
+        if poll is not None:  # how hard idle threads spin for work, 0-100 (llama.cpp's default 50)
+            cmd += ["--poll", str(poll)]
         warn_if_unsupported(gpu_layers, logger.warning)
         self.gpu_offload = offload_report(gpu_layers)
         if not info.get("chat_template") and resolved.chat_template:  # e.g. Gemma 3 270M's GGUF has none

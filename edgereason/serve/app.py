@@ -40,7 +40,7 @@ def _llama_server(cfg: ServeConfig) -> Backend:
                           adapters={n: check_adapter(n, p, cfg) for n, p in cfg.named_adapters.items()} or None,
                           ctx_per_slot=cfg.llama_cpp.ctx_per_slot, threads=cfg.threads,
                           served_name=cfg.served_model_name, prompt_cache=cfg.llama_cpp.prompt_cache,
-                          gpu_layers=cfg.llama_cpp.gpu_layers)
+                          gpu_layers=cfg.llama_cpp.gpu_layers, poll=cfg.llama_cpp.poll)
 
 
 def _vllm(cfg: ServeConfig) -> Backend:
