@@ -161,8 +161,8 @@ async def test_prompt_too_long_and_max_tokens_capped():
     with pytest.raises(PromptTooLongError):
         await e.check_prompt("word " * 60, params(e))
     p = params(e, max_tokens=1000)
-    n = await e.check_prompt(" ".join(["word"] * 20), p)
-    assert n == 20 and p.max_tokens == 30
+    n, capped = await e.check_prompt(" ".join(["word"] * 20), p)
+    assert n == 20 and capped.max_tokens == 30 and p.max_tokens == 1000  # a copy: the caller's settings stay
 
 
 async def test_a_completion_cut_by_max_tokens_is_not_retried_and_a_greedy_retry_samples():

@@ -40,9 +40,11 @@ class Capability(StrEnum):
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingParams:
-    """Generation settings, recorded with every eval result (`to_dict`)."""
+    """Generation settings, recorded with every eval result (`to_dict`). Frozen: one request's settings
+    are shared by its samples, retries and the engine's threads, so a change is a copy (`replace`),
+    never an edit another holder would see."""
 
     max_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy

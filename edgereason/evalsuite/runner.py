@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +165,12 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
     out.mkdir(parents=True, exist_ok=True)
     prefix = fmt.prefill if cfg.prefill else ""
     greedy = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=cfg.seed, stop=fmt.stop_sequences(), prefix=prefix)
-    if cfg.constrained:
-        greedy.grammar = fmt.grammar(after_prefill=bool(prefix))
+                            seed=cfg.seed, stop=fmt.stop_sequences(), prefix=prefix,
+                            grammar=fmt.grammar(after_prefill=bool(prefix)) if cfg.constrained else None)
     sampled = None
     if cfg.samples:
-        sampled = SamplingParams(**{**greedy.__dict__, "temperature": cfg.sample_temperature, "n": cfg.samples,
-                                    "seed": cfg.seed if cfg.seed is not None else 0})
+        sampled = replace(greedy, temperature=cfg.sample_temperature, n=cfg.samples,
+                          seed=cfg.seed if cfg.seed is not None else 0)
     settings = _settings(cfg, target, problems, greedy, sampled, fmt)
     done = _load_done(out, settings, cfg.fresh)
     (out / "settings.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")

@@ -124,29 +124,28 @@ class ReasoningEngine:
     # ---- parameters and prompts ----------------------------------------------------------------
     def params(self, reasoning: bool, max_tokens: int | None, temperature: float, top_p: float,
                seed: int | None, stop: list[str], **extra: Any) -> SamplingParams:
-        p = SamplingParams(max_tokens=max_tokens or self.limits.max_tokens, temperature=temperature, top_p=top_p,
-                           seed=seed, stop=list(stop), **extra)
+        settings: dict[str, Any] = {"max_tokens": max_tokens or self.limits.max_tokens, "temperature": temperature,
+                                    "top_p": top_p, "seed": seed, "stop": list(stop), **extra}
         if reasoning and self.fmt.kind == "tags":
-            p.prefix = self.fmt.prefill
-            p.stop = [*self.fmt.stop_sequences(), *p.stop]
-            if Capability.GRAMMAR in self.backend.supports:  # elsewhere validation and retries keep the format
-                p.grammar = self.fmt.grammar(after_prefill=True)
-        return p
+            settings.update(prefix=self.fmt.prefill, stop=[*self.fmt.stop_sequences(), *stop])
+            if Capability.GRAMMAR in self.backend.supports and settings.get("grammar") is None:
+                settings["grammar"] = self.fmt.grammar(after_prefill=True)  # elsewhere validation and retries keep the format
+        return SamplingParams(**settings)
 
     def render(self, messages: Messages, params: SamplingParams) -> str:
         return self.backend.render(messages, params.prefix)
 
-    async def check_prompt(self, prompt: str, params: SamplingParams) -> int:
-        """Refuse a prompt that leaves no room to answer; cap max_tokens to what the context holds.
-        Returns the prompt's token count (None-free: 0 when the engine enforces its own context)."""
+    async def check_prompt(self, prompt: str, params: SamplingParams) -> tuple[int, SamplingParams]:
+        """Refuse a prompt that leaves no room to answer. Returns the prompt's token count (0 when the
+        engine enforces its own context) and the settings with max_tokens capped to what the context
+        holds beside the prompt."""
         ctx = self.backend.context_length
         if ctx is None:
-            return 0
+            return 0, params
         n = await asyncio.to_thread(self.backend.count_tokens, prompt)
         if n + 1 > ctx:
             raise PromptTooLongError(f"the prompt is {n} tokens; the context holds {ctx} per sequence")
-        params.max_tokens = min(params.max_tokens, ctx - n)
-        return n
+        return n, replace(params, max_tokens=min(params.max_tokens, ctx - n))
 
     def _deadlined(self, params: SamplingParams) -> SamplingParams:
         return replace(params, deadline=time.monotonic() + self.limits.timeout_s)

@@ -56,6 +56,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _structured_grammar(req: ChatCompletionRequest) -> str:
+    """The GBNF grammar of a `response_format` request: its JSON schema, or any JSON object."""
+    fmt = req.response_format
+    return json_grammar(fmt.json_schema.schema_ if fmt and fmt.json_schema else None)
+
+
 def chat_logprobs(lps: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
     if lps is None:
         return None
@@ -78,15 +84,12 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
     temperature = req.voting.temperature if req.voting else req.temperature
     params = engine.params(reasoning, req.token_limit, temperature, req.top_p, req.seed, req.stops,
                            logprobs=req.logprobs_k, ignore_eos=req.ignore_eos, logit_bias=req.token_bias(),
-                           frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty)
-    params.adapter = adapter_of(request, req.model)
-    if structured:
-        fmt = req.response_format
-        params.grammar = json_grammar(fmt.json_schema.schema_ if fmt and fmt.json_schema else None)
+                           frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+                           adapter=adapter_of(request, req.model), grammar=_structured_grammar(req) if structured else None)
     if use_tools:
         return await _tool_call(req, request, messages, params)
     prompt = render(engine, messages, params)
-    prompt_tokens = await guarded(engine.check_prompt(prompt, params))
+    prompt_tokens, params = await guarded(engine.check_prompt(prompt, params))
     if req.stream:
         if engine.waiting >= engine.limits.max_queue and engine.in_flight >= engine.backend.max_concurrency:
             raise APIError(429, f"server busy: {engine.waiting} requests queued", "rate_limit_error", "queue_full")

@@ -48,11 +48,11 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
     check_request(req, request, logprobs=req.logprobs_k)
     params = engine.params(False, req.token_limit, req.temperature, req.top_p, req.seed, req.stops,
                            logprobs=req.logprobs_k, ignore_eos=req.ignore_eos, logit_bias=req.token_bias(),
-                           frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty)
-    params.adapter = adapter_of(request, req.model)
-    params.grammar = req.grammar or (req.structured_outputs or {}).get("grammar") or None
+                           frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+                           adapter=adapter_of(request, req.model),
+                           grammar=req.grammar or (req.structured_outputs or {}).get("grammar") or None)
     prompt = str(req.prompt)
-    prompt_tokens = await guarded(engine.check_prompt(prompt, params))
+    prompt_tokens, params = await guarded(engine.check_prompt(prompt, params))
     if req.stream:
         if engine.waiting >= engine.limits.max_queue and engine.in_flight >= engine.backend.max_concurrency:
             raise APIError(429, f"server busy: {engine.waiting} requests queued", "rate_limit_error", "queue_full")
