@@ -165,6 +165,9 @@ def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_de
         prediction_loss_only=True,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers' current name for it
+        # Exact on CPU too: transformers builds a per-sequence mask from the position ids when no KV
+        # cache is in play, and SFTTrainer's forward passes use_cache=False. (With a cache, sdpa and
+        # eager let each sequence attend to the ones before it: logits off by up to 20 here.)
         padding_free=cfg.padding_free,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=bf16, use_cpu=not use_gpu, save_strategy="steps", data_seed=cfg.seed,
