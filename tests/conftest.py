@@ -6,6 +6,7 @@ rest form the fast lane, `make test-fast`."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ from edgereason.models import ResolvedModel, resolve_model
 from edgereason.quiet import quiet_libraries
 
 quiet_libraries()
+
+# The engines' threads: 1 unless asked. The suite must pass beside other CPU-bound work (CI's busy
+# cores, a training run): at 2 threads beside one busy core llama.cpp generated 6-9 tokens/s here
+# (its threads meet at a barrier per operation), at 1 thread 140-146 (scripts/bench_shared_cpu.py).
+os.environ.setdefault("EDGEREASON_THREADS", "1")
 
 
 MODEL_FIXTURES = frozenset({"default_model"})

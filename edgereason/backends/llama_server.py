@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from edgereason.backends.base import (
 )
 from edgereason.backends.chat_template import SETUP_VARIABLE, ChatTemplate
 from edgereason.backends.openai_client import OpenAIBackend
+from edgereason.cpu import default_threads
 from edgereason.gguf_meta import gguf_info
 from edgereason.models import resolve_model
 from edgereason.native import tool
@@ -69,7 +69,7 @@ class LlamaServerBackend(OpenAIBackend):
         template = ChatTemplate.from_gguf_file(gguf, resolved.chat_template)
         port = free_port()
         name = served_name or resolved.name
-        threads = threads or os.cpu_count() or 1
+        threads = default_threads(threads)
         cmd = [str(tool("llama-server")), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                # One KV stream per slot: a unified cache makes every sequence's attention span every slot's cells,
                # which cost maj@16 about 11% and raw batched decode 10-30% here (llama-batched-bench -kvu).

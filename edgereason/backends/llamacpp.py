@@ -9,7 +9,6 @@ step), which is what maj@k and pass@k evaluation need.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 from edgereason.backends.base import Backend, Completion, Delta, Messages, SamplingParams
 from edgereason.backends.chat_template import ChatTemplate
 from edgereason.backends.llamacpp_parallel import ParallelDecoder
+from edgereason.cpu import default_threads
 from edgereason.models import resolve_model
 
 MAX_PARALLEL_SAMPLES = 16
@@ -49,7 +49,7 @@ class LlamaCppBackend(Backend):
         lora_path = lora_path if lora_path is not None else resolved.adapter  # an export that chose base + LoRA
         self.model_name = resolved.name
         self.format = resolved.format
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = default_threads(threads)
         warn_if_unsupported(gpu_layers, logger.warning)
         self.gpu_offload = offload_report(gpu_layers)
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=self.threads, n_gpu_layers=n_gpu_layers(gpu_layers),

@@ -11,7 +11,6 @@ added special tokens (the template already wrote them), as every other backend d
 from __future__ import annotations
 
 import json
-import os
 import queue
 import random
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 
 from edgereason.backends.base import Backend, BackendRejected, Completion, Delta, Messages, SamplingParams, partial_suffix
 from edgereason.backends.chat_template import ChatTemplate
+from edgereason.cpu import default_threads
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 _DONE = object()
@@ -54,7 +54,7 @@ class OpenVINOBackend(Backend):
         self.device = device.upper()
         properties: dict[str, Any] = {}
         if self.device == "CPU":
-            properties["INFERENCE_NUM_THREADS"] = threads or os.cpu_count() or 1
+            properties["INFERENCE_NUM_THREADS"] = default_threads(threads)
         self.pipe = ov_genai.LLMPipeline(str(folder), self.device, **properties)
         self.tokenizer = self.pipe.get_tokenizer()
         config = _json(folder / "tokenizer_config.json")

@@ -12,7 +12,6 @@ writing llama.cpp's file format ourselves would duplicate a tool that is already
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from edgereason.backends.base import Backend, SamplingParams
 from edgereason.backends.chat_template import ChatTemplate
+from edgereason.cpu import default_threads
 from edgereason.export.answers import training_problems
 from edgereason.export.files import ExportError, atomic_output, sha256_file
 from edgereason.export.llama_tools import native_tool, run_tool
@@ -76,5 +76,5 @@ def compute_imatrix(gguf: Path, calibration: Calibration, out: Path, log: Path, 
         raise ExportError(f"calibration text {text} is too short for an importance matrix ({n_tokens} tokens)")
     with atomic_output(out) as tmp:
         run_tool([str(native_tool("llama-imatrix")), "-m", str(gguf), "-f", str(text), "-o", str(tmp),
-                  "-c", str(CONTEXT), "--parse-special", "--no-ppl", "-t", str(threads or os.cpu_count() or 1)],
+                  "-c", str(CONTEXT), "--parse-special", "--no-ppl", "-t", str(default_threads(threads))],
                  log, f"llama-imatrix on {gguf.name}")

@@ -10,11 +10,11 @@ file in the export folder.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from edgereason.cpu import default_threads
 from edgereason.export.files import ExportError, atomic_output
 from edgereason.native import NativeError, converter_env, run_logged, source_dir, tool
 from edgereason.native import convert_hf_to_gguf as native_convert
@@ -92,7 +92,7 @@ def quantize_gguf(src: Path, out: Path, quant: str, log: Path, threads: int | No
         else:
             cmd += ["--tensor-type", f"{pattern}={qtype.lower()}"]
     with atomic_output(out) as tmp:
-        run_tool([*cmd, str(src), str(tmp), QUANT_TYPES[key], str(threads or os.cpu_count() or 1)], log,
+        run_tool([*cmd, str(src), str(tmp), QUANT_TYPES[key], str(default_threads(threads))], log,
                  f"llama-quantize to {QUANT_TYPES[key]}")
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edgereason.cpu import default_threads
 from edgereason.export.answers import AnswerSheet
 from edgereason.formats import get_format
 from edgereason.problems import Problem
@@ -275,7 +275,7 @@ def verify_openvino(folder: Path, ref: Reference, quant: str, threads: int | Non
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(folder / "openvino_model.xml")), "CPU",
-                                  {"INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1})
+                                  {"INFERENCE_NUM_THREADS": default_threads(threads)})
     request = compiled.create_infer_request()
     names = {i.get_any_name() for i in compiled.inputs}
 
@@ -290,7 +290,7 @@ def verify_openvino(folder: Path, ref: Reference, quant: str, threads: int | Non
         request.infer(feed)
         return np.asarray(request.get_tensor("logits").data[0], dtype=np.float32).copy()
 
-    pipe = ov_genai.LLMPipeline(str(folder), "CPU", INFERENCE_NUM_THREADS=threads or os.cpu_count() or 1)
+    pipe = ov_genai.LLMPipeline(str(folder), "CPU", INFERENCE_NUM_THREADS=default_threads(threads))
     tokenizer = pipe.get_tokenizer()
 
     def greedy(prompt: list[int], n: int) -> list[int]:

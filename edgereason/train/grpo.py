@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgereason.cpu import default_threads
 from edgereason.files import atomic_output, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.models import ResolvedModel
@@ -276,9 +276,9 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
         from edgereason.backends.llamacpp_parallel import ParallelDecoder
 
         owned = Llama(model_path=str(rollout_base_gguf(prep.model, prep.run_dir / "logs")), n_ctx=256,
-                      n_threads=cfg.threads or os.cpu_count() or 1, verbose=False)
+                      n_threads=default_threads(cfg.threads), verbose=False)
         decoder = ParallelDecoder(owned, 16, 16 * (cfg.max_prompt_length + cfg.max_completion_length),
-                                  cfg.threads or os.cpu_count() or 1)
+                                  default_threads(cfg.threads))
     t0 = time.perf_counter()
     # The base model's pass rates do not depend on the run: a measurement is cached by model, problems
     # and sampling settings, so a second run (or a re-run) starts at once.

@@ -18,11 +18,11 @@ TRL passes each prompt `num_generations` times in a row, so row i is generation 
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgereason.cpu import default_threads
 from edgereason.train.lora_gguf import LoraLayout, write_lora_gguf
 from edgereason.train.schedules import row_temperatures
 
@@ -87,7 +87,7 @@ class LlamaCppRollouts(_Rollouts):
         from edgereason.backends.llamacpp_parallel import ParallelDecoder
 
         super().__init__(tokenizer, num_generations, max_tokens, stop, schedule, temperature, top_p, seed)
-        threads = threads or os.cpu_count() or 1
+        threads = default_threads(threads)
         self.llm = Llama(model_path=str(base_gguf), n_ctx=256, n_threads=threads, verbose=False)
         self.decoder = ParallelDecoder(self.llm, max_seqs, max_seqs * (max_prompt_tokens + max_tokens), threads)
         self.layout = layout
