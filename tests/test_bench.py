@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from edgereason.cpu import default_threads
 from edgereason.evalsuite.bench import PROFILES, BenchConfig, _run_worker, fit, run_bench, write_bench
 from edgereason.gguf_meta import gguf_info
 
@@ -79,7 +80,7 @@ def test_tiny_real_bench_writes_json_markdown_and_plots(tmp_path, default_model)
 def test_server_bench_against_raw_llama_server(default_model, tmp_path):
     from edgereason.evalsuite.serve_bench import run_serve_bench, serve_bench_markdown, write_serve_plot
 
-    r = run_serve_bench(default_model.gguf_path, threads=2, slots=2, clients=(1, 2), tokens=16, requests_each=1,
+    r = run_serve_bench(default_model.gguf_path, threads=default_threads(), slots=2, clients=(1, 2), tokens=16, requests_each=1,
                         vote_ks=(2,), load_clients=8, load_seconds=6, max_queue=1)
     for t in r["throughput"]:  # measured speeds, not floors: the gateway measured 0.34 tok/s beside another job
         assert t["raw_tok_s"] > 0 and t["gateway_tok_s"] > 0 and t["gateway_over_raw"] > 0

@@ -8,6 +8,7 @@ import pytest
 from conftest import make_adapter, tiny_llama
 
 from edgereason.config import ConfigError
+from edgereason.cpu import default_threads
 from edgereason.export.config import GGUFExportConfig, Int4ExportConfig, OpenVINOExportConfig
 from edgereason.export.files import ExportError, atomic_output, require_free_space, sha256_file
 from edgereason.export.gguf_export import export_gguf
@@ -104,7 +105,7 @@ def test_a_bare_llama_server_builds_the_prompt_edgereason_builds(exported, tmp_p
     original = ChatTemplate(manifest["chat_template"])
     port = free_port()
     server = ManagedProcess([str(tool("llama-server")), "-m", str(gguf), "--jinja", "--host", "127.0.0.1",
-                             "--port", str(port), "-c", "2048", "-t", "2"], f"http://127.0.0.1:{port}",
+                             "--port", str(port), "-c", "2048", "-t", str(default_threads())], f"http://127.0.0.1:{port}",
                             tmp_path / "llama-server.log", restart=False, name="llama-server")
     server.start()
     try:

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgereason.cpu import default_threads
 from edgereason.formats import FORMATS, FormatError, get_format
 
 RA = get_format("reasoning-answer")
@@ -92,7 +93,7 @@ def test_gbnf_compiles_and_constrains_real_decoding(default_model):
     """The grammar is valid GBNF and forces the default model into the format."""
     from llama_cpp import Llama, LlamaGrammar
 
-    llm = Llama(str(default_model.gguf_path), n_ctx=512, n_threads=2, verbose=False)
+    llm = Llama(str(default_model.gguf_path), n_ctx=512, n_threads=default_threads(), verbose=False)
     grammar = LlamaGrammar.from_string(RA.gbnf, verbose=False)
     out = llm.create_chat_completion(
         [{"role": "system", "content": RA.system_prompt}, {"role": "user", "content": "What is 2 + 3?"}],

@@ -12,6 +12,7 @@ from live_server import Server
 from openai_fields import extra
 
 from edgereason.backends.base import SamplingParams
+from edgereason.cpu import default_threads
 from edgereason.export.config import OpenVINOExportConfig
 from edgereason.export.files import ExportError
 from edgereason.export.openvino_export import export_openvino
@@ -89,7 +90,7 @@ def test_backend_answers_in_format_under_the_grammar(exported):
 
     out, entry = exported
     fmt = get_format()
-    backend = OpenVINOBackend(str(out / entry["file"]), threads=2)
+    backend = OpenVINOBackend(str(out / entry["file"]), threads=default_threads())
     try:
         params = SamplingParams(max_tokens=96, temperature=0.0, stop=fmt.stop_sequences(), prefix=fmt.prefill,
                                 grammar=fmt.grammar(after_prefill=True))

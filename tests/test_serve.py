@@ -18,6 +18,7 @@ from live_server import Server
 from openai.types.chat import ChatCompletionMessageParam
 from openai_fields import extra
 
+from edgereason.cpu import default_threads
 from edgereason.formats import get_format
 
 pytestmark = pytest.mark.model
@@ -154,7 +155,7 @@ def test_n_samples_take_adjacent_slots(default_model):
     from edgereason.backends.base import SamplingParams
     from edgereason.backends.llama_server import LlamaServerBackend
 
-    backend = LlamaServerBackend(str(default_model.gguf_path), slots=6, ctx_per_slot=256, threads=2, poll=0)
+    backend = LlamaServerBackend(str(default_model.gguf_path), slots=6, ctx_per_slot=256, threads=default_threads(), poll=0)
     try:
         pid = backend.process.pid
         assert pid is not None

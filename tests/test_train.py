@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from edgereason.cpu import default_threads
 from edgereason.servers import ManagedProcess, free_port, python_module
 from edgereason.train.config import TrainConfig
 from edgereason.train.grpo import run_training
@@ -107,7 +108,7 @@ def test_rollout_engine_matches_the_policy_and_schedules_temperatures(tmp_path, 
 
     Trainer.model = model
     engine = LlamaCppRollouts(default_model.gguf_path, tok, LoraLayout.from_hf_config(model.config), 8, 4, 24, [],
-                              [1e-4, 50.0, 1e-4, 50.0], 1.0, 1.0, seed=3, threads=2, max_seqs=8)
+                              [1e-4, 50.0, 1e-4, 50.0], 1.0, 1.0, seed=3, threads=default_threads(), max_seqs=8)
     try:
         out = engine.rollout([prompt] * 4, Trainer)
         with torch.no_grad():
@@ -571,7 +572,7 @@ def _forced_teacher(tmp_path: Path, model) -> ManagedProcess:
     grammar.write_text("root ::= " + json.dumps(FORCED_TRACE) + "\n")
     port = free_port()
     return ManagedProcess([str(tool("llama-server")), "-m", str(model.gguf_path), "--host", "127.0.0.1", "--port",
-                           str(port), "--alias", "teacher", "-c", "2048", "-t", "2", "--jinja",
+                           str(port), "--alias", "teacher", "-c", "2048", "-t", str(default_threads()), "--jinja",
                            "--grammar-file", str(grammar)], f"http://127.0.0.1:{port}",
                           tmp_path / "teacher.log", restart=False, name="teacher llama-server")
 
@@ -655,7 +656,7 @@ def test_rft_samples_the_model_itself_under_the_format_grammar(tmp_path, default
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = TrainConfig(output_root=tmp_path, name="rft", method="rft", dataset=[str(data)], teacher_samples=4,
-                      teacher_max_tokens=160, teacher_concurrency=2, teacher_threads=2, dev="holdout", dev_size=1)
+                      teacher_max_tokens=160, teacher_concurrency=2, teacher_threads=default_threads(), dev="holdout", dev_size=1)
     out = tmp_path / "rft" / TEACHER_DIR
     said: list[str] = []
     try:

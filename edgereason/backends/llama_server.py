@@ -45,6 +45,9 @@ from edgereason.servers import ManagedProcess, free_port
 # add top-k 40 and min-p 0.05, which would make its samples differ from everyone else's). Sampling
 # from the whole vocabulary costs llama-server 10-18% of its tokens/s at 1-16 clients on 2 cores.
 PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "cache_prompt": True}
+# llama-server's --poll (how hard idle threads spin for work; llama.cpp's own default is 50): 0 costs
+# nothing on an idle CPU here and was 1.5x faster beside a busy core (docs/measurements.md).
+DEFAULT_POLL = 0
 
 logger = logging.getLogger("edgereason.backends")
 
@@ -56,7 +59,7 @@ class LlamaServerBackend(OpenAIBackend):
                  ctx_per_slot: int | None = None, threads: int | None = None, startup_timeout_s: float = 180.0,
                  served_name: str | None = None, extra_args: list[str] | None = None, prompt_cache: bool = True,
                  gpu_layers: str | int | None = "auto", adapters: dict[str, str | Path] | None = None,
-                 poll: int | None = None) -> None:
+                 poll: int = DEFAULT_POLL) -> None:
         from edgereason.gpu_layers import offload_report, parse_gpu_layers, warn_if_unsupported
 
         resolved = resolve_model(model)
@@ -76,8 +79,7 @@ class LlamaServerBackend(OpenAIBackend):
                "--alias", name, "--parallel", str(slots), "--no-kv-unified", "--ctx-size", str(slots * self.ctx_per_slot),
                "--threads", str(threads), "--threads-batch", str(threads), "--metrics", "--slots", "--no-webui",
                "--jinja", "--n-gpu-layers", parse_gpu_layers(gpu_layers)]
-        if poll is not None:  # how hard idle threads spin for work, 0-100 (llama.cpp's default 50)
-            cmd += ["--poll", str(poll)]
+        cmd += ["--poll", str(poll)]
         warn_if_unsupported(gpu_layers, logger.warning)
         self.gpu_offload = offload_report(gpu_layers)
         if not info.get("chat_template") and resolved.chat_template:  # e.g. Gemma 3 270M's GGUF has none

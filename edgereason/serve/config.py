@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgereason.backends import BACKENDS, Capability, serve_backends
+from edgereason.backends.llama_server import DEFAULT_POLL
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
 from edgereason.gpu_layers import GpuLayers
@@ -47,7 +48,7 @@ class LlamaCppOptions(Section):
                                "independent of request order: llama.cpp's logits differ slightly between batch sizes.")
     gpu_layers: GpuLayers = Field("auto", description="Layers llama.cpp puts on the GPU: auto, all or a number (0 = CPU only). "
                             "Needs a llama.cpp built with its GPU backend (docs/edge-gpu.md); /health reports the offload.")
-    poll: int = Field(0, ge=0, le=100, description="How hard llama.cpp's idle threads spin waiting for work (0-100; "
+    poll: int = Field(DEFAULT_POLL, ge=0, le=100, description="How hard llama.cpp's idle threads spin waiting for work (0-100; "
                       "llama.cpp's own default is 50). 0 costs nothing on an idle CPU here and was 1.5x faster beside "
                       "a busy core: a spinning thread takes the core a descheduled one needs (docs/measurements.md).")
 
