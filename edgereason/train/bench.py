@@ -57,7 +57,7 @@ SFT_VARIANTS: dict[str, list[str]] = {
     "group-by-length": ["bf16=true", "gradient_checkpointing=true", "group_by_length=true", "padding_free=false"],
     "padding-free": ["bf16=true", "gradient_checkpointing=true", "group_by_length=false", "padding_free=true"],
     # Padding-free is left out of `fast`: without a varlen attention kernel (CPU) one long masked row
-    # is slower than the padded batch (0.8x here, `bench-train --method sft`).
+    # is slower than the padded batch (0.66-0.80x in two runs here, `bench-train --method sft`).
     "fast": ["bf16=true", "gradient_checkpointing=false", "group_by_length=true", "padding_free=false", "lora_dropout=0.0"],
 }
 VARIANTS: dict[str, dict[str, list[str]]] = {"grpo": GRPO_VARIANTS, "sft": SFT_VARIANTS}
