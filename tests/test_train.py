@@ -394,7 +394,7 @@ def _sft(tmp_path, **kw) -> TrainConfig:
     data = tmp_path / "rationales.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows * 4) + "\n")
     base = dict(method="sft", name="sft", dataset=[str(data)], dev="holdout", dev_size=2, max_steps=6, save_steps=3,
-                per_device_train_batch_size=4, learning_rate=1e-3, threads=2, lora_r=4, lora_alpha=8)
+                per_device_train_batch_size=4, learning_rate=1e-3, lora_r=4, lora_alpha=8)
     return TrainConfig(output_root=tmp_path, **{**base, **kw})
 
 
@@ -509,6 +509,8 @@ def test_sft_resumes_after_kill(tmp_path, default_model):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     run = json.loads((tmp_path / "sft-resume" / "run.json").read_text())
     assert run["status"] == "finished" and run["steps"] == 4 and run["resumed_from"]
+    # EDGEREASON_THREADS (1 in the suite, conftest) sets torch's pool too, not only llama.cpp's
+    assert run["machine"]["torch_threads"] == default_threads()
     steps = [json.loads(line)["step"] for line in (tmp_path / "sft-resume" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
 
@@ -594,7 +596,7 @@ def test_distill_keeps_only_correct_checked_traces_resumes_and_trains(tmp_path, 
     cfg = TrainConfig(output_root=tmp_path, name="kd", method="distill", teacher=f"{teacher.base_url}/v1#teacher",
                       dataset=[str(data)], teacher_samples=3, teacher_concurrency=1, dev="holdout", dev_size=1,
                       teacher_grammar=False,  # the server's own grammar forces the trace
-                      max_steps=2, save_steps=2, per_device_train_batch_size=1, threads=2, lora_r=4, lora_alpha=8)
+                      max_steps=2, save_steps=2, per_device_train_batch_size=1, lora_r=4, lora_alpha=8)
     problems = load_training_problems(cfg)
     out = tmp_path / "kd" / TEACHER_DIR
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgereason.backends.base import Backend, Completion, Messages, SamplingParams
+from edgereason.cpu import set_torch_threads
 from edgereason.models import resolve_model
 
 
@@ -30,8 +31,7 @@ class TransformersBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if threads:
-            torch.set_num_threads(threads)
+        set_torch_threads(threads)
         resolved = resolve_model(model, need_hf=True)
         hf_dir = resolved.require_hf()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgereason.cpu import set_torch_threads
 from edgereason.data import dataset_hash, filter_by_level, is_eval_only, load_benchmark, sample_problems
 from edgereason.files import write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
@@ -285,11 +287,9 @@ def adapter_shape(adapter: Path) -> dict[str, Any]:
 def load_tokenizer(prep: Prepared) -> Any:
     """The base model's tokenizer as every method trains with it: its chat template (the model's own
     when the checkpoint has none) and a pad token (EOS when it has none)."""
-    import torch
     from transformers import AutoTokenizer
 
-    if prep.cfg.threads:
-        torch.set_num_threads(prep.cfg.threads)
+    set_torch_threads(prep.cfg.threads)
     tokenizer = AutoTokenizer.from_pretrained(prep.model.require_hf())
     if prep.model.chat_template and not tokenizer.chat_template:
         tokenizer.chat_template = prep.model.chat_template
@@ -339,6 +339,12 @@ def dir_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _torch_threads() -> int | None:
+    """torch's intra-op threads as the run trains with them (None before torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = None) -> None:
     if not is_main_process():
         return
@@ -353,7 +359,7 @@ def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = N
         "data": {"dataset": cfg.dataset, "problems": len(prep.problems), "hash": dataset_hash(prep.problems)},
         "seed": cfg.seed,
         "resumed_from": str(prep.resume) if prep.resume else None,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch_threads": _torch_threads()},
         "world_size": world_size(),
         **(extra or {}),
     }
