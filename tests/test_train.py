@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from edgereason.cpu import default_threads
+from edgereason.files import content_key
 from edgereason.servers import ManagedProcess, free_port, python_module
 from edgereason.train.config import TrainConfig
 from edgereason.train.grpo import run_training
@@ -64,16 +65,20 @@ def test_lora_writer_matches_llama_cpps_converter(tmp_path, default_model):
     from gguf import GGUFReader
 
     from edgereason.export.llama_tools import convert_lora_to_gguf
-    from edgereason.train.lora_gguf import LoraLayout, write_lora_gguf
+    from edgereason.train.lora_gguf import LoraLayout, saved_lora_gguf, write_lora_gguf
 
     model = _adapter_model(default_model.hf_dir)
     model.save_pretrained(tmp_path / "adapter")
     convert_lora_to_gguf(tmp_path / "adapter", default_model.hf_dir, tmp_path / "conv.gguf", tmp_path / "c.log", "f32")
-    write_lora_gguf(model.state_dict(), LoraLayout.from_hf_config(model.config), 8, tmp_path / "ours.gguf")
+    layout = LoraLayout.from_hf_config(model.config)
+    write_lora_gguf(model.state_dict(), layout, 8, tmp_path / "ours.gguf")
+    # the same adapter read back from its saved folder (a hybrid's later stage starts from one)
+    saved_lora_gguf(tmp_path / "adapter", layout, tmp_path / "saved.gguf")
     theirs = {t.name: np.array(t.data) for t in GGUFReader(str(tmp_path / "conv.gguf")).tensors}
-    ours = {t.name: np.array(t.data) for t in GGUFReader(str(tmp_path / "ours.gguf")).tensors}
-    assert set(ours) == set(theirs) and len(ours) == 2 * 7 * 30
-    assert max(float(np.abs(ours[k] - theirs[k]).max()) for k in ours) == 0.0
+    for ours_file in ("ours.gguf", "saved.gguf"):
+        ours = {t.name: np.array(t.data) for t in GGUFReader(str(tmp_path / ours_file)).tensors}
+        assert set(ours) == set(theirs) and len(ours) == 2 * 7 * 30
+        assert max(float(np.abs(ours[k] - theirs[k]).max()) for k in ours) == 0.0, ours_file
 
 
 @pytest.mark.model
@@ -202,7 +207,14 @@ def test_a_short_run_with_the_fast_engine_and_the_curriculum(tmp_path, default_m
     for key in ("rewards/format/mean", "rewards/correctness/mean", "frac_reward_zero_std", "curriculum/active",
                 "curriculum/frac_correctness_tied", "sampling/importance_sampling_ratio/mean"):
         assert key in rows[-1], key  # the last: TRL's engine-mismatch correction ran on our engine
-    assert json.loads((result.run_dir / "curriculum.json").read_text())["history"]
+    assert json.loads((result.run_dir / "curriculum.json").read_text())["history"][0]["init_adapter"] is None
+    # where the memory went: each set-up phase, the first step and the last, and the resident memory per step
+    phases = [m["phase"] for m in run["memory"]]
+    assert phases == ["libraries imported", "rollout engine (llama.cpp)", "curriculum pass rates",
+                      "policy and trainer built", "step 1 (first of this process)", "step 2 (last)"]
+    peaks = [m["peak_mb"] for m in run["memory"]]
+    assert all(m["rss_mb"] > 0 for m in run["memory"]) and peaks == sorted(peaks)
+    assert all(r["rss_mb"] > 0 for r in rows) and "Memory by phase" in (result.run_dir / "report.md").read_text()
     assert (result.run_dir / "metrics.png").stat().st_size > 10_000 and "GRPO run" in (result.run_dir / "report.md").read_text()
     from safetensors import safe_open
 
@@ -540,7 +552,9 @@ def test_sft_then_grpo_continues_the_same_lora(tmp_path, default_model):
         **sft.model_dump(exclude={"method", "name"}), "name": "hybrid", "stages": ["sft", "grpo"],
         "stage_settings": {"sft": {"max_steps": 2, "save_steps": 2, "dev": None},
                            "grpo": {**TINY, "dataset": ["arith-train"], "max_steps": 1, "rollout_engine": "llama.cpp",
-                                    "learning_rate": 1e-3, "warmup_ratio": 0.0}}})  # step 1 of a warm-up has lr 0
+                                    "learning_rate": 1e-3, "warmup_ratio": 0.0,  # step 1 of a warm-up has lr 0
+                                    "curriculum": "pass-rate", "curriculum_pool": 4, "curriculum_samples": 2,
+                                    "curriculum_refresh_steps": 0}}})
     result = run_stages(cfg, show_progress=False)
     root = tmp_path / "hybrid"
     run = json.loads((root / "run.json").read_text())
@@ -548,6 +562,9 @@ def test_sft_then_grpo_continues_the_same_lora(tmp_path, default_model):
     grpo_run = json.loads((root / "2-grpo" / "run.json").read_text())
     assert grpo_run["config"]["init_adapter"] == str(root / "1-sft" / "adapter")
     assert grpo_run["config"]["lora_r"] == 4 and grpo_run["rollout_engine"] == "llama.cpp"
+    # the GRPO stage's curriculum band was measured on the SFT model it continues, not on the base
+    measured = json.loads((root / "2-grpo" / "curriculum.json").read_text())["history"][0]
+    assert measured["init_adapter"] == content_key(root / "1-sft" / "adapter")
     first = load_file(str(root / "1-sft" / "adapter" / "adapter_model.safetensors"))
     last = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert set(first) == set(last)  # the same LoRA continued, not a second one stacked on it

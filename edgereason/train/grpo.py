@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from edgereason.cpu import default_threads
-from edgereason.files import atomic_output, write_text_atomic
+from edgereason.files import atomic_output, content_key, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.models import ResolvedModel
 from edgereason.problems import Problem
 from edgereason.train.config import TrainConfig
 from edgereason.train.curriculum import training_row
+from edgereason.train.memory import MemoryLedger, peak_rss_mb
 from edgereason.train.rewards import CosineLengthParams, reward_ceiling
 from edgereason.train.runs import (
     FINISHED,
@@ -33,11 +34,9 @@ from edgereason.train.runs import (
     RunResult,
     TrainSetupError,
     build_prompt,
-    dir_hash,
     is_main_process,
     load_policy,
     load_tokenizer,
-    peak_rss_mb,
     prepare_run,
     replicas_in_sync,
     report_to,
@@ -104,6 +103,7 @@ class Built:
     engine_name: str = ""
     bf16: tuple[bool, str] = (False, "")
     extra: dict[str, Any] = field(default_factory=dict)
+    memory: MemoryLedger = field(default_factory=MemoryLedger)
 
 
 def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, engine: str, streamed: bool) -> Any:
@@ -156,6 +156,8 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     from edgereason.train.trainer import EdgeGRPOTrainer
 
     cfg, fmt, run_dir = prep.cfg, prep.fmt, prep.run_dir
+    memory = MemoryLedger()
+    memory.mark("libraries imported")
     hf_dir = prep.model.require_hf()
     tokenizer = load_tokenizer(prep)
     model_config = AutoConfig.from_pretrained(hf_dir)
@@ -169,6 +171,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
         problems = problems[: cfg.max_samples]
     stop = fmt.stop_sequences()
     engine = _make_engine(engine_name, cfg, prep, tokenizer, model_config, stop, run_dir)
+    memory.mark(f"rollout engine ({engine_name})")
 
     def render(p: Problem) -> str:
         return build_prompt(tokenizer, fmt, p.question, cfg.prefill)
@@ -177,6 +180,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     if cfg.curriculum == "pass-rate":
         pool = _build_pool(cfg, prep, problems, render, engine, tokenizer, log, show_progress)
         dataset = IterableDataset.from_generator(pool.stream)
+        memory.mark("curriculum pass rates")
     else:
         dataset = Dataset.from_list([training_row(p, render) for p in problems])
 
@@ -190,18 +194,19 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     callbacks: list[Any] = [control]
     if pool is not None:  # before the run record, so its figures are in each logged step
         callbacks.append(CurriculumCallback(pool, stats, cfg, run_dir, _refresher(cfg, prep, engine, tokenizer, render)))
-    callbacks.append(RunRecordCallback(run_dir, stats, cfg.sample_every, show_progress))
+    callbacks.append(RunRecordCallback(run_dir, stats, cfg.sample_every, show_progress, memory))
     policy, peft_config = load_policy(cfg, hf_dir, bf16[0])
     trainer = EdgeGRPOTrainer(
         model=policy, reward_funcs=rewards, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config, callbacks=callbacks, compact_scoring=cfg.compact_scoring,
         rollout_engine=engine if engine_name in ("llama.cpp", "transformers") else None,
     )
+    memory.mark("policy and trainer built")
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     control.trainer = trainer
     wire_reporting(trainer, run_dir, callbacks)
-    return Built(trainer, engine, tokenizer, pool, engine_name, bf16)
+    return Built(trainer, engine, tokenizer, pool, engine_name, bf16, memory=memory)
 
 
 def _make_engine(name: str, cfg: TrainConfig, prep: Prepared, tokenizer: Any, model_config: Any, stop: list[str],
@@ -279,14 +284,25 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
                       n_threads=default_threads(cfg.threads), verbose=False)
         decoder = ParallelDecoder(owned, 16, 16 * (cfg.max_prompt_length + cfg.max_completion_length),
                                   default_threads(cfg.threads))
+    adapter_key = None
+    if cfg.init_adapter is not None:  # the band is measured on the model this stage continues, not the base
+        from transformers import AutoConfig
+
+        from edgereason.gguf_layout import LoraLayout
+        from edgereason.train.lora_gguf import saved_lora_gguf
+
+        layout = LoraLayout.from_hf_config(AutoConfig.from_pretrained(prep.model.require_hf()))
+        decoder.set_lora(saved_lora_gguf(cfg.init_adapter, layout, prep.run_dir / "logs" / "init-adapter-lora.gguf"))
+        adapter_key = content_key(cfg.init_adapter)
     t0 = time.perf_counter()
     # The base model's pass rates do not depend on the run: a measurement is cached by model, problems
     # and sampling settings, so a second run (or a re-run) starts at once.
     from edgereason.paths import cache_dir
 
-    key = hashlib.sha256(json.dumps([prep.model.name, dir_hash(prep.model.require_hf()), [p.id for p in candidates],
-                                     cfg.curriculum_samples, cfg.curriculum_temperature, cfg.max_completion_length,
-                                     cfg.top_p, cfg.seed, cfg.format, cfg.prefill]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps([prep.model.name, content_key(prep.model.require_hf()), adapter_key,
+                                     [p.id for p in candidates], cfg.curriculum_samples, cfg.curriculum_temperature,
+                                     cfg.max_completion_length, cfg.top_p, cfg.seed, cfg.format,
+                                     cfg.prefill]).encode()).hexdigest()[:20]
     cached = cache_dir() / "pass-rates" / f"{key}.json"
     if cached.is_file():
         rates = json.loads(cached.read_text())
@@ -300,7 +316,8 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
         decoder.close()
         owned.close()
     pool.apply(rates, samples=cfg.curriculum_samples)
-    pool.history.append({"step": 0, "measured": len(rates), "seconds": round(time.perf_counter() - t0, 1), **pool.sizes()})
+    pool.history.append({"step": 0, "measured": len(rates), "seconds": round(time.perf_counter() - t0, 1),
+                         "init_adapter": adapter_key, **pool.sizes()})
     log(f"curriculum: {pool.sizes()} after {time.perf_counter() - t0:.0f} s (band {low} < pass rate < {high})")
     if not pool.active:
         log("[yellow]no measured problem is in the band: training on the others until a refresh finds some[/]")
@@ -360,11 +377,11 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
     }
     extra: dict[str, Any] = {"steps": steps, "stop_reason": reason, "final_metrics": metrics,
                              "rollout_engine": built.engine_name, "bf16": built.bf16[0], "precision_note": built.bf16[1],
-                             "replicas_in_sync": in_sync, **timing}
+                             "replicas_in_sync": in_sync, "memory": built.memory.marks, **timing}
     if built.pool is not None:
         extra["curriculum"] = built.pool.sizes()
     write_run_json(prep, FINISHED, extra)
-    write_report(run_dir, cfg, rows, metrics, reason, timing)
+    write_report(run_dir, cfg, rows, metrics, reason, timing, built.memory.table())
     return RunResult(run_dir, adapter_dir, steps, reason, metrics, seconds)
 
 

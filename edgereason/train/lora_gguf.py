@@ -10,6 +10,7 @@ permuted the same way. A test checks this writer against the converter tensor by
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,3 +46,14 @@ def write_lora_gguf(state: Mapping[str, object], layout: LoraLayout, alpha: floa
         writer.close()
     os.replace(tmp, out)
     return out
+
+
+def saved_lora_gguf(adapter_dir: Path, layout: LoraLayout, out: Path) -> Path:
+    """A saved PEFT adapter folder (adapter_model.safetensors, its alpha from adapter_config.json)
+    written as a GGUF LoRA at `out`: what a later stage's rollout engine decodes with before the
+    policy's first step (a hybrid's GRPO stage starts from the SFT stage's adapter, not the base)."""
+    from safetensors.torch import load_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    alpha = float(json.loads((adapter_dir / "adapter_config.json").read_text())["lora_alpha"])
+    return write_lora_gguf(load_file(str(adapter_dir / "adapter_model.safetensors")), layout, alpha, out)

@@ -23,8 +23,10 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
         ("Clip ε and grad norm", ["epsilon", "grad_norm"]),
         ("Curriculum: problems in the band", ["curriculum/active", "curriculum/parked", "curriculum/retired"]),
         ("Groups with tied correctness / zero reward std", ["curriculum/frac_correctness_tied", "frac_reward_zero_std"]),
+        ("Resident memory (MB)", ["rss_mb"]),
     ]
-    fig, axes = plt.subplots(4, 2, figsize=(12, 13))
+    fig, axes = plt.subplots(5, 2, figsize=(12, 16))
+    axes.flat[-1].set_visible(False)
     for ax, (title, keys) in zip(axes.flat, panels):
         for k in keys:
             ys = [r.get(k) for r in rows]
@@ -40,7 +42,7 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
 
 
 def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], metrics: dict[str, float], stop_reason: str,
-                 timing: dict[str, Any]) -> Path:
+                 timing: dict[str, Any], memory: list[str] | None = None) -> Path:
     plot = plot_metrics(rows, run_dir / "metrics.png")
     first = rows[0] if rows else {}
     lines = [
@@ -57,6 +59,8 @@ def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], metrics: d
     for k, v in metrics.items():
         f0 = first.get(k)
         lines.append(f"| {k} | {f0:.4g} | {v:.4g} |" if isinstance(f0, (int, float)) else f"| {k} | – | {v:.4g} |")
+    if memory:
+        lines += ["", "Memory by phase (`memory` in run.json; `rss_mb` per step in metrics.jsonl):", "", *memory]
     if plot:
         lines += ["", "![metrics](metrics.png)"]
     lines += ["", f"Adapter: `{run_dir / ('model' if cfg.full_finetune else 'adapter')}`. Evaluate it with",

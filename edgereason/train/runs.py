@@ -24,7 +24,7 @@ from typing import Any
 
 from edgereason.cpu import set_torch_threads
 from edgereason.data import dataset_hash, filter_by_level, is_eval_only, load_benchmark, sample_problems
-from edgereason.files import write_text_atomic
+from edgereason.files import content_key, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.models import ResolvedModel, resolve_model
 from edgereason.problems import Problem
@@ -324,21 +324,6 @@ def build_prompt(tokenizer: Any, fmt: ReasoningFormat, question: str, prefill: b
     return str(text) + (fmt.prefill if prefill else "")
 
 
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def dir_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")):
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
 def _torch_threads() -> int | None:
     """torch's intra-op threads as the run trains with them (None before torch is loaded)."""
     torch = sys.modules.get("torch")
@@ -355,7 +340,7 @@ def write_run_json(prep: Prepared, status: str, extra: dict[str, Any] | None = N
         "config": cfg.model_dump(mode="json"),
         "versions": versions("torch", "transformers", "trl", "peft", "accelerate", "llama-cpp-python", "edgereason",
                              python=True),
-        "base_model": {"name": prep.model.name, "source": prep.model.source, "hash": dir_hash(hf) if hf else None},
+        "base_model": {"name": prep.model.name, "source": prep.model.source, "hash": content_key(hf) if hf else None},
         "data": {"dataset": cfg.dataset, "problems": len(prep.problems), "hash": dataset_hash(prep.problems)},
         "seed": cfg.seed,
         "resumed_from": str(prep.resume) if prep.resume else None,

@@ -25,6 +25,7 @@ from edgereason.formats import ReasoningFormat
 from edgereason.problems import Problem
 from edgereason.rationales import Rationale, rationales
 from edgereason.train.config import TrainConfig
+from edgereason.train.memory import peak_rss_mb
 from edgereason.train.runs import (
     FINISHED,
     Prepared,
@@ -34,7 +35,6 @@ from edgereason.train.runs import (
     is_main_process,
     load_policy,
     load_tokenizer,
-    peak_rss_mb,
     prepare_run,
     replicas_in_sync,
     report_to,
