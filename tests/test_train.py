@@ -427,6 +427,9 @@ def test_sft_lowers_the_loss_and_its_adapter_loads_as_a_gguf_lora(tmp_path, defa
     dev = [r["eval_loss"] for r in rows if "eval_loss" in r]
     assert len(losses) == 6 and losses[-1] < losses[0] and len(dev) == 2 and dev[-1] < dev[0]
     assert run["best_checkpoint"].endswith("checkpoint-6")  # the lower dev loss chose the adapter
+    assert [m["phase"] for m in run["memory"]] == ["libraries imported", "policy and trainer built",
+                                                  "step 1 (first of this process)", "step 6 (last)"]
+    assert all(r["rss_mb"] > 0 for r in rows)
     assert "SFT run" in (result.run_dir / "report.md").read_text()
     lora = tmp_path / "adapter-lora-f16.gguf"
     convert_lora_to_gguf(result.adapter_dir, default_model.require_hf(), lora, tmp_path / "convert.log")

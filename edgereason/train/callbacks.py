@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 
 from edgereason.compat.trl import clip_low, kl_beta, set_clip_range, set_kl_beta
-from edgereason.train.memory import MemoryLedger, rss_mb
+from edgereason.train.memory import MemoryLedger
 from edgereason.train.schedules import AdaptiveKL, SaturationDetector, adaptive_epsilon
 
 
@@ -128,8 +128,7 @@ class RunRecordCallback(TrainerCallback):
 
     def __init__(self, run_dir: Path, stats: BatchStats, sample_every: int, show_progress: bool = True,
                  memory: MemoryLedger | None = None) -> None:
-        self.memory = memory
-        self.first_logged = False
+        self.memory = memory or MemoryLedger()
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         self.stats = stats
@@ -162,10 +161,8 @@ class RunRecordCallback(TrainerCallback):
         if "reward" not in logs or not state.is_world_process_zero:  # the final summary, or not the main process
             return
         compliance = self.stats.pop_compliance()
-        record = {"step": state.global_step, "format_compliance": compliance, **logs, "rss_mb": round(rss_mb(), 1)}
-        if self.memory is not None and not self.first_logged:  # the first step's activations and optimizer state
-            self.memory.mark(f"step {state.global_step} (first of this process)")
-            self.first_logged = True
+        record = {"step": state.global_step, "format_compliance": compliance, **logs,
+                  "rss_mb": self.memory.step(state.global_step)}
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         if state.global_step % self.sample_every == 0 and self.stats.samples:
@@ -185,8 +182,8 @@ class RunRecordCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.progress.stop()
-        if self.memory is not None and state.is_world_process_zero:
-            self.memory.mark(f"step {state.global_step} (last)")
+        if state.is_world_process_zero:
+            self.memory.end(state.global_step)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

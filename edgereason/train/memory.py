@@ -30,9 +30,21 @@ class MemoryLedger:
     """Resident and peak memory after each named phase, in order."""
 
     marks: list[dict[str, Any]] = field(default_factory=list)
+    stepped: bool = False
 
     def mark(self, phase: str) -> None:
         self.marks.append({"phase": phase, "rss_mb": round(rss_mb(), 1), "peak_mb": round(peak_rss_mb(), 1)})
+
+    def step(self, step: int) -> float:
+        """The resident memory for a step's metrics row; the first step this process logs is marked
+        (its activations, gradients and optimizer state are then allocated)."""
+        if not self.stepped:
+            self.mark(f"step {step} (first of this process)")
+            self.stepped = True
+        return round(rss_mb(), 1)
+
+    def end(self, step: int) -> None:
+        self.mark(f"step {step} (last)")
 
     def table(self) -> list[str]:
         """Markdown rows: each phase with what it added to the resident memory."""

@@ -25,7 +25,7 @@ from edgereason.formats import ReasoningFormat
 from edgereason.problems import Problem
 from edgereason.rationales import Rationale, rationales
 from edgereason.train.config import TrainConfig
-from edgereason.train.memory import peak_rss_mb
+from edgereason.train.memory import MemoryLedger, peak_rss_mb
 from edgereason.train.runs import (
     FINISHED,
     Prepared,
@@ -101,6 +101,7 @@ class _Record:
         self.task: Any = None
         self.last: dict[str, float] = {}
         self.t0 = time.perf_counter()
+        self.memory = MemoryLedger()
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
@@ -127,7 +128,8 @@ class _Record:
                 with record.path.open("a") as fh:
                     # seconds since this process began training: `bench-train --method sft` reads step times here
                     fh.write(json.dumps({"step": state.global_step, **logs,
-                                         "elapsed_s": round(time.perf_counter() - record.t0, 3)}) + "\n")
+                                         "elapsed_s": round(time.perf_counter() - record.t0, 3),
+                                         "rss_mb": record.memory.step(state.global_step)}) + "\n")
                 record.progress.update(record.task, completed=state.global_step, description=(
                     f"loss {record.last.get('loss', float('nan')):.3f}  dev {record.last.get('eval_loss', float('nan')):.3f}"))
 
@@ -198,6 +200,8 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
         console.print(f"[yellow]{len(faults)} of {len(prep.problems)} problems left out[/] (a rationale that does not "
                       f"check out; each named in {run_dir / 'rationale-faults.txt'}), e.g. {faults[0]}")
     hf_dir = prep.model.require_hf()
+    record = _Record(run_dir, show_progress)
+    record.memory.mark("libraries imported")
     tokenizer = load_tokenizer(prep)
     teacher = None
     if cfg.method == "gkd":
@@ -213,7 +217,6 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     console.print(f"{cfg.method.upper()} on {len(train_rows)} rationales (dev {len(dev_rows)}"
                   + (f"; teacher {cfg.teacher}" if teacher else "") + "); precision: "
                   f"{'bf16' if bf16[0] else 'fp32'} ({bf16[1]})")
-    record = _Record(run_dir, show_progress)
     policy, peft_config = load_policy(cfg, hf_dir, bf16[0])
     trainer_kw = dict(model=policy, args=_sft_args(cfg, run_dir, use_gpu, bf16[0], bool(dev_rows)),
                       train_dataset=Dataset.from_list(train_rows),
@@ -225,6 +228,7 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
         trainer = gkd_trainer(teacher, bf16[0], **trainer_kw)
     else:
         trainer = SFTTrainer(**trainer_kw)
+    record.memory.mark("policy and trainer built")
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     wire_reporting(trainer, run_dir, [])
@@ -232,11 +236,12 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(prep.resume) if prep.resume else None)
     seconds = time.perf_counter() - t0
-    return _finalize(prep, trainer, tokenizer, seconds, len(train_rows), len(dev_rows), faults)
+    record.memory.end(trainer.state.global_step)
+    return _finalize(prep, trainer, tokenizer, seconds, len(train_rows), len(dev_rows), faults, record.memory)
 
 
 def _finalize(prep: Prepared, trainer: Any, tokenizer: Any, seconds: float, n_train: int, n_dev: int,
-              faults: list[str]) -> RunResult:
+              faults: list[str], memory: MemoryLedger) -> RunResult:
     from edgereason.train.callbacks import read_metrics
 
     cfg, run_dir = prep.cfg, prep.run_dir
@@ -267,14 +272,15 @@ def _finalize(prep: Prepared, trainer: Any, tokenizer: Any, seconds: float, n_tr
     extra = {"method": cfg.method, "steps": steps, "stop_reason": "max_steps", "final_metrics": metrics,
              "best_checkpoint": state.best_model_checkpoint, "rationales": {"train": n_train, "dev": n_dev,
                                                                             "faults": len(faults)},
-             "replicas_in_sync": in_sync, **timing}
+             "replicas_in_sync": in_sync, "memory": memory.marks, **timing}
     write_run_json(prep, FINISHED, extra)
-    _report(run_dir, cfg, rows, metrics, timing, state.best_model_checkpoint, len(faults), n_train, n_dev)
+    _report(run_dir, cfg, rows, metrics, timing, state.best_model_checkpoint, len(faults), n_train, n_dev, memory)
     return RunResult(run_dir, adapter_dir, steps, "max_steps", metrics, seconds)
 
 
 def _report(run_dir: Path, cfg: TrainConfig, rows: list[dict[str, Any]], metrics: dict[str, float],
-            timing: dict[str, Any], best: str | None, faults: int, n_train: int, n_dev: int) -> Path:
+            timing: dict[str, Any], best: str | None, faults: int, n_train: int, n_dev: int,
+            memory: MemoryLedger) -> Path:
     from edgereason.plots import pyplot, save_figure
 
     plot = None
@@ -300,6 +306,7 @@ def _report(run_dir: Path, cfg: TrainConfig, rows: list[dict[str, Any]], metrics
              f"Adapter: the checkpoint with the lowest dev loss ({best})." if best else "Adapter: the last step.", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += ["", "Memory by phase (`memory` in run.json; `rss_mb` per step in metrics.jsonl):", "", *memory.table()]
     if plot:
         lines += ["", "![loss](metrics.png)"]
     lines += ["", f"Export it with `edgereason export gguf --adapter {run_dir / 'adapter'} --out exports/{cfg.name}`."]
