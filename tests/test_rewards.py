@@ -150,6 +150,23 @@ def test_derived_reward_pays_only_for_an_answer_the_reasoning_computes():
     assert fn([computed, guessed], answer=["24", "24"]) == [1.0, 0.0]
 
 
+def test_checked_reward_pays_only_for_a_chain_whose_every_step_computes():
+    from edgereason.train.rewards import checked_reward, derived_reward
+
+    # the GRPO sample that showed the gap: two false steps, then a true last step onto the right answer
+    lucky = ("<reasoning>\n19 - 14 = 3 stamps are left.\n3 - 4 = 1 stamps are left.\n1 * 3 = 3 stamps.\n"
+             "</reasoning>\n<answer>\n3\n</answer>")
+    sound = "<reasoning>\n19 - 14 = 5 are left.\n5 - 4 = 1 is left.\n1 * 3 = 3 stamps.\n</reasoning>\n<answer>\n3\n</answer>"
+    assert derived_reward(lucky, "3") == 1.0 and checked_reward(lucky, "3") == 0.0
+    assert checked_reward(sound, "3") == 1.0
+    assert checked_reward(sound, "4") == 0.0  # sound but wrong
+    assert checked_reward("<reasoning>\nOmar has 3 stamps.\n</reasoning>\n<answer>3</answer>", "3") == 0.0  # no step shown
+    assert checked_reward("<reasoning>\n19 - 14 = 5. 5 - 4 = 1. 1 * 3 = 3", "3") == 0.0  # never closed
+    assert checked_reward("<reasoning>\nAll cats purr.\n</reasoning>\n<answer>yes</answer>", "yes") == 1.0
+    fn = make_trl_rewards(get_format())[REWARD_NAMES.index("checked")]
+    assert fn([lucky, sound], answer=["3", "3"]) == [0.0, 1.0]
+
+
 def test_every_reward_stays_within_its_registered_range_and_the_ceiling_is_reached():
     from edgereason.train.rewards import REWARDS, reward_ceiling
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.grading import EQUIVALENT_CREDIT, EXACT_CREDIT, WRONG_CREDIT, answers_equal, extract_answer, partial_credit
+from edgereason.rationales import rationale_fault
 from edgereason.registry import Registry
 from edgereason.work_check import NUM, check_arithmetic, to_number
 
@@ -79,6 +80,25 @@ def derived_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = Non
     if reasoning is None:
         return 0.0
     return 1.0 if any(c.holds and c.result == target for c in check_arithmetic(reasoning)) else 0.0
+
+
+def checked_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = None) -> float:
+    """1.0 when the answer is correct AND the closed reasoning passes the check every SFT rationale
+    passes (`rationale_fault`): each stated `a op b = c` step computes, and the answer is a value the
+    reasoning computed. A gold that is not a number needs only correctness.
+
+    Why: `derived` asks only that some claim computing the answer holds, so a chain with a wrong step
+    that still lands on the answer (`19 - 14 = 3`, `3 - 4 = 1`, `1 * 3 = 3`) earns full reward. Measured
+    after SFT (sftC -> GRPO, docs/sft.md): 40 GRPO steps on `derived` raised the share of false claims
+    in greedy arith answers from 16.8% to 22.4% and lowered accuracy 73.0% -> 65.7% (p = 0.004)."""
+    if not correctness_reward(text, gold, fmt):
+        return 0.0
+    if to_number(gold.strip()) is None:
+        return 1.0
+    reasoning = closed_reasoning(text, fmt)
+    if reasoning is None or not check_arithmetic(reasoning):
+        return 0.0  # nothing re-executed: the answer is not shown to be derived
+    return 0.0 if rationale_fault(reasoning, gold) else 1.0
 
 
 # ---- reasoning process -----------------------------------------------------------------------
@@ -179,6 +199,7 @@ REWARDS.register("cosine_length", RewardSpec("correctness scaled by length (cosi
                                              -math.inf, lambda p: max(p.max_correct, p.min_correct)))
 REWARDS.register("steps", RewardSpec("share of the known intermediate values stated (steps_reward)", 0.0, 1.0))
 REWARDS.register("derived", RewardSpec("correct and derived by a claim that holds (derived_reward)", 0.0, 1.0))
+REWARDS.register("checked", RewardSpec("correct, and every stated step computes (checked_reward)", 0.0, 1.0))
 REWARD_NAMES = tuple(REWARDS)
 
 
@@ -251,5 +272,8 @@ def make_trl_rewards(
     def derived(completions: list[Any], answer: list[str], **kw: Any) -> list[float]:
         return [derived_reward(t, g, f) for t, g in zip(full(completions), answer)]
 
-    funcs = {fn.__name__: fn for fn in (format, process, accuracy, correctness, cosine_length, steps, derived)}
+    def checked(completions: list[Any], answer: list[str], **kw: Any) -> list[float]:
+        return [checked_reward(t, g, f) for t, g in zip(full(completions), answer)]
+
+    funcs = {fn.__name__: fn for fn in (format, process, accuracy, correctness, cosine_length, steps, derived, checked)}
     return [funcs[name] for name in REWARDS]
