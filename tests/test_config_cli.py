@@ -139,3 +139,16 @@ def test_eval_runs_for_real(tmp_path, default_model):
     rows = [json.loads(line) for line in (tmp_path / "r" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["completion_tokens"] <= 24 for r in rows)
     assert {"gold", "strict_answer", "flexible_answer", "format_valid", "format_errors"} <= set(rows[0])
+
+
+def test_every_bundled_preset_validates():
+    """A preset with a misspelt or out-of-range setting fails here, not in a user's first run."""
+    from edgereason.config import PRESETS_DIR
+    from edgereason.pipeline import PipelineConfig
+
+    presets = sorted(PRESETS_DIR.glob("*.yaml"))
+    assert len(presets) >= 8
+    for preset in presets:
+        kind = PipelineConfig if preset.name.startswith("pipeline") else TrainConfig
+        kind.load(preset.stem)
+    assert TrainConfig.load("cpu-smollm2-sft").method == "sft"
