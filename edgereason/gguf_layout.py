@@ -65,12 +65,17 @@ def permute_rows(rows: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def lora_pairs(state: Mapping[str, object]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{HF module weight name: (A, B)} from a PEFT state dict (adapter name "default" or none)."""
+    """{HF module weight name: (A, B)} from a PEFT state dict: the adapter named "default" (a live
+    model's) or the unnamed one (a saved file's). Other adapters are left out: TRL's GRPO adds a
+    frozen copy named "ref" beside a continued adapter when β > 0, and its tensors, read as the same
+    module's, would overwrite the trained ones."""
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, tensor in state.items():
         for part in ("lora_A", "lora_B"):
             marker = f".{part}."
             if marker in key:
+                if key.split(marker)[1] not in ("weight", "default.weight"):
+                    continue  # another adapter's tensor (e.g. lora_A.ref.weight)
                 module = key.split(marker)[0]
                 module = module.removeprefix("base_model.model.")
                 array = tensor.detach().float().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)

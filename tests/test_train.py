@@ -82,6 +82,32 @@ def test_lora_writer_matches_llama_cpps_converter(tmp_path, default_model):
 
 
 @pytest.mark.model
+def test_the_rollout_lora_is_the_trained_adapter_when_a_frozen_reference_sits_beside_it(tmp_path, default_model):
+    """GRPO with β > 0 continuing an adapter (a hybrid's later stage): TRL adds a frozen copy named
+    "ref" to the model. The LoRA the rollout engine samples with must be the trained "default" one."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+
+    from edgereason.train.lora_gguf import LoraLayout, write_lora_gguf
+    from edgereason.train.rollouts import _policy_lora_state
+
+    model = _adapter_model(default_model.hf_dir)
+    layout = LoraLayout.from_hf_config(model.config)
+    write_lora_gguf(_policy_lora_state(model), layout, 8, tmp_path / "alone.gguf")
+    model.add_adapter("ref", model.peft_config["default"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ref." in name:
+                p.fill_(0.5)  # unlike the trained adapter
+    assert any(".ref." in k for k in _policy_lora_state(model))
+    write_lora_gguf(_policy_lora_state(model), layout, 8, tmp_path / "beside-ref.gguf")
+    alone = {t.name: np.array(t.data) for t in GGUFReader(str(tmp_path / "alone.gguf")).tensors}
+    beside = {t.name: np.array(t.data) for t in GGUFReader(str(tmp_path / "beside-ref.gguf")).tensors}
+    assert set(alone) == set(beside) and all(np.array_equal(alone[k], beside[k]) for k in alone)
+
+
+@pytest.mark.model
 def test_rollout_engine_matches_the_policy_and_schedules_temperatures(tmp_path, default_model):
     """The engine (llama.cpp on the Q4_1 base + the LoRA as GGUF) gives the PEFT model's greedy tokens
     (the HF copy is the Q4_1 weights dequantized, so only llama.cpp's activation rounding differs),
