@@ -295,8 +295,9 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
         decoder.set_lora(saved_lora_gguf(cfg.init_adapter, layout, prep.run_dir / "logs" / "init-adapter-lora.gguf"))
         adapter_key = content_key(cfg.init_adapter)
     t0 = time.perf_counter()
-    # The base model's pass rates do not depend on the run: a measurement is cached by model, problems
-    # and sampling settings, so a second run (or a re-run) starts at once.
+    # The starting model's pass rates (the base, or the base with the adapter a stage continues) do not
+    # depend on the run: a measurement is cached by model, adapter, problems and sampling settings, so a
+    # second run (or a re-run) starts at once.
     from edgereason.paths import cache_dir
 
     key = hashlib.sha256(json.dumps([prep.model.name, content_key(prep.model.require_hf()), adapter_key,
