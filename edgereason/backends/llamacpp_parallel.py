@@ -76,7 +76,6 @@ class ParallelDecoder:
         self.vocab = llama_cpp.llama_model_get_vocab(model_of(llm).model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self._adapter: ctypes.c_void_p | None = None
-        self.lora_path: Path | None = None  # the GGUF LoRA decoding applies now (None: the base model)
 
     # ---- LoRA --------------------------------------------------------------------------------
     def set_lora(self, path: Path | None, scale: float = 1.0) -> None:
@@ -96,7 +95,6 @@ class ParallelDecoder:
                 llama_cpp.llama_adapter_lora_free(adapter)
                 raise RuntimeError(f"llama.cpp could not apply the LoRA {path}")
             self._adapter = adapter
-        self.lora_path = path
         if old is not None:
             llama_cpp.llama_adapter_lora_free(old)
 

@@ -178,7 +178,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
 
     pool = None
     if cfg.curriculum == "pass-rate":
-        pool = _build_pool(cfg, prep, problems, render, engine, tokenizer, log, show_progress)
+        pool = _build_pool(cfg, prep, problems, render, engine, tokenizer, model_config, log, show_progress)
         dataset = IterableDataset.from_generator(pool.stream)
         memory.mark("curriculum pass rates")
     else:
@@ -260,7 +260,7 @@ def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, ren
 
 
 def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], render: Any, engine: Any,
-                tokenizer: Any, log: Any, show_progress: bool = True) -> Any:
+                tokenizer: Any, model_config: Any, log: Any, show_progress: bool = True) -> Any:
     """The curriculum pool: restored on resume, else the first `curriculum_pool` problems measured
     (with the rollout engine's decoder, or llama.cpp on the base when the engine has none)."""
     from edgereason.train.curriculum import CurriculumPool, measure
@@ -286,12 +286,10 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
                                   default_threads(cfg.threads))
     adapter_key = None
     if cfg.init_adapter is not None:  # the band is measured on the model this stage continues, not the base
-        from transformers import AutoConfig
-
         from edgereason.gguf_layout import LoraLayout
         from edgereason.train.lora_gguf import saved_lora_gguf
 
-        layout = LoraLayout.from_hf_config(AutoConfig.from_pretrained(prep.model.require_hf()))
+        layout = LoraLayout.from_hf_config(model_config)
         decoder.set_lora(saved_lora_gguf(cfg.init_adapter, layout, prep.run_dir / "logs" / "init-adapter-lora.gguf"))
         adapter_key = content_key(cfg.init_adapter)
     t0 = time.perf_counter()
@@ -382,7 +380,7 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
     if built.pool is not None:
         extra["curriculum"] = built.pool.sizes()
     write_run_json(prep, FINISHED, extra)
-    write_report(run_dir, cfg, rows, metrics, reason, timing, built.memory.table())
+    write_report(run_dir, cfg, rows, metrics, reason, timing, built.memory)
     return RunResult(run_dir, adapter_dir, steps, reason, metrics, seconds)
 
 

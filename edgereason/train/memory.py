@@ -46,9 +46,10 @@ class MemoryLedger:
     def end(self, step: int) -> None:
         self.mark(f"step {step} (last)")
 
-    def table(self) -> list[str]:
-        """Markdown rows: each phase with what it added to the resident memory."""
-        lines = ["| phase | resident MB | added MB | peak so far MB |", "|---|---|---|---|"]
+    def report_lines(self) -> list[str]:
+        """A run report's section: each phase with what it added to the resident memory."""
+        lines = ["", "Memory by phase (`memory` in run.json; `rss_mb` per step in metrics.jsonl):", "",
+                 "| phase | resident MB | added MB | peak so far MB |", "|---|---|---|---|"]
         before = 0.0
         for m in self.marks:
             lines.append(f"| {m['phase']} | {m['rss_mb']:.0f} | {m['rss_mb'] - before:+.0f} | {m['peak_mb']:.0f} |")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgereason.train.memory import MemoryLedger
+
 
 def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
     if not rows:
@@ -42,7 +44,7 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
 
 
 def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], metrics: dict[str, float], stop_reason: str,
-                 timing: dict[str, Any], memory: list[str] | None = None) -> Path:
+                 timing: dict[str, Any], memory: MemoryLedger | None = None) -> Path:
     plot = plot_metrics(rows, run_dir / "metrics.png")
     first = rows[0] if rows else {}
     lines = [
@@ -59,8 +61,8 @@ def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], metrics: d
     for k, v in metrics.items():
         f0 = first.get(k)
         lines.append(f"| {k} | {f0:.4g} | {v:.4g} |" if isinstance(f0, (int, float)) else f"| {k} | – | {v:.4g} |")
-    if memory:
-        lines += ["", "Memory by phase (`memory` in run.json; `rss_mb` per step in metrics.jsonl):", "", *memory]
+    if memory is not None:
+        lines += memory.report_lines()
     if plot:
         lines += ["", "![metrics](metrics.png)"]
     lines += ["", f"Adapter: `{run_dir / ('model' if cfg.full_finetune else 'adapter')}`. Evaluate it with",

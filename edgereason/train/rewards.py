@@ -71,15 +71,23 @@ def derived_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = Non
     Why: measured on runs expB-expE, outcome-only correctness paid the small model for guesses ("Omar has
     25 balloons" -> 25) on multi-step problems, so it learned to name a number from the question and
     skip the arithmetic; the shortcut then cost accuracy on the one-step problems it used to compute."""
+    work = _work_to_check(text, gold, fmt)
+    if not isinstance(work, str):
+        return work
+    target = to_number(gold.strip())
+    return 1.0 if any(c.holds and c.result == target for c in check_arithmetic(work)) else 0.0
+
+
+def _work_to_check(text: str, gold: str, fmt: ReasoningFormat | str | None) -> float | str:
+    """What `derived` and `checked` decide alike: 0.0 for a wrong answer, 1.0 for a right one whose gold
+    is not a number (nothing to derive), 0.0 when the reasoning was never closed; else the closed
+    reasoning, whose arithmetic each checks in its own way."""
     if not correctness_reward(text, gold, fmt):
         return 0.0
-    target = to_number(gold.strip())
-    if target is None:
+    if to_number(gold.strip()) is None:
         return 1.0
     reasoning = closed_reasoning(text, fmt)
-    if reasoning is None:
-        return 0.0
-    return 1.0 if any(c.holds and c.result == target for c in check_arithmetic(reasoning)) else 0.0
+    return 0.0 if reasoning is None else reasoning
 
 
 def checked_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = None) -> float:
@@ -91,14 +99,12 @@ def checked_reward(text: str, gold: str, fmt: ReasoningFormat | str | None = Non
     that still lands on the answer (`19 - 14 = 3`, `3 - 4 = 1`, `1 * 3 = 3`) earns full reward. Measured
     after SFT (sftC -> GRPO, docs/sft.md): 40 GRPO steps on `derived` raised the share of false claims
     in greedy arith answers from 16.8% to 22.4% and lowered accuracy 73.0% -> 65.7% (p = 0.004)."""
-    if not correctness_reward(text, gold, fmt):
-        return 0.0
-    if to_number(gold.strip()) is None:
-        return 1.0
-    reasoning = closed_reasoning(text, fmt)
-    if reasoning is None or not check_arithmetic(reasoning):
+    work = _work_to_check(text, gold, fmt)
+    if not isinstance(work, str):
+        return work
+    if not check_arithmetic(work):
         return 0.0  # nothing re-executed: the answer is not shown to be derived
-    return 0.0 if rationale_fault(reasoning, gold) else 1.0
+    return 0.0 if rationale_fault(work, gold) else 1.0
 
 
 # ---- reasoning process -----------------------------------------------------------------------

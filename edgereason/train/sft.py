@@ -135,6 +135,8 @@ class _Record:
 
             def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 record.progress.stop()
+                if state.is_world_process_zero:
+                    record.memory.end(state.global_step)
 
         return SFTRecordCallback()
 
@@ -236,7 +238,6 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(prep.resume) if prep.resume else None)
     seconds = time.perf_counter() - t0
-    record.memory.end(trainer.state.global_step)
     return _finalize(prep, trainer, tokenizer, seconds, len(train_rows), len(dev_rows), faults, record.memory)
 
 
@@ -306,7 +307,7 @@ def _report(run_dir: Path, cfg: TrainConfig, rows: list[dict[str, Any]], metrics
              f"Adapter: the checkpoint with the lowest dev loss ({best})." if best else "Adapter: the last step.", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in metrics.items()]
-    lines += ["", "Memory by phase (`memory` in run.json; `rss_mb` per step in metrics.jsonl):", "", *memory.table()]
+    lines += memory.report_lines()
     if plot:
         lines += ["", "![loss](metrics.png)"]
     lines += ["", f"Export it with `edgereason export gguf --adapter {run_dir / 'adapter'} --out exports/{cfg.name}`."]
