@@ -56,6 +56,42 @@ def _adapter_model(hf_dir: Path, seed: int = 0):
     return model.eval()
 
 
+_MALLINFO_PROBE = """
+import ctypes, json, os, sys
+from edgereason.train.memory import limit_memory_growth
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+libc.mallinfo2.restype = Mallinfo2
+if sys.argv[1] == "low":
+    limit_memory_growth()
+libc.free(libc.malloc(4 << 20))  # a large free: glibc's dynamic threshold rises above 4 MiB
+before = libc.mallinfo2().hblks
+block = libc.malloc(1 << 20)  # 1 MiB: in the heap under the raised threshold, its own mapping under a fixed one
+print(json.dumps({"mapped": libc.mallinfo2().hblks - before, "onednn": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "low"])
+def test_low_memory_maps_large_blocks_so_freeing_them_returns_memory(mode):
+    """`low_memory`: after a large free glibc raises its mmap threshold and keeps later blocks in the heap,
+    where freed memory stays resident; the fixed threshold maps each one (returned to the system on free).
+    oneDNN's kernel cache is capped unless the user set it."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", _MALLINFO_PROBE, mode], env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    probe = json.loads(out.stdout)
+    assert probe == ({"mapped": 1, "onednn": "16"} if mode == "low" else {"mapped": 0, "onednn": None})
+    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "64"
+    out = subprocess.run([sys.executable, "-c", _MALLINFO_PROBE, mode], env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert json.loads(out.stdout)["onednn"] == "64"
+
+
 # ---- the fast rollout engine ---------------------------------------------------------------------
 
 
@@ -534,7 +570,8 @@ def test_gkd_learns_a_teachers_logits_and_refuses_another_tokenizer(tmp_path, de
 
 @pytest.mark.model
 def test_sft_resumes_after_kill(tmp_path, default_model):
-    cfg = _sft(tmp_path, name="sft-resume", max_steps=4, save_steps=2, dev=None)
+    # low_memory in its own process (its allocator settings are process-wide): trims after every step, resumes alike
+    cfg = _sft(tmp_path, name="sft-resume", max_steps=4, save_steps=2, dev=None, low_memory=True)
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(cfg.to_yaml())
     cmd = python_module("edgereason.cli", "train", "--config", str(cfg_file))
@@ -721,6 +758,38 @@ def test_rft_samples_the_model_itself_under_the_format_grammar(tmp_path, default
     if manifest is not None:
         assert "out of format" not in manifest["rejected"] or manifest["rejected"]["out of format"] == len(traces) - len(ended)
         assert json.loads((out / MANIFEST).read_text())["sampling"]["grammar"] is True
+
+
+@pytest.mark.model
+def test_rft_continuing_an_adapter_samples_it_as_a_gguf_lora_on_llama_cpp(tmp_path, default_model):
+    """rft after SFT: the adapter it continues is written as a GGUF LoRA and sampled on llama.cpp over the
+    base GGUF (transformers would be several times slower on a CPU); every trace asked is recorded."""
+    from gguf import GGUFReader
+
+    from edgereason.train.distill import TEACHER_DIR, TRACES, collect, teacher_target
+    from edgereason.train.runs import load_training_problems
+
+    _adapter_model(default_model.hf_dir).save_pretrained(tmp_path / "adapter")
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "question": f"Ada has {i} apples and gets 3 more. How many?",
+                                        "answer": str(i + 3)}) + "\n" for i in range(3)))
+    cfg = TrainConfig(output_root=tmp_path, name="rft", method="rft", init_adapter=tmp_path / "adapter",
+                      dataset=[str(data)], teacher_samples=2, teacher_max_tokens=24, teacher_concurrency=2,
+                      teacher_threads=default_threads(), dev="holdout", dev_size=1)
+    out = tmp_path / "rft" / TEACHER_DIR
+    said: list[str] = []
+    try:
+        collect(cfg, load_training_problems(cfg), out, log=lambda m: said.append(str(m)))
+    except TrainSetupError as e:  # a random LoRA may write nothing worth keeping: still a complete collection
+        assert "wrote no usable trace" in str(e)
+    lora = out / "init-adapter-lora.gguf"
+    spec = f"{default_model.gguf_path}+{lora}"
+    assert any(m.startswith(f"teacher {spec}:") for m in said), said
+    target = teacher_target(spec)
+    assert target.backend == "llama.cpp" and target.adapter is not None and Path(target.adapter) == lora
+    assert len(GGUFReader(str(lora)).tensors) == 2 * 7 * 30  # A and B of every adapted module
+    traces = [t for line in (out / TRACES).read_text().splitlines() for t in json.loads(line)["traces"]]
+    assert len(traces) == 2 * len(load_training_problems(cfg))
 
 
 @pytest.mark.model

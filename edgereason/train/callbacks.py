@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 
 from edgereason.compat.trl import clip_low, kl_beta, set_clip_range, set_kl_beta
-from edgereason.train.memory import MemoryLedger
+from edgereason.train.memory import MemoryLedger, return_freed_memory
 from edgereason.train.schedules import AdaptiveKL, SaturationDetector, adaptive_epsilon
 
 
@@ -184,6 +184,13 @@ class RunRecordCallback(TrainerCallback):
         self.progress.stop()
         if state.is_world_process_zero:
             self.memory.end(state.global_step)
+
+
+class ReturnFreedMemory(TrainerCallback):
+    """`low_memory`: after each optimizer step (its activations freed), hand freed heap pages back."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        return_freed_memory()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -166,6 +166,9 @@ class TrainConfig(StageConfig):
     bf16: bool | None = Field(None, description="bf16 autocast for the policy's forward and backward (default: on with a "
                               "GPU or a CPU with bf16 instructions; requested on a CPU without them, fp32 with a warning).")
     threads: int | None = Field(None, ge=1, description="CPU threads for training and rollouts (default: all cores).")
+    low_memory: bool = Field(False, description="Hold resident memory near its first step's on a small device, at a cost "
+                             "in speed: large allocations mapped and returned at once, freed heap pages handed back "
+                             "after every step, and oneDNN's kernel cache capped (see edgereason.train.memory).")
     compact_scoring: bool = Field(True, description="Score only completion positions in TRL's fused LM head off-GPU "
                                   "too (TRL scores every position there; the prompt is most of each row).")
 

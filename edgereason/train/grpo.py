@@ -22,10 +22,10 @@ from typing import Any
 from edgereason.cpu import default_threads
 from edgereason.files import atomic_output, content_key, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
-from edgereason.models import ResolvedModel
 from edgereason.problems import Problem
 from edgereason.train.config import TrainConfig
 from edgereason.train.curriculum import training_row
+from edgereason.train.lora_gguf import rollout_base_gguf
 from edgereason.train.memory import MemoryLedger, peak_rss_mb
 from edgereason.train.rewards import CosineLengthParams, reward_ceiling
 from edgereason.train.runs import (
@@ -59,27 +59,6 @@ def _fit_prompts(problems: list[Problem], tokenizer: Any, fmt: ReasoningFormat, 
     if not kept:
         raise TrainSetupError(f"every prompt is longer than max_prompt_length={cfg.max_prompt_length} tokens")
     return kept
-
-
-def rollout_base_gguf(model: ResolvedModel, log_dir: Path) -> Path:
-    """A GGUF of the base model for the llama.cpp rollout engine: its own, or a cached F16 conversion."""
-    if model.gguf_path is not None:
-        return model.gguf_path
-    from filelock import FileLock
-
-    from edgereason.files import content_key
-    from edgereason.native import convert_hf_to_gguf
-    from edgereason.paths import cache_dir
-
-    hf = model.require_hf()
-    # content-keyed: a model retrained in place (same names, same sizes) must not meet its old conversion
-    out = cache_dir() / "gguf" / f"{model.name.replace('/', '_')}-{content_key(hf)}-f16.gguf"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if not out.is_file():
-            with atomic_output(out) as tmp:
-                convert_hf_to_gguf(hf, tmp, log_dir / "convert-base.log", "f16")
-    return out
 
 
 def choose_engine(cfg: TrainConfig, model_config: Any) -> str:
@@ -150,7 +129,13 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     from datasets import Dataset, IterableDataset
     from transformers import AutoConfig, PrinterCallback, ProgressCallback
 
-    from edgereason.train.callbacks import BatchStats, CurriculumCallback, GRPOControlCallback, RunRecordCallback
+    from edgereason.train.callbacks import (
+        BatchStats,
+        CurriculumCallback,
+        GRPOControlCallback,
+        ReturnFreedMemory,
+        RunRecordCallback,
+    )
     from edgereason.train.precision import choose_bf16
     from edgereason.train.rewards import make_trl_rewards
     from edgereason.train.trainer import EdgeGRPOTrainer
@@ -195,6 +180,8 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     if pool is not None:  # before the run record, so its figures are in each logged step
         callbacks.append(CurriculumCallback(pool, stats, cfg, run_dir, _refresher(cfg, prep, engine, tokenizer, render)))
     callbacks.append(RunRecordCallback(run_dir, stats, cfg.sample_every, show_progress, memory))
+    if cfg.low_memory:
+        callbacks.append(ReturnFreedMemory())
     policy, peft_config = load_policy(cfg, hf_dir, bf16[0])
     trainer = EdgeGRPOTrainer(
         model=policy, reward_funcs=rewards, args=args, train_dataset=dataset, processing_class=tokenizer,

@@ -6,6 +6,9 @@ adapter type and alpha as metadata, each module's `lora_a` ([r, in]) and `lora_b
 llama.cpp's tensor name (`blk.N.attn_q.weight.lora_a`, ...). For llama-family models the converter
 permutes the rows of q_proj and k_proj (llama.cpp's RoPE layout); B carries the output rows, so B is
 permuted the same way. A test checks this writer against the converter tensor by tensor.
+
+`rollout_base_gguf` is the base such a LoRA is decoded on (GRPO's rollouts; rft's teacher when it
+continues an adapter).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgereason.gguf_layout import LoraLayout, lora_pairs, permute_rows
+from edgereason.models import ResolvedModel
 
 
 def write_lora_gguf(state: Mapping[str, object], layout: LoraLayout, alpha: float, out: Path) -> Path:
@@ -57,3 +61,25 @@ def saved_lora_gguf(adapter_dir: Path, layout: LoraLayout, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     alpha = float(json.loads((adapter_dir / "adapter_config.json").read_text())["lora_alpha"])
     return write_lora_gguf(load_file(str(adapter_dir / "adapter_model.safetensors")), layout, alpha, out)
+
+
+def rollout_base_gguf(model: ResolvedModel, log_dir: Path) -> Path:
+    """A GGUF of the base model for llama.cpp to decode a training LoRA on: its own, or a cached F16
+    conversion of its Hugging Face weights."""
+    if model.gguf_path is not None:
+        return model.gguf_path
+    from filelock import FileLock
+
+    from edgereason.files import atomic_output, content_key
+    from edgereason.native import convert_hf_to_gguf
+    from edgereason.paths import cache_dir
+
+    hf = model.require_hf()
+    # content-keyed: a model retrained in place (same names, same sizes) must not meet its old conversion
+    out = cache_dir() / "gguf" / f"{model.name.replace('/', '_')}-{content_key(hf)}-f16.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not out.is_file():
+            with atomic_output(out) as tmp:
+                convert_hf_to_gguf(hf, tmp, log_dir / "convert-base.log", "f16")
+    return out

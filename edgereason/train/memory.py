@@ -8,9 +8,51 @@ adds the resident memory to each step's metrics row (`rss_mb`), so growth over s
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import resource
 from dataclasses import dataclass, field
 from typing import Any
+
+# glibc's mallopt parameter for the size above which an allocation gets its own mapping (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+_ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+_ONEDNN_CACHE_ENTRIES = 16
+
+
+@functools.cache
+def _libc() -> Any | None:
+    """glibc, or None where the C library is another (musl, macOS): the low-memory settings then do nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def limit_memory_growth() -> None:
+    """Keep a training process's resident memory from growing step after step (`low_memory`).
+
+    What grows is native, not live tensors (docs/measurements.md): glibc keeps the freed blocks of
+    each step's varying-size activations, and oneDNN keeps a kernel for every new shape. A fixed mmap
+    threshold gives every block over 128 KiB its own mapping, returned to the system when freed (glibc
+    otherwise raises the threshold as it sees large frees, and those blocks then stay in the heap);
+    oneDNN reads its cache capacity from the environment when it first builds a kernel, so this must
+    run before the first matmul."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    os.environ.setdefault(_ONEDNN_CACHE, str(_ONEDNN_CACHE_ENTRIES))  # a user's own setting wins
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap pages back to the system (glibc's malloc_trim; a no-op elsewhere). Called after
+    each optimizer step under `low_memory`: the step's activations are freed by then."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def rss_mb() -> float:

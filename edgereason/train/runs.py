@@ -29,6 +29,7 @@ from edgereason.formats import ReasoningFormat, get_format
 from edgereason.models import ResolvedModel, resolve_model
 from edgereason.problems import Problem
 from edgereason.train.config import TrainConfig
+from edgereason.train.memory import limit_memory_growth
 from edgereason.versions import versions
 
 FINISHED = "finished"
@@ -286,10 +287,13 @@ def adapter_shape(adapter: Path) -> dict[str, Any]:
 
 def load_tokenizer(prep: Prepared) -> Any:
     """The base model's tokenizer as every method trains with it: its chat template (the model's own
-    when the checkpoint has none) and a pad token (EOS when it has none)."""
+    when the checkpoint has none) and a pad token (EOS when it has none). Every method calls it first,
+    so the process settings (threads, `low_memory`) are applied here, before any tensor work."""
     from transformers import AutoTokenizer
 
     set_torch_threads(prep.cfg.threads)
+    if prep.cfg.low_memory:  # before torch's first matmul: oneDNN reads its cache capacity then
+        limit_memory_growth()
     tokenizer = AutoTokenizer.from_pretrained(prep.model.require_hf())
     if prep.model.chat_template and not tokenizer.chat_template:
         tokenizer.chat_template = prep.model.chat_template

@@ -189,6 +189,7 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
+    from edgereason.train.callbacks import ReturnFreedMemory
     from edgereason.train.precision import choose_bf16
 
     console = Console(quiet=not show_progress)
@@ -223,7 +224,8 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     trainer_kw = dict(model=policy, args=_sft_args(cfg, run_dir, use_gpu, bf16[0], bool(dev_rows)),
                       train_dataset=Dataset.from_list(train_rows),
                       eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=[record.callback()])
+                      processing_class=tokenizer, peft_config=peft_config,
+                      callbacks=[record.callback()] + ([ReturnFreedMemory()] if cfg.low_memory else []))
     if teacher is not None:
         from edgereason.train.gkd import gkd_trainer
 
