@@ -13,13 +13,20 @@ The same seed always gives the same problems. `arith` (seed 0, 600 problems, 200
 an evaluation benchmark; `arith-train` (seed 1) is for training and never contains a question of
 `arith` (checked as the problems are drawn). `arith-dev` (seed 2, 300 problems, disjoint from both)
 picks a training checkpoint without looking at the benchmark.
+
+`arith-train-forms` asks the same training problems in four answer forms, a quarter each: the number,
+a lettered choice among four, a yes/no comparison and a true/false claim. A model trained on numbers
+alone learns to close its reasoning and answer only after a number; asked for a letter or a yes/no
+it stops inside its reasoning (sftC: 14% of ARC-Easy and 18% of logic answers out of format). Each
+form's rationale ends with a line that turns the chain's value into the answer asked for
+(`meta["closing"]`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgereason.problems import Problem
 
@@ -130,6 +137,51 @@ def generate_arithmetic(n: int = 600, seed: int = 0, depths: tuple[int, ...] = D
                                 subject=f"{depth}-step", level=depth, meta={"steps": values, "chain": chain,
                                                                              "grouped": grouped}))
     return problems
+
+
+FORMS = ("number", "choice", "yes-no", "true-false")
+
+
+def _distractors(rng: random.Random, answer: int, values: list[int]) -> list[int]:
+    """Three wrong options a reader could reach: an intermediate value, an off-by-a-step, a slip."""
+    pool = {v for v in values[:-1] if v != answer}
+    pool |= {answer + d for d in (-10, -2, -1, 1, 2, 10) if answer + d >= 0}
+    pool.discard(answer)
+    return rng.sample(sorted(pool), 3)
+
+
+def in_answer_form(p: Problem, form: str, rng: random.Random) -> Problem:
+    """`p` (a generator problem) asked in `form`, with the closing line its rationale ends with."""
+    answer = int(p.gold_answer)
+    stem, _, ask = p.question.rpartition(" How many ")
+    what, _, who = ask.removesuffix(" have now?").partition(" does ")
+    meta = dict(p.meta, form=form)
+    if form == "number":
+        return replace(p, meta=meta)
+    if form == "choice":
+        options = [answer, *_distractors(rng, answer, list(p.meta["steps"]))]
+        rng.shuffle(options)
+        letter = "ABCD"[options.index(answer)]
+        meta["closing"] = f"So the answer is {letter}) {answer} {what}."
+        return replace(p, id=f"{p.id}-choice", gold_answer=letter, choices=tuple(f"{n} {what}" for n in options),
+                       meta=meta)
+    if form == "yes-no":
+        bar = max(0, answer + rng.choice((-5, -2, -1, 1, 2, 5)))
+        more = answer > bar
+        meta["closing"] = f"{answer} is {'' if more else 'not '}more than {bar}, so {'yes' if more else 'no'}."
+        return replace(p, id=f"{p.id}-yes-no", question=f"{stem} Does {who} have more than {bar} {what} now? Answer yes "
+                       "or no.", gold_answer="yes" if more else "no", meta=meta)
+    claimed = answer if rng.random() < 0.5 else rng.choice(_distractors(rng, answer, list(p.meta["steps"])))
+    meta["closing"] = (f"{who} has {answer} {what}, so it is true." if claimed == answer
+                       else f"{who} has {answer} {what}, not {claimed}, so it is false.")
+    return replace(p, id=f"{p.id}-true-false", question=f"{stem} Is it true that {who} has {claimed} {what} now? "
+                   "Answer true or false.", gold_answer="true" if claimed == answer else "false", meta=meta)
+
+
+def with_answer_forms(problems: list[Problem], seed: int = 3) -> list[Problem]:
+    """Each problem in one of FORMS, in rotation (a quarter each), options and bars drawn from `seed`."""
+    rng = random.Random(seed)
+    return [in_answer_form(p, FORMS[i % len(FORMS)], rng) for i, p in enumerate(problems)]
 
 
 def arithmetic_test() -> list[Problem]:

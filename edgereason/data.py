@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgereason.arithmetic import arithmetic_dev, arithmetic_test, arithmetic_train
+from edgereason.arithmetic import arithmetic_dev, arithmetic_test, arithmetic_train, with_answer_forms
 from edgereason.logic import generate_logic
 from edgereason.paths import cache_dir, data_dir
 from edgereason.problems import LETTERS, Problem
@@ -52,6 +52,7 @@ GENERATED: dict[str, tuple[str, Callable[[], list[Problem]]]] = {
     "logic-train": ("train", lambda: generate_logic(2000, 1)),
     "arith": ("test", arithmetic_test),
     "arith-train": ("train", arithmetic_train),
+    "arith-train-forms": ("train", lambda: with_answer_forms(arithmetic_train())),
     "arith-dev": ("dev", arithmetic_dev),
 }
 

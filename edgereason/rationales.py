@@ -76,6 +76,8 @@ def chain_rationale(problem: Problem) -> str:
             lines.append(rng.choice(_START).format(who=who, what=what, a=a))
         lines.append(rng.choice(_STEP[str(op)]).format(who=who, what=what, a=a, b=b, r=r))
     lines.append(rng.choice(_END).format(who=who, what=what, r=chain[-1][3]))
+    if closing := problem.meta.get("closing"):  # the value turned into the answer asked for (a letter, yes/no)
+        lines.append(closing)
     return "\n".join(lines)
 
 

@@ -33,6 +33,51 @@ def test_every_generator_chain_is_a_checked_consistent_solution():
     assert chain_rationale(problems[0]) == chain_rationale(problems[0])  # seeded by the problem's id
 
 
+def test_answer_forms_ask_for_a_letter_yes_no_or_true_false_and_their_closing_line_answers_it():
+    """arith-train-forms: the same chains asked for a letter, a yes/no or a true/false. The closing line turns
+    the chain's value into that answer, so the answer follows from the checked reasoning, and the grader
+    eval uses (ARC's letters, logic's words) reads the rendered rationale as correct and a wrong one as wrong."""
+    from collections import Counter
+
+    from edgereason.arithmetic import FORMS, with_answer_forms
+    from edgereason.data import is_eval_only
+    from edgereason.grading import grade_completion
+
+    assert not is_eval_only("arith-train-forms")
+    problems = with_answer_forms(arithmetic_train(200))
+    assert Counter(p.meta["form"] for p in problems) == {f: 50 for f in FORMS}
+    kept, faults = rationales(problems)
+    assert faults == [] and len(kept) == 200
+    flipped = {"yes": "no", "no": "yes", "true": "false", "false": "true"}
+
+    def wrong_answer(form: str, gold: str) -> str:
+        if form == "choice":
+            return "ABCD"[("ABCD".index(gold) + 1) % 4]
+        return str(int(gold) + 1) if form == "number" else flipped[gold]
+
+    for r in kept:
+        p, form = r.problem, r.problem.meta["form"]
+        value = r.problem.meta["chain"][-1][3]
+        assert all(c.holds for c in check_arithmetic(r.reasoning))
+        if form == "choice":
+            choices = p.choices or ()
+            assert len(set(choices)) == 4 and choices["ABCD".index(p.gold_answer)].split()[0] == str(value)
+            assert p.prompt.endswith("Answer with the letter of the correct choice.")
+        elif form == "yes-no":
+            bar = int(re.findall(r"more than (\d+)", p.question)[0])
+            assert p.gold_answer == ("yes" if value > bar else "no") and p.question.endswith("Answer yes or no.")
+        elif form == "true-false":
+            claimed = int(re.findall(r"has (\d+) \D+ now\?", p.question)[0])
+            assert p.gold_answer == ("true" if claimed == value else "false")
+        else:
+            assert p.gold_answer == str(value) and "closing" not in p.meta
+        if form != "number":
+            assert r.reasoning.splitlines()[-1] == p.meta["closing"] and p.gold_answer in p.meta["closing"]
+        assert grade_completion(FMT.render(r.reasoning, r.answer), p.gold_answer, p.choices, FMT).strict_correct
+        other = wrong_answer(form, p.gold_answer)
+        assert not grade_completion(FMT.render(r.reasoning, other), p.gold_answer, p.choices, FMT).strict_correct
+
+
 def test_written_solutions_with_and_without_the_calculator():
     solution = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
     assert written_rationale(solution) == "Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips."
