@@ -66,8 +66,9 @@ def teacher_spec(cfg: TrainConfig) -> str:
 
 def adapter_teacher(cfg: TrainConfig, out: Path) -> str | None:
     """rft continuing an adapter: the model's base GGUF with the adapter written as a GGUF LoRA
-    (`out`/init-adapter-lora.gguf), which llama.cpp samples several times faster on a CPU than
-    transformers samples the PEFT model; None for an architecture llama.cpp takes no LoRA for."""
+    (`out`/init-adapter-lora.gguf), sampled on llama.cpp, under the format grammar, rather than the
+    PEFT model on transformers, which takes no grammar (sftC's adapter, 32 problems x 4 traces at 1
+    thread: 143 s against 220 s); None for an architecture llama.cpp takes no LoRA for."""
     from transformers import AutoConfig
 
     from edgereason.gguf_layout import SUPPORTED, LoraLayout
