@@ -276,7 +276,8 @@ def test_a_short_run_with_the_fast_engine_and_the_curriculum(tmp_path, default_m
                       "policy and trainer built", "step 1 (first of this process)", "step 2 (last)"]
     peaks = [m["peak_mb"] for m in run["memory"]]
     assert all(m["rss_mb"] > 0 for m in run["memory"]) and peaks == sorted(peaks)
-    assert all(r["rss_mb"] > 0 for r in rows) and "Memory by phase" in (result.run_dir / "report.md").read_text()
+    assert all(r["peak_rss_mb"] >= r["rss_mb"] > 0 for r in rows) and "Memory by phase" in (result.run_dir / "report.md").read_text()
+    assert [r["peak_rss_mb"] for r in rows] == sorted(r["peak_rss_mb"] for r in rows)  # the peak so far, per step
     assert (result.run_dir / "metrics.png").stat().st_size > 10_000 and "GRPO run" in (result.run_dir / "report.md").read_text()
     from safetensors import safe_open
 
@@ -491,7 +492,7 @@ def test_sft_lowers_the_loss_and_its_adapter_loads_as_a_gguf_lora(tmp_path, defa
     assert run["best_checkpoint"].endswith("checkpoint-6")  # the lower dev loss chose the adapter
     assert [m["phase"] for m in run["memory"]] == ["libraries imported", "policy and trainer built",
                                                   "step 1 (first of this process)", "step 6 (last)"]
-    assert all(r["rss_mb"] > 0 for r in rows)
+    assert all(r["peak_rss_mb"] >= r["rss_mb"] > 0 for r in rows if "loss" in r)
     assert "SFT run" in (result.run_dir / "report.md").read_text()
     lora = tmp_path / "adapter-lora-f16.gguf"
     convert_lora_to_gguf(result.adapter_dir, default_model.require_hf(), lora, tmp_path / "convert.log")

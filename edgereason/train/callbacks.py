@@ -162,7 +162,7 @@ class RunRecordCallback(TrainerCallback):
             return
         compliance = self.stats.pop_compliance()
         record = {"step": state.global_step, "format_compliance": compliance, **logs,
-                  "rss_mb": self.memory.step(state.global_step)}
+                  **self.memory.step(state.global_step)}
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         if state.global_step % self.sample_every == 0 and self.stats.samples:

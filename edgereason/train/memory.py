@@ -3,7 +3,8 @@
 A run's peak RSS alone (run.json `peak_rss_mb`) cannot say whether the model, the rollout engine, the
 first step's activations or a slow growth over steps holds it. The ledger marks the resident and peak
 memory after each phase (written to run.json `memory`, and the report's table), and the run record
-adds the resident memory to each step's metrics row (`rss_mb`), so growth over steps shows as a line.
+adds the resident memory and the peak so far to each step's metrics row (`rss_mb`, `peak_rss_mb`),
+so growth over steps shows as a line and a step's transient as a jump in the peak.
 """
 
 from __future__ import annotations
@@ -77,13 +78,15 @@ class MemoryLedger:
     def mark(self, phase: str) -> None:
         self.marks.append({"phase": phase, "rss_mb": round(rss_mb(), 1), "peak_mb": round(peak_rss_mb(), 1)})
 
-    def step(self, step: int) -> float:
-        """The resident memory for a step's metrics row; the first step this process logs is marked
-        (its activations, gradients and optimizer state are then allocated)."""
+    def step(self, step: int) -> dict[str, float]:
+        """A step's metrics-row figures: the resident memory now, and the peak so far (a step whose
+        transient working set raised the peak shows as a jump in it, though the resident memory it
+        logs is back down). The first step this process logs is marked (its activations, gradients
+        and optimizer state are then allocated)."""
         if not self.stepped:
             self.mark(f"step {step} (first of this process)")
             self.stepped = True
-        return round(rss_mb(), 1)
+        return {"rss_mb": round(rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
     def end(self, step: int) -> None:
         self.mark(f"step {step} (last)")

@@ -25,7 +25,7 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Path | None:
         ("Clip ε and grad norm", ["epsilon", "grad_norm"]),
         ("Curriculum: problems in the band", ["curriculum/active", "curriculum/parked", "curriculum/retired"]),
         ("Groups with tied correctness / zero reward std", ["curriculum/frac_correctness_tied", "frac_reward_zero_std"]),
-        ("Resident memory (MB)", ["rss_mb"]),
+        ("Resident memory (MB)", ["rss_mb", "peak_rss_mb"]),
     ]
     fig, axes = plt.subplots(5, 2, figsize=(12, 16))
     axes.flat[-1].set_visible(False)

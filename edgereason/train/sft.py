@@ -129,7 +129,7 @@ class _Record:
                     # seconds since this process began training: `bench-train --method sft` reads step times here
                     fh.write(json.dumps({"step": state.global_step, **logs,
                                          "elapsed_s": round(time.perf_counter() - record.t0, 3),
-                                         "rss_mb": record.memory.step(state.global_step)}) + "\n")
+                                         **record.memory.step(state.global_step)}) + "\n")
                 record.progress.update(record.task, completed=state.global_step, description=(
                     f"loss {record.last.get('loss', float('nan')):.3f}  dev {record.last.get('eval_loss', float('nan')):.3f}"))
 
