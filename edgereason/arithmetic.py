@@ -25,6 +25,7 @@ form's rationale ends with a line that turns the chain's value into the answer a
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -81,6 +82,8 @@ def _div(rng: random.Random, who: str, what: str, amount: int) -> _Step | None:
 
 
 _OPS = (_add, _sub, _mul, _div)
+# The generator's last sentence, which in_answer_form rewords: the story, then what is counted and whose.
+_GENERATOR_ASK = re.compile(r"(.*) How many (.+?) does (.+) have now\?", re.DOTALL)
 
 
 def _start(rng: random.Random, who: str, what: str) -> tuple[str, int, tuple[int, int] | None]:
@@ -152,9 +155,13 @@ def _distractors(rng: random.Random, answer: int, values: list[int]) -> list[int
 
 def in_answer_form(p: Problem, form: str, rng: random.Random) -> Problem:
     """`p` (a generator problem) asked in `form`, with the closing line its rationale ends with."""
+    asked = _GENERATOR_ASK.fullmatch(p.question)
+    if asked is None or "steps" not in p.meta:
+        # The forms reword the generator's own last sentence; another question would be garbled silently.
+        raise ValueError(f"{p.id}: not a generator problem (no final 'How many X does W have now?' and step "
+                         "values), so it cannot be asked in another answer form")
+    stem, what, who = asked.groups()
     answer = int(p.gold_answer)
-    stem, _, ask = p.question.rpartition(" How many ")
-    what, _, who = ask.removesuffix(" have now?").partition(" does ")
     meta = dict(p.meta, form=form)
     if form == "number":
         return replace(p, meta=meta)

@@ -3,6 +3,7 @@ written solutions are read with and without their calculator annotations, and a 
 does not check out is named with its line and left out."""
 
 import json
+import random
 import re
 
 import pytest
@@ -76,6 +77,21 @@ def test_answer_forms_ask_for_a_letter_yes_no_or_true_false_and_their_closing_li
         assert grade_completion(FMT.render(r.reasoning, r.answer), p.gold_answer, p.choices, FMT).strict_correct
         other = wrong_answer(form, p.gold_answer)
         assert not grade_completion(FMT.render(r.reasoning, other), p.gold_answer, p.choices, FMT).strict_correct
+
+
+def test_answer_forms_refuse_a_question_the_generator_did_not_write():
+    """The forms reword the generator's last sentence ("How many X does W have now?"); a question without it
+    (GSM8K's, a user's file) is refused with its id instead of being rewritten into nonsense."""
+    from dataclasses import replace
+
+    from edgereason.arithmetic import in_answer_form
+
+    p = arithmetic_train(1)[0]
+    assert in_answer_form(p, "yes-no", random.Random(0)).question.endswith("Answer yes or no.")
+    for other in (replace(p, id="gsm-7", question="Janet sells eggs. How much does she make?"),
+                  replace(p, id="gsm-8", meta={})):
+        with pytest.raises(ValueError, match=other.id):
+            in_answer_form(other, "yes-no", random.Random(0))
 
 
 def test_written_solutions_with_and_without_the_calculator():
