@@ -34,9 +34,11 @@ def quiet_libraries() -> None:
     logging.getLogger("bitsandbytes").addFilter(_DropMessage("kernels-community"))
     for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.backends.default.ops"):
         logging.getLogger(name).addFilter(_DropMessage("kernels-community"))
-    # transformers deprecates `is_gradient_checkpointing` in favour of a new name; TRL still reads the
-    # old one, once per step. TRL's pinned release is what calls it, not edgereason.
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    # transformers deprecates the `gradient_checkpointing*` names for `activation_checkpointing*`; TRL's
+    # pinned release still calls the old ones, once per step (GRPO switches checkpointing off around
+    # each generation and back on). TRL's code, not edgereason's: edgereason passes the new name.
+    warnings.filterwarnings("ignore", message=r".*(is_gradient_checkpointing|gradient_checkpointing_(enable|disable)).*",
+                            category=FutureWarning)
     # gradio's queue (the pinned release) sets pandas options that pandas 3 deprecates, once per event:
     # gradio's code, unchanged behaviour until pandas 4.
     warnings.filterwarnings("ignore", message=r".*(no_silent_downcasting|The copy keyword is deprecated).*",

@@ -92,6 +92,21 @@ def test_low_memory_maps_large_blocks_so_freeing_them_returns_memory(mode):
     assert json.loads(out.stdout)["onednn"] == "64"
 
 
+@pytest.mark.parametrize("low_memory, setting, expected", [
+    (False, None, False), (True, None, True), (True, False, False), (False, True, True)])
+def test_low_memory_recomputes_activations_unless_the_setting_says_otherwise(tmp_path, low_memory, setting, expected):
+    """A step's activations were the ~480 MB swing above the GRPO recipe's resident memory; `low_memory`
+    checkpoints them by default, and an explicit gradient_checkpointing wins. Both methods pass it to TRL."""
+    from edgereason.train.grpo import _grpo_args
+    from edgereason.train.sft import _sft_args
+
+    cfg = TrainConfig(output_root=tmp_path, low_memory=low_memory, gradient_checkpointing=setting)
+    assert cfg.checkpoint_activations is expected
+    grpo = _grpo_args(cfg, tmp_path, use_gpu=False, bf16=False, engine="llama.cpp", streamed=False)
+    sft = _sft_args(cfg.model_copy(update={"method": "sft"}), tmp_path, use_gpu=False, bf16=False, has_dev=False)
+    assert grpo.activation_checkpointing is expected and sft.activation_checkpointing is expected
+
+
 # ---- the fast rollout engine ---------------------------------------------------------------------
 
 
@@ -207,37 +222,48 @@ def test_rollout_engine_matches_the_policy_and_schedules_temperatures(tmp_path, 
 
 
 @pytest.mark.model
-def test_compact_scoring_gives_trls_log_probs(default_model):
-    """TRL's fused head scores only the labelled positions under `score_completions_only`; the
-    per-token log-probabilities are the ones of its full path (and the patched name still exists)."""
+def test_compact_scoring_and_small_tiles_give_trls_log_probs_and_gradients(default_model):
+    """TRL's fused head scores only the labelled positions under `score_completions_only`, and makes its
+    logits in small tiles under `small_tiles` (low_memory): the per-token log-probabilities and the
+    gradients they send back are those of TRL's own full path (and the patched names still exist)."""
     import torch
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM
 
-    from edgereason.compat.trl import score_labelled_positions_on_cpu
-    from edgereason.train.trainer import score_completions_only
+    from edgereason.compat.trl import lm_head_tiles
+    from edgereason.train.lm_head import SMALL_TILE, score_completions_only, small_tiles
 
     assert hasattr(trl_utils, "_use_triton")
     model = AutoModelForCausalLM.from_pretrained(str(default_model.hf_dir), dtype=torch.float32)
+    model.model.norm.weight.requires_grad_(True)  # a trained weight just below the head: its gradient is compared
     trl_utils.add_fused_lm_head(model, outputs=("log_probs",))
-    ids = torch.randint(100, 30000, (2, 40))
+    ids = torch.randint(100, 30000, (2, 80))
     labels = ids.clone()
-    labels[:, :30] = -100  # only the last 10 positions are scored
+    labels[:, :70] = -100  # only the last 10 positions of each row are scored
 
-    def logps():
-        with torch.no_grad():
-            return model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs[:, -10:]
+    def logps_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        out.sum().backward()
+        return out.detach()[:, -10:], model.model.norm.weight.grad.clone()
 
-    was_compact = trl_utils._use_triton(torch.device("cpu"))  # an earlier test in this process may have trained
-    score_labelled_positions_on_cpu(False)
-    full = logps()
+    was_compact, was_tiles = trl_utils._use_triton(torch.device("cpu")), lm_head_tiles()  # an earlier test may have trained
     try:
+        score_completions_only(False)
+        small_tiles(False)
+        full = logps_and_grad()
         score_completions_only()
         assert trl_utils._use_triton(torch.device("cpu"))
-        compact = logps()
+        compact = logps_and_grad()
+        score_completions_only(False)
+        small_tiles()
+        assert lm_head_tiles() == SMALL_TILE
+        tiled = logps_and_grad()
     finally:
-        score_labelled_positions_on_cpu(was_compact)
-    assert torch.allclose(full, compact, atol=1e-5)
+        score_completions_only(was_compact)
+        small_tiles(was_tiles == SMALL_TILE)
+    for other in (compact, tiled):
+        assert torch.allclose(full[0], other[0], atol=1e-5) and torch.allclose(full[1], other[1], atol=1e-4)
 
 
 def tensorboard_tags(run_dir: Path) -> set[str]:
@@ -264,6 +290,7 @@ def test_a_short_run_with_the_fast_engine_and_the_curriculum(tmp_path, default_m
             "train/beta", "train/epsilon"} <= tensorboard_tags(result.run_dir)
     run = json.loads((result.run_dir / "run.json").read_text())
     assert run["status"] == "finished" and run["rollout_engine"] == "llama.cpp" and run["curriculum"]
+    assert run["activation_checkpointing"] is False  # off unless asked for (or low_memory), as the model reports it
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("rewards/format/mean", "rewards/correctness/mean", "frac_reward_zero_std", "curriculum/active",
@@ -289,7 +316,8 @@ def test_a_short_run_with_the_fast_engine_and_the_curriculum(tmp_path, default_m
 
 @pytest.mark.model
 def test_resume_after_kill_continues_without_losing_steps(tmp_path, default_model):
-    cfg = tiny(tmp_path, name="resume", max_steps=4, rollout_engine="llama.cpp")
+    # with activation checkpointing, which TRL switches off around each generation and back on after
+    cfg = tiny(tmp_path, name="resume", max_steps=4, rollout_engine="llama.cpp", gradient_checkpointing=True)
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(cfg.to_yaml())
     cmd = python_module("edgereason.cli", "train", "--config", str(cfg_file))
@@ -306,6 +334,7 @@ def test_resume_after_kill_continues_without_losing_steps(tmp_path, default_mode
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     run = json.loads((tmp_path / "resume" / "run.json").read_text())
     assert run["status"] == "finished" and run["steps"] == 4 and run["rollout_engine"] == "llama.cpp"
+    assert run["activation_checkpointing"] is True
     assert run["resumed_from"] and int(run["resumed_from"].rsplit("-", 1)[-1]) >= 2
     steps = [json.loads(line)["step"] for line in (tmp_path / "resume" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
@@ -502,22 +531,28 @@ def test_sft_lowers_the_loss_and_its_adapter_loads_as_a_gguf_lora(tmp_path, defa
 
 
 @pytest.mark.model
-def test_sft_padding_free_scores_a_batch_exactly_as_padding_does(tmp_path, default_model):
+def test_sft_padding_free_and_compact_scoring_score_a_batch_exactly_as_padding_does(tmp_path, default_model):
     """Padding-free puts a batch's sequences in one row; on CPU (sdpa) each must still attend only to
-    itself. The first step's loss is computed before any update, on the same rows in the same order:
-    padded and padding-free must agree (fp32), or the sequences saw each other."""
+    itself. Compact scoring projects only the answer's positions through the LM head. The first step's
+    loss is computed before any update, on the same rows in the same order: TRL's padded full path,
+    padding-free and compact must agree (fp32), or the sequences saw each other or a position was lost."""
+    import torch
+    import trl.trainer.utils as trl_utils
+
     from edgereason.train.sft import run_sft
 
     first = {}
-    for padding_free in (False, True):
-        (tmp_path / str(padding_free)).mkdir()
-        cfg = _sft(tmp_path / str(padding_free), dev=None, max_steps=1, save_steps=1, bf16=False,
-                   padding_free=padding_free)
+    for name, kw in (("padded", {"compact_scoring": False}), ("compact", {"compact_scoring": True}),
+                     ("padding-free", {"padding_free": True})):
+        (tmp_path / name).mkdir()
+        cfg = _sft(tmp_path / name, dev=None, max_steps=1, save_steps=1, bf16=False, **kw)
         result = run_sft(cfg, show_progress=False)
         row = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])
-        first[padding_free] = (row["loss"], row["num_tokens"])
-    assert first[True][1] == first[False][1]  # the same rows
-    assert first[True][0] == pytest.approx(first[False][0], rel=1e-4)
+        first[name] = (row["loss"], row["num_tokens"])
+        assert trl_utils._use_triton(torch.device("cpu")) is (name != "padded")  # the run set TRL's switch
+    for name in ("compact", "padding-free"):
+        assert first[name][1] == first["padded"][1]  # the same rows
+        assert first[name][0] == pytest.approx(first["padded"][0], rel=1e-4)
     with pytest.raises(ValueError, match="padding_free"):
         TrainConfig(method="gkd", teacher="x", padding_free=True)
 
@@ -588,6 +623,7 @@ def test_sft_resumes_after_kill(tmp_path, default_model):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     run = json.loads((tmp_path / "sft-resume" / "run.json").read_text())
     assert run["status"] == "finished" and run["steps"] == 4 and run["resumed_from"]
+    assert run["activation_checkpointing"] is True  # low_memory recomputes activations unless told otherwise
     # EDGEREASON_THREADS (1 in the suite, conftest) sets torch's pool too, not only llama.cpp's
     assert run["machine"]["torch_threads"] == default_threads()
     steps = [json.loads(line)["step"] for line in (tmp_path / "sft-resume" / "metrics.jsonl").read_text().splitlines()]

@@ -162,15 +162,19 @@ class TrainConfig(StageConfig):
     adam_beta2: float = Field(0.99, description="AdamW β2.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (bigger models).")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute each layer's activations in the backward pass instead of keeping them: compute "
+        "for memory (default: on with low_memory, else off; see checkpoint_activations).")
     bf16: bool | None = Field(None, description="bf16 autocast for the policy's forward and backward (default: on with a "
                               "GPU or a CPU with bf16 instructions; requested on a CPU without them, fp32 with a warning).")
     threads: int | None = Field(None, ge=1, description="CPU threads for training and rollouts (default: all cores).")
-    low_memory: bool = Field(False, description="Hold resident memory near its first step's on a small device, at a cost "
-                             "in speed: large allocations mapped and returned at once, freed heap pages handed back "
-                             "after every step, and oneDNN's kernel cache capped (see edgereason.train.memory).")
-    compact_scoring: bool = Field(True, description="Score only completion positions in TRL's fused LM head off-GPU "
-                                  "too (TRL scores every position there; the prompt is most of each row).")
+    low_memory: bool = Field(False, description="The least memory on a small device, at a cost in speed: activations "
+                             "recomputed (gradient_checkpointing, unless set), the LM head's logits made in small "
+                             "tiles, large allocations mapped and returned at once, freed heap pages handed back "
+                             "after every step, and oneDNN's kernel cache capped (see edgereason.train.memory "
+                             "and edgereason.train.lm_head).")
+    compact_scoring: bool = Field(True, description="GRPO and SFT: score only completion positions in TRL's fused LM "
+                                  "head off-GPU too (TRL scores every position there; the prompt is most of each row).")
 
     # ---- run management ----
     save_steps: int = Field(10, ge=1, description="Checkpoint every N steps (resume picks the last complete one).")
@@ -246,6 +250,13 @@ class TrainConfig(StageConfig):
         if not any(self.reward_weights.values()):
             raise ValueError("all reward weights are 0: nothing to learn from")
         return self
+
+    @property
+    def checkpoint_activations(self) -> bool:
+        """Whether the backward recomputes activations: the setting where given, else `low_memory`. Without it
+        a step holds every layer's activations for the row it trains on: a ~480 MB swing above the resident
+        level per GRPO micro-batch of the CPU recipe, ~100 MB with it (docs/measurements.md)."""
+        return self.low_memory if self.gradient_checkpointing is None else self.gradient_checkpointing
 
     @property
     def run_dir(self) -> Path:

@@ -34,6 +34,7 @@ from edgereason.train.runs import (
     RunResult,
     TrainSetupError,
     build_prompt,
+    checkpointing_activations,
     is_main_process,
     load_policy,
     load_tokenizer,
@@ -100,7 +101,7 @@ def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, engin
     return GRPOConfig(
         **{name: getattr(cfg, name) for name in same_name},
         output_dir=str(run_dir / "checkpoints"),
-        activation_checkpointing=cfg.gradient_checkpointing,  # transformers' current name for it
+        activation_checkpointing=cfg.checkpoint_activations,  # transformers' current name for it
         temperature=1.0 if scheduled else cfg.temperature,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         lr_scheduler_type=cfg.lr_scheduler,
@@ -185,7 +186,7 @@ def build_trainer(prep: Prepared, show_progress: bool = True, log: Any = print) 
     policy, peft_config = load_policy(cfg, hf_dir, bf16[0])
     trainer = EdgeGRPOTrainer(
         model=policy, reward_funcs=rewards, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=peft_config, callbacks=callbacks, compact_scoring=cfg.compact_scoring,
+        peft_config=peft_config, callbacks=callbacks,
         rollout_engine=engine if engine_name in ("llama.cpp", "transformers") else None,
     )
     memory.mark("policy and trainer built")
@@ -363,7 +364,8 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
     }
     extra: dict[str, Any] = {"steps": steps, "stop_reason": reason, "final_metrics": metrics,
                              "rollout_engine": built.engine_name, "bf16": built.bf16[0], "precision_note": built.bf16[1],
-                             "replicas_in_sync": in_sync, "memory": built.memory.marks, **timing}
+                             "replicas_in_sync": in_sync, "memory": built.memory.marks,
+                             "activation_checkpointing": checkpointing_activations(trainer.model), **timing}
     if built.pool is not None:
         extra["curriculum"] = built.pool.sizes()
     write_run_json(prep, FINISHED, extra)

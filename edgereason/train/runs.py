@@ -29,6 +29,7 @@ from edgereason.formats import ReasoningFormat, get_format
 from edgereason.models import ResolvedModel, resolve_model
 from edgereason.problems import Problem
 from edgereason.train.config import TrainConfig
+from edgereason.train.lm_head import score_completions_only, small_tiles
 from edgereason.train.memory import limit_memory_growth
 from edgereason.versions import versions
 
@@ -152,6 +153,12 @@ def main_process_first() -> Iterator[None]:
     # for rank 0 to ask a distillation teacher while the others wait (torch's default is 30 min).
     with PartialState(timeout=timedelta(hours=DISTRIBUTED_TIMEOUT_HOURS)).main_process_first():
         yield
+
+
+def checkpointing_activations(model: Any) -> bool:
+    """Whether the trained model recomputes its activations in the backward pass, as the model itself
+    reports it (transformers' flag on its layers; a PEFT wrapper hands the attribute to the model)."""
+    return bool(getattr(model, "is_activation_checkpointing", False))
 
 
 def replicas_in_sync(model: Any) -> bool | None:
@@ -294,6 +301,9 @@ def load_tokenizer(prep: Prepared) -> Any:
     set_torch_threads(prep.cfg.threads)
     if prep.cfg.low_memory:  # before torch's first matmul: oneDNN reads its cache capacity then
         limit_memory_growth()
+    # How TRL's fused LM head scores (process-wide, so set by every run as its config says)
+    score_completions_only(prep.cfg.compact_scoring)
+    small_tiles(prep.cfg.low_memory)
     tokenizer = AutoTokenizer.from_pretrained(prep.model.require_hf())
     if prep.model.chat_template and not tokenizer.chat_template:
         tokenizer.chat_template = prep.model.chat_template

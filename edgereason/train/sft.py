@@ -32,6 +32,7 @@ from edgereason.train.runs import (
     RunResult,
     TrainSetupError,
     build_prompt,
+    checkpointing_activations,
     is_main_process,
     load_policy,
     load_tokenizer,
@@ -168,7 +169,7 @@ def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_de
         # 49k vocabulary) took the 48-problem dev set's run to a 10.8 GB peak.
         prediction_loss_only=True,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
-        activation_checkpointing=cfg.gradient_checkpointing,  # transformers' current name for it
+        activation_checkpointing=cfg.checkpoint_activations,  # transformers' current name for it
         # Exact on CPU too: transformers builds a per-sequence mask from the position ids when no KV
         # cache is in play, and SFTTrainer's forward passes use_cache=False. (With a cache, sdpa and
         # eager let each sequence attend to the ones before it: logits off by up to 20 here.)
@@ -275,7 +276,8 @@ def _finalize(prep: Prepared, trainer: Any, tokenizer: Any, seconds: float, n_tr
     extra = {"method": cfg.method, "steps": steps, "stop_reason": "max_steps", "final_metrics": metrics,
              "best_checkpoint": state.best_model_checkpoint, "rationales": {"train": n_train, "dev": n_dev,
                                                                             "faults": len(faults)},
-             "replicas_in_sync": in_sync, "memory": memory.marks, **timing}
+             "replicas_in_sync": in_sync, "memory": memory.marks,
+             "activation_checkpointing": checkpointing_activations(trainer.model), **timing}
     write_run_json(prep, FINISHED, extra)
     _report(run_dir, cfg, rows, metrics, timing, state.best_model_checkpoint, len(faults), n_train, n_dev, memory)
     return RunResult(run_dir, adapter_dir, steps, "max_steps", metrics, seconds)
