@@ -18,11 +18,20 @@ from edgereason.plots import pyplot, save_figure
 
 
 def run_memory(run_dir: Path, label: str) -> dict[str, Any]:
+    """A run's memory figures. A run that did not finish (stopped, or still going) is read from its
+    metrics rows: the steps it logged, the peak so far at the last one, their mean step time."""
     run = json.loads((run_dir / "run.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    per_step = [(r["step"], r["rss_mb"]) for r in rows if "rss_mb" in r]
-    return {"label": label, "run": str(run_dir), "steps": run["steps"], "peak_rss_mb": run["peak_rss_mb"],
-            "seconds_per_step": run.get("seconds_per_step"), "low_memory": run["config"].get("low_memory", False),
+    rows = [r for r in rows if "rss_mb" in r]
+    per_step = [(r["step"], r["rss_mb"]) for r in rows]
+    finished = "peak_rss_mb" in run
+    times = [r["step_time"] for r in rows if "step_time" in r]
+    return {"label": label if finished else f"{label} (stopped at step {rows[-1]['step']})", "run": str(run_dir),
+            "steps": run["steps"] if finished else rows[-1]["step"],
+            "peak_rss_mb": run["peak_rss_mb"] if finished else max(r["peak_rss_mb"] for r in rows),
+            "seconds_per_step": run.get("seconds_per_step") if finished else (sum(times) / len(times) if times else None),
+            "low_memory": run["config"].get("low_memory", False),
+            "activation_checkpointing": run.get("activation_checkpointing"),
             "threads": run["config"].get("threads"), "phases": run.get("memory", []), "rss_per_step": per_step}
 
 
