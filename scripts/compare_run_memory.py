@@ -25,7 +25,9 @@ def run_memory(run_dir: Path, label: str) -> dict[str, Any]:
     rows = [r for r in rows if "rss_mb" in r]
     per_step = [(r["step"], r["rss_mb"]) for r in rows]
     finished = "peak_rss_mb" in run
-    times = [r["step_time"] for r in rows if "step_time" in r]
+    times = [r["step_time"] for r in rows if "step_time" in r]  # GRPO's rows; SFT's carry the time elapsed
+    if not times and len(rows) > 1 and "elapsed_s" in rows[-1]:
+        times = [(rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])]
     return {"label": label if finished else f"{label} (stopped at step {rows[-1]['step']})", "run": str(run_dir),
             "steps": run["steps"] if finished else rows[-1]["step"],
             "peak_rss_mb": run["peak_rss_mb"] if finished else max(r["peak_rss_mb"] for r in rows),

@@ -107,6 +107,17 @@ def test_low_memory_recomputes_activations_unless_the_setting_says_otherwise(tmp
     assert grpo.activation_checkpointing is expected and sft.activation_checkpointing is expected
 
 
+def test_low_memory_is_applied_before_the_model_is_first_used(tmp_path, default_model):
+    """prepare_run, which converts the model on its first use, applies low_memory's process settings first."""
+    code = ("import os, sys; from edgereason.train.config import TrainConfig; from edgereason.train.runs import prepare_run; "
+            "prepare_run(TrainConfig(output_root=sys.argv[1], dataset=['arith-train'], low_memory=True)); "
+            "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))")
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert out.stdout.split()[-1] == "16"
+
+
 # ---- the fast rollout engine ---------------------------------------------------------------------
 
 

@@ -263,6 +263,11 @@ def start_run_dir(prep: Prepared) -> None:
 def prepare_run(cfg: TrainConfig) -> Prepared:
     """Everything that can fail, in one place, before any compute is spent (cheapest first: the data,
     then the model, which may be converted to a cached HF copy on first use, then the output folder)."""
+    if cfg.low_memory:
+        # Before the model's first use converts it here (its dequantized tensors, freed, would otherwise
+        # stay in the heap: +520 MB resident after it, +250 MB so, measured) and before torch's first matmul
+        # (oneDNN reads its cache capacity then). Process-wide, as the allocator is.
+        limit_memory_growth()
     check_trackers(cfg.report_to)
     problems = load_training_problems(cfg)
     try:
@@ -295,12 +300,11 @@ def adapter_shape(adapter: Path) -> dict[str, Any]:
 def load_tokenizer(prep: Prepared) -> Any:
     """The base model's tokenizer as every method trains with it: its chat template (the model's own
     when the checkpoint has none) and a pad token (EOS when it has none). Every method calls it first,
-    so the process settings (threads, `low_memory`) are applied here, before any tensor work."""
+    so the process settings (threads, the LM head's scoring) are applied here, before any tensor work
+    (`low_memory`'s allocator settings earlier still, in prepare_run)."""
     from transformers import AutoTokenizer
 
     set_torch_threads(prep.cfg.threads)
-    if prep.cfg.low_memory:  # before torch's first matmul: oneDNN reads its cache capacity then
-        limit_memory_growth()
     # How TRL's fused LM head scores (process-wide, so set by every run as its config says)
     score_completions_only(prep.cfg.compact_scoring)
     small_tiles(prep.cfg.low_memory)
