@@ -17,6 +17,16 @@ from typing import Any
 from edgereason.plots import pyplot, save_figure
 
 
+def _seconds_per_step(rows: list[dict[str, Any]]) -> float | None:
+    """The mean step time of the logged rows: GRPO's carry each step's time, SFT's the time elapsed."""
+    times = [r["step_time"] for r in rows if "step_time" in r]
+    if times:
+        return sum(times) / len(times)
+    if len(rows) > 1 and "elapsed_s" in rows[-1]:
+        return (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
+    return None
+
+
 def run_memory(run_dir: Path, label: str) -> dict[str, Any]:
     """A run's memory figures. A run that did not finish (stopped, or still going) is read from its
     metrics rows: the steps it logged, the peak so far at the last one, their mean step time."""
@@ -25,13 +35,10 @@ def run_memory(run_dir: Path, label: str) -> dict[str, Any]:
     rows = [r for r in rows if "rss_mb" in r]
     per_step = [(r["step"], r["rss_mb"]) for r in rows]
     finished = "peak_rss_mb" in run
-    times = [r["step_time"] for r in rows if "step_time" in r]  # GRPO's rows; SFT's carry the time elapsed
-    if not times and len(rows) > 1 and "elapsed_s" in rows[-1]:
-        times = [(rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])]
     return {"label": label if finished else f"{label} (stopped at step {rows[-1]['step']})", "run": str(run_dir),
             "steps": run["steps"] if finished else rows[-1]["step"],
             "peak_rss_mb": run["peak_rss_mb"] if finished else max(r["peak_rss_mb"] for r in rows),
-            "seconds_per_step": run.get("seconds_per_step") if finished else (sum(times) / len(times) if times else None),
+            "seconds_per_step": run.get("seconds_per_step") if finished else _seconds_per_step(rows),
             "low_memory": run["config"].get("low_memory", False),
             "activation_checkpointing": run.get("activation_checkpointing"),
             "threads": run["config"].get("threads"), "phases": run.get("memory", []), "rss_per_step": per_step}

@@ -34,11 +34,11 @@ from edgereason.train.runs import (
     RunResult,
     TrainSetupError,
     build_prompt,
-    checkpointing_activations,
     is_main_process,
     load_policy,
     load_tokenizer,
     prepare_run,
+    recomputes_activations,
     replicas_in_sync,
     report_to,
     save_on_other_ranks,
@@ -365,7 +365,7 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
     extra: dict[str, Any] = {"steps": steps, "stop_reason": reason, "final_metrics": metrics,
                              "rollout_engine": built.engine_name, "bf16": built.bf16[0], "precision_note": built.bf16[1],
                              "replicas_in_sync": in_sync, "memory": built.memory.marks,
-                             "activation_checkpointing": checkpointing_activations(trainer.model), **timing}
+                             "activation_checkpointing": recomputes_activations(trainer.model), **timing}
     if built.pool is not None:
         extra["curriculum"] = built.pool.sizes()
     write_run_json(prep, FINISHED, extra)

@@ -155,7 +155,7 @@ def main_process_first() -> Iterator[None]:
         yield
 
 
-def checkpointing_activations(model: Any) -> bool:
+def recomputes_activations(model: Any) -> bool:
     """Whether the trained model recomputes its activations in the backward pass, as the model itself
     reports it (transformers' flag on its layers; a PEFT wrapper hands the attribute to the model)."""
     return bool(getattr(model, "is_activation_checkpointing", False))

@@ -32,11 +32,11 @@ from edgereason.train.runs import (
     RunResult,
     TrainSetupError,
     build_prompt,
-    checkpointing_activations,
     is_main_process,
     load_policy,
     load_tokenizer,
     prepare_run,
+    recomputes_activations,
     replicas_in_sync,
     report_to,
     save_on_other_ranks,
@@ -277,7 +277,7 @@ def _finalize(prep: Prepared, trainer: Any, tokenizer: Any, seconds: float, n_tr
              "best_checkpoint": state.best_model_checkpoint, "rationales": {"train": n_train, "dev": n_dev,
                                                                             "faults": len(faults)},
              "replicas_in_sync": in_sync, "memory": memory.marks,
-             "activation_checkpointing": checkpointing_activations(trainer.model), **timing}
+             "activation_checkpointing": recomputes_activations(trainer.model), **timing}
     write_run_json(prep, FINISHED, extra)
     _report(run_dir, cfg, rows, metrics, timing, state.best_model_checkpoint, len(faults), n_train, n_dev, memory)
     return RunResult(run_dir, adapter_dir, steps, "max_steps", metrics, seconds)
