@@ -78,8 +78,9 @@ def open_target(target: Target, fmt: ReasoningFormat, *, batch_size: int = 8, th
         return create_backend("openvino", target.model, threads=threads)
     if target.backend == "llama.cpp":
         # In process, not llama-server: a 135M model's greedy tokens change with which sequences share
-        # a decode (batch-dependent float rounding), and continuous batching makes that depend on
-        # timing. Fixed batches make the same command give the same answers.
+        # a decode (batch-dependent float rounding), and llama-server's continuous batching makes that
+        # depend on timing. The in-process decoder admits the next problem when a row finishes, which
+        # depends on the tokens only: the same command gives the same answers.
         return create_backend("llama-cpp-python", target.model, n_ctx=n_ctx, threads=threads, lora_path=target.adapter,
-                              gpu_layers=gpu_layers)
+                              gpu_layers=gpu_layers, parallel_prompts=concurrency)
     return create_backend("transformers", target.model, adapter=target.adapter, batch_size=batch_size, threads=threads)

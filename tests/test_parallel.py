@@ -53,3 +53,52 @@ def test_several_prompts_are_decoded_together_without_crosstalk(backend):
     assert len({together[0].text, together[1].text, together[3].text}) == 3
     assert all(r.completion_tokens == 24 or r.finish_reason == "stop" for r in together)
     assert len({r.prompt_tokens for r in together}) == 3  # each row counted its own prompt
+
+
+QUESTIONS = ["What is 7 times 8?", "A bus has 40 seats and 12 are empty. How many people sit?", QUESTION,
+             "Tom has 3 apples and buys 4 more. How many apples does he have?", "What is 100 minus 37?"]
+
+
+def test_continuous_batching_admits_the_next_prompt_when_one_finishes_and_evaluates_the_prefix_once(backend):
+    """At most `max_live_prompts` prompts decode at once, the next admitted at the step a live prompt
+    finished (not after the whole batch), a prompt's rows admitted together; the prompts' common prefix
+    (system prompt and template) is evaluated once; each row keeps to its own prompt."""
+    fmt = get_format()
+    tok = backend.llm.tokenize
+    prompts = [tok(backend.render(fmt.messages(q), fmt.prefill).encode(), add_bos=False, special=True)
+               for q in QUESTIONS]
+    rows = [prompts[0], prompts[0], *prompts[1:]]  # the first prompt twice: one group of two rows
+    decoder = backend._decoder()
+    out, _ = decoder.generate_batch(rows, [0.0] * len(rows), list(range(len(rows))), 20, max_live_prompts=2)
+    stats = decoder.last_stats
+    assert len(out) == len(rows) and all(1 <= r.tokens <= 20 for r in out)
+    assert out[0].text == out[1].text  # the same prompt, decoded in the same steps
+    assert stats["max_live_prompts"] == 2 and len(stats["admitted_at"]) == len(prompts)
+    assert stats["admitted_at"][:2] == [0, 0]
+    assert set(stats["admitted_at"][2:]) <= set(stats["finished_at"])  # admitted as a prompt finished
+    assert len(stats["finished_at"]) == len(prompts)
+    again, _ = decoder.generate_batch(rows, [0.0] * len(rows), list(range(len(rows))), 20, max_live_prompts=2)
+    assert [r.token_ids for r in again] == [r.token_ids for r in out]  # admission follows tokens, not timing
+    prefix = stats["prefix_tokens"]
+    assert prefix > 50 and all(p[:prefix] == prompts[0][:prefix] for p in prompts)
+    assert stats["prompt_tokens_evaluated"] == prefix + sum(len(p) - prefix for p in prompts)
+    # without a limit every prompt starts at once, on the same tokens per row
+    together, _ = decoder.generate_batch(rows, [0.0] * len(rows), list(range(len(rows))), 20)
+    assert decoder.last_stats["admitted_at"] == [0] * len(prompts)
+    assert decoder.last_stats["max_live_rows"] == len(rows)
+    assert [r.tokens for r in together] and all(1 <= r.tokens <= 20 for r in together)
+    with pytest.raises(ValueError, match="KV cells"):
+        decoder.generate_batch([prompts[0]], [0.0], [0], decoder.n_ctx)
+
+
+def test_backend_limits_the_prompts_decoded_at_once(backend):
+    """`parallel_prompts` (eval's `concurrency`) is the decoder's live-prompt limit for a call of many."""
+    fmt = get_format()
+    params = SamplingParams(max_tokens=12, temperature=0.0, prefix=fmt.prefill)
+    backend.parallel_prompts = 2
+    try:
+        out = backend.chat([fmt.messages(q) for q in QUESTIONS], params)
+    finally:
+        backend.parallel_prompts = None
+    assert len(out) == len(QUESTIONS) and all(len(r) == 1 for r in out)
+    assert backend._decoder().last_stats["max_live_prompts"] == 2

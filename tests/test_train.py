@@ -859,4 +859,4 @@ def test_bench_train_sft_compares_levers_on_the_same_tokens(tmp_path, default_mo
     report = write_bench(result, cfg.out).read_text()
     assert "tokens/s" in report and "stock SFTTrainer" in report
     with pytest.raises(ValueError, match="unknown sft variants"):
-        run_bench(TrainBenchConfig(method="sft", variants=["compact"], out=tmp_path / "x"))
+        run_bench(TrainBenchConfig(method="sft", variants=["llama.cpp"], out=tmp_path / "x"))

@@ -1,9 +1,10 @@
 """llama.cpp in process through llama-cpp-python: the backend of eval, bench and export checks.
 
 The server does not use it: `edgereason serve --backend llama.cpp` runs llama.cpp's own server
-(`llama_server.py`), which batches concurrent requests. In process, n samples of one prompt are
-decoded together by `ParallelDecoder` (one prompt pass, shared KV cells, one batched decode per
-step), which is what maj@k and pass@k evaluation need.
+(`llama_server.py`), which batches concurrent requests. In process, a call's prompts and their n
+samples are decoded by `ParallelDecoder`: one pass per prompt (their common prefix once), shared KV
+cells, one batched decode per step, and the next prompt admitted as soon as rows finish (continuous
+batching); that is eval's greedy pass as well as maj@k and pass@k.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class LlamaCppBackend(Backend):
         threads: int | None = None,
         lora_path: str | Path | None = None,
         gpu_layers: str | int | None = "auto",
+        parallel_prompts: int | None = None,
     ) -> None:
         super().__init__()
         from llama_cpp import Llama
@@ -56,6 +58,8 @@ class LlamaCppBackend(Backend):
                          lora_path=str(lora_path) if lora_path else None, verbose=False)
         self.context_length = self.llm.n_ctx()
         self.lora_path = lora_path  # applied to the batched decoder's context as well
+        # prompts decoded at once by the batched decoder (None: as many as its slots and cells take)
+        self.parallel_prompts = parallel_prompts
         self._parallel: ParallelDecoder | None = None
         self.template = ChatTemplate.from_gguf_metadata(self.llm, resolved.chat_template, str(gguf))
 
@@ -99,25 +103,18 @@ class LlamaCppBackend(Backend):
         return not (params.ignore_eos or params.logit_bias or params.frequency_penalty or params.presence_penalty)
 
     def _complete_batched(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """Every (prompt, sample) row decoded together, up to MAX_PARALLEL_SAMPLES rows at a time."""
+        """Every (prompt, sample) row in one continuously batched call: a prompt's samples are
+        admitted together as slots and KV cells free up (at most `parallel_prompts` prompts at once)."""
         base = params.seed if params.seed is not None else random.randrange(2**31)
         tokens = [self.llm.tokenize(p.encode("utf-8"), add_bos=False, special=True) for p in prompts]
         rows = [(i, base + i * params.n + j) for i in range(len(prompts)) for j in range(params.n)]
-        decoder = self._decoder()
+        samples, seconds = self._decoder().generate_batch(
+            [tokens[i] for i, _ in rows], [params.temperature] * len(rows), [seed for _, seed in rows],
+            params.max_tokens, params.top_p, params.stop, params.grammar, params.should_stop,
+            max_live_prompts=self.parallel_prompts)
         out: list[list[Completion]] = [[] for _ in prompts]
-        start = 0
-        while start < len(rows):
-            size = MAX_PARALLEL_SAMPLES
-            while size > 1 and sum(len(tokens[i]) for i in {i for i, _ in rows[start:start + size]}) \
-                    + size * params.max_tokens > decoder.n_ctx:
-                size //= 2  # long prompts or answers: fewer rows per batch
-            chunk = rows[start:start + size]
-            samples, seconds = decoder.generate_batch(
-                [tokens[i] for i, _ in chunk], [params.temperature] * len(chunk), [seed for _, seed in chunk],
-                params.max_tokens, params.top_p, params.stop, params.grammar, params.should_stop)
-            for (i, _), s in zip(chunk, samples):
-                out[i].append(Completion(s.text, len(tokens[i]), s.tokens, s.finish_reason, seconds))
-            start += size
+        for (i, _), s in zip(rows, samples):
+            out[i].append(Completion(s.text, len(tokens[i]), s.tokens, s.finish_reason, seconds))
         return out
 
     def complete(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:

@@ -63,7 +63,7 @@ class ParallelDecoder:
         params.n_ctx = n_ctx
         params.n_batch = max(512, max_seqs)
         params.n_ubatch = params.n_batch
-        params.n_seq_max = max_seqs
+        params.n_seq_max = max_seqs + 1  # and one more for the prompts' shared prefix
         params.kv_unified = True  # shared prompt cells, any sequence may use any cell
         params.n_threads = params.n_threads_batch = threads
         # One KV pool for all sequences reads to llama.cpp as one long sequence: its "n_ctx_seq >
@@ -76,6 +76,7 @@ class ParallelDecoder:
         self.vocab = llama_cpp.llama_model_get_vocab(model_of(llm).model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self._adapter: ctypes.c_void_p | None = None
+        self.last_stats: dict[str, Any] = {}  # what the last generate_batch did (prompt tokens, admissions, ...)
 
     # ---- LoRA --------------------------------------------------------------------------------
     def set_lora(self, path: Path | None, scale: float = 1.0) -> None:
@@ -150,36 +151,50 @@ class ParallelDecoder:
     def generate_batch(self, prompts: Sequence[Sequence[int]], temperatures: Sequence[float], seeds: Sequence[int],
                        max_tokens: int, top_p: float = 1.0, stop: Sequence[str] = (), grammar: str | None = None,
                        should_stop: Callable[[], bool] | None = None,
-                       logprobs: bool = False, end_token: int | None = None) -> tuple[list[ParallelSample], float]:
-        """One completion per (prompt, temperature, seed) row, all decoded together; rows with the
-        same prompt share its evaluation. With `logprobs`, each token's log-probability under the
+                       logprobs: bool = False, end_token: int | None = None,
+                       max_live_prompts: int | None = None) -> tuple[list[ParallelSample], float]:
+        """One completion per (prompt, temperature, seed) row; rows with the same prompt share its
+        evaluation and are decoded together. With `logprobs`, each token's log-probability under the
         untempered model is returned too. With `end_token` (the EOS id), a sequence that hits a stop
         string ends with that token (forced; its model log-probability reported): a trainer then sees
-        a terminated completion and learns to end there."""
-        n = len(prompts)
-        if n > self.max_seqs:
-            raise ValueError(f"{n} sequences exceed this context's {self.max_seqs}")
-        distinct: dict[tuple[int, ...], int] = {}
-        for p in prompts:
-            distinct.setdefault(tuple(p), len(distinct))
-        need = sum(len(p) for p in distinct) + n * max_tokens
-        if need > self.n_ctx:
-            raise ValueError(f"{need} KV cells needed (prompts + {n} x {max_tokens} tokens) exceed this context's {self.n_ctx}")
+        a terminated completion and learns to end there.
+
+        Continuous batching: a prompt's rows are admitted as a group when enough sequence slots and KV
+        cells are free (and fewer than `max_live_prompts` prompts are live), and each finished row frees
+        its slot and cells at once, so a long answer does not hold back the rows after it. Admission
+        follows the rows' order and depends only on which rows finish when, never on timing: the same
+        call gives the same tokens. The distinct prompts' common token prefix (a chat's system prompt
+        and template) is evaluated once and shared by every row."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(tuple(p), []).append(i)
+        distinct = list(groups)
+        prefix = _common_prefix(distinct) if len(distinct) > 1 else 0
+        for p, rows in groups.items():
+            if len(rows) > self.max_seqs:
+                raise ValueError(f"{len(rows)} sequences of one prompt exceed this context's {self.max_seqs}")
+            need = prefix + self._cells(p, len(rows), prefix, max_tokens)
+            if need > self.n_ctx:
+                raise ValueError(f"{need} KV cells needed (prompt + {len(rows)} x {max_tokens} tokens) exceed this "
+                                 f"context's {self.n_ctx}")
         t0 = time.perf_counter()
         ctx = self.ctx.ctx
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_clear(mem, True)
         n_batch = self.n_batch
-        batch = llama_cpp.llama_batch_init(max(n_batch, n), 0, self.max_seqs)
+        batch = llama_cpp.llama_batch_init(max(n_batch, self.max_seqs), 0, self.max_seqs + 1)
         # Without a grammar or top-p, all live sequences are sampled at once in numpy from the logits
         # matrix (one softmax per row, a seeded generator per sequence): llama.cpp's per-sequence
         # sampler chains spend more per token on 49k candidates than the batched decode itself.
         vectorised = grammar is None and top_p >= 1.0
-        seqs = [_Seq(distinct[tuple(p)], None if vectorised else self._sampler(t, top_p, s),
-                     llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root") if grammar else None,
-                     t, np.random.default_rng(s) if vectorised else None)
+        seqs = [_Seq(distinct.index(tuple(p)), None, None, t, np.random.default_rng(s) if vectorised else None)
                 for p, t, s in zip(prompts, temperatures, seeds)]
         stop_bytes = [s.encode() for s in stop if s]
+        # what the call did, for tests and benchmarks: when each prompt was admitted and each finished
+        # (in decode steps), the prompt tokens evaluated, the most rows and prompts live at once
+        stats: dict[str, Any] = {"prefix_tokens": prefix, "prompt_tokens_evaluated": 0, "max_live_rows": 0,
+                                 "max_live_prompts": 0, "decode_steps": 0, "admitted_at": [], "finished_at": []}
+        self.last_stats = stats
 
         def step(s: _Seq, idx: int, tok: int | None = None, logprob: float | None = None) -> None:
             """Take a sequence's next token (sampled here from the logits at batch index `idx` unless
@@ -206,44 +221,77 @@ class ParallelDecoder:
             elif len(s.ids) >= max_tokens:
                 s.finish = "length"
 
-        try:
-            # 1. every distinct prompt once, on the first sequence that uses it, in batches of n_batch
-            #    tokens; when a prompt's last token is decoded, its KV cells are shared with the other
-            #    sequences of that prompt and each samples its first token (those logits are live now).
-            owner = {j: next(i for i, s in enumerate(seqs) if s.prompt == j) for j in distinct.values()}
-            tokens = [(j, pos, tok, pos == len(p) - 1) for p, j in distinct.items() for pos, tok in enumerate(p)]
+        def decode(tokens: list[tuple[int, int, int]], last_logits: bool) -> None:
+            """(token, position, slot) rows in chunks of n_batch; logits for the very last one if asked."""
             for start in range(0, len(tokens), n_batch):
                 chunk = tokens[start:start + n_batch]
-                for k, (j, pos, tok, last) in enumerate(chunk):
-                    _put(batch, k, tok, pos, [owner[j]], last)
+                for k, (tok, pos, slot) in enumerate(chunk):
+                    _put(batch, k, tok, pos, [slot], last_logits and start + k == len(tokens) - 1)
                 batch.n_tokens = len(chunk)
                 if llama_cpp.llama_decode(ctx, batch) != 0:
                     raise RuntimeError("llama_decode failed on the prompts")
-                rows = 0
-                for k, (j, pos, _, last) in enumerate(chunk):
-                    if not last:
-                        continue
-                    users = [i for i, s in enumerate(seqs) if s.prompt == j]
-                    for i in users:
-                        if i != owner[j]:
-                            llama_cpp.llama_memory_seq_cp(mem, owner[j], i, -1, -1)
-                        seqs[i].pos = pos + 1
-                    self._step_rows(ctx, [seqs[i] for i in users], [k] * len(users), [rows] * len(users), step,
-                                    vectorised)
-                    rows += 1
-            # 2. one token for every live sequence per llama_decode
+            stats["prompt_tokens_evaluated"] += len(tokens)
+
+        free = list(range(self.max_seqs))
+        slot_of: dict[int, int] = {}  # row -> its llama.cpp sequence id while live
+        live_groups: dict[int, int] = {}  # distinct prompt -> its rows still decoding
+        reserved = prefix
+        pending = list(range(len(distinct)))
+        try:
+            if prefix:  # the common prefix on its own sequence id, never freed during the call
+                decode([(tok, pos, self.max_seqs) for pos, tok in enumerate(distinct[0][:prefix])], False)
             while True:
-                live = [i for i, s in enumerate(seqs) if s.finish is None]
+                # 1. admit whole prompts in order while slots, cells and the prompt limit allow
+                while pending and (max_live_prompts is None or len(live_groups) < max_live_prompts):
+                    j = pending[0]
+                    p, rows = distinct[j], groups[distinct[j]]
+                    cells = self._cells(p, len(rows), prefix, max_tokens)
+                    if len(rows) > len(free) or reserved + cells > self.n_ctx:
+                        break
+                    pending.pop(0)
+                    reserved += cells
+                    slots = [free.pop(0) for _ in rows]
+                    owner = slots[0]
+                    if prefix:
+                        llama_cpp.llama_memory_seq_cp(mem, self.max_seqs, owner, -1, -1)
+                    decode([(tok, pos, owner) for pos, tok in enumerate(p) if pos >= prefix], True)
+                    for i, slot in zip(rows, slots):
+                        if slot != owner:
+                            llama_cpp.llama_memory_seq_cp(mem, owner, slot, -1, -1)
+                        slot_of[i] = slot
+                        seqs[i].pos = len(p)
+                        if not vectorised:
+                            seqs[i].sampler = self._sampler(temperatures[i], top_p, seeds[i])
+                            if grammar:
+                                seqs[i].grammar = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(),
+                                                                                       b"root")
+                    live_groups[j] = len(rows)
+                    stats["admitted_at"].append(stats["decode_steps"])
+                    # the prompt's last token was the batch's only one asking for logits: row 0
+                    self._step_rows(ctx, [seqs[i] for i in rows], [batch.n_tokens - 1] * len(rows), [0] * len(rows),
+                                    step, vectorised)
+                    reserved -= self._finished(stats, self._release(mem, seqs, rows, slot_of, free, live_groups, p,
+                                                                    prefix, max_tokens))
+                live = [i for i in slot_of if seqs[i].finish is None]
                 if not live or (should_stop is not None and should_stop()):
                     break
+                stats["max_live_rows"] = max(stats["max_live_rows"], len(live))
+                stats["max_live_prompts"] = max(stats["max_live_prompts"], len(live_groups))
+                # 2. one token for every live sequence per llama_decode
                 for k, i in enumerate(live):
-                    _put(batch, k, seqs[i].ids[-1], seqs[i].pos, [i], True)
+                    _put(batch, k, seqs[i].ids[-1], seqs[i].pos, [slot_of[i]], True)
                     seqs[i].pos += 1
                 batch.n_tokens = len(live)
                 if llama_cpp.llama_decode(ctx, batch) != 0:
                     raise RuntimeError("llama_decode failed while sampling")
+                stats["decode_steps"] += 1
                 every = list(range(len(live)))  # every token asks for logits: batch index = output row
                 self._step_rows(ctx, [seqs[i] for i in live], every, every, step, vectorised)
+                for i in live:
+                    if seqs[i].finish is not None and i in slot_of:
+                        p = distinct[seqs[i].prompt]
+                        reserved -= self._finished(stats, self._release(mem, seqs, groups[p], slot_of, free,
+                                                                        live_groups, p, prefix, max_tokens))
             out = []
             for s in seqs:
                 text = s.text.decode("utf-8", errors="replace")
@@ -261,6 +309,37 @@ class ParallelDecoder:
                     llama_cpp.llama_sampler_free(s.grammar)
             llama_cpp.llama_batch_free(batch)
             llama_cpp.llama_memory_clear(mem, True)
+
+    @staticmethod
+    def _finished(stats: dict[str, Any], cells: int) -> int:
+        """Record a prompt whose rows all finished (it gave its cells back) at this decode step."""
+        if cells:
+            stats["finished_at"].append(stats["decode_steps"])
+        return cells
+
+    @staticmethod
+    def _cells(prompt: Sequence[int], rows: int, prefix: int, max_tokens: int) -> int:
+        """KV cells a prompt's rows may take beyond the shared prefix: its own tokens once (shared by
+        its rows) and up to `max_tokens` per row."""
+        return len(prompt) - prefix + rows * max_tokens
+
+    def _release(self, mem: Any, seqs: list[_Seq], rows: list[int], slot_of: dict[int, int], free: list[int],
+                 live_groups: dict[int, int], prompt: Sequence[int], prefix: int, max_tokens: int) -> int:
+        """Free the slots of a prompt's finished rows; once all of them are done, its cells too (its
+        prompt cells are shared by its rows until then). Returns the cells given back to the pool."""
+        for i in rows:
+            if i in slot_of and seqs[i].finish is not None:
+                slot = slot_of.pop(i)
+                # the row's own cells go; cells still shared with another sequence stay
+                llama_cpp.llama_memory_seq_rm(mem, slot, -1, -1)
+                free.append(slot)
+                free.sort()
+                live_groups[seqs[i].prompt] -= 1
+        j = seqs[rows[0]].prompt
+        if live_groups.get(j) == 0:
+            del live_groups[j]
+            return self._cells(prompt, len(rows), prefix, max_tokens)
+        return 0
 
     def _step_rows(self, ctx: ctypes.c_void_p, seqs: list[_Seq], batch_idx: list[int], rows: list[int],
                    step: Callable[..., None], vectorised: bool) -> None:
@@ -294,6 +373,16 @@ class ParallelDecoder:
             llama_cpp.llama_adapter_lora_free(self._adapter)
             self._adapter = None
         self.ctx.close()
+
+
+def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least its last token to evaluate (whose logits
+    give its first sample)."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    k = 0
+    while k < n and all(p[k] == first[k] for p in prompts):
+        k += 1
+    return k
 
 
 def _put(batch: Any, i: int, token: int, pos: int, seqs: list[int], logits: bool) -> None:

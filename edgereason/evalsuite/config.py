@@ -57,8 +57,8 @@ class EvalConfig(StageConfig):
     threads: int | None = Field(None, ge=1, description="CPU threads for in-process backends (default: all cores).")
     gpu_layers: GpuLayers = Field("auto", description="GGUF targets: layers llama.cpp puts on the GPU (auto, all or a number; "
                             "needs a GPU build of llama.cpp).")
-    concurrency: int = Field(4, ge=1, le=1024, description="Problems at once: decoded together for a GGUF "
-                             "(llama.cpp in process), requests in flight against a server URL.")
+    concurrency: int = Field(8, ge=1, le=1024, description="Problems at once: decoded together for a GGUF "
+                             "(llama.cpp in process, continuously batched), requests in flight against a server URL.")
     @field_validator("benchmark", mode="before")
     @classmethod
     def _one_or_many(cls, v: object) -> object:

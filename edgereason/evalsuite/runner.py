@@ -185,7 +185,9 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
         except Exception as e:  # a model that fails to load or a server that is down
             raise EvalError(f"cannot open {target.spec}: {e}") from e
     model_name = getattr(backend, "model_name", target.model) if backend else target.model
-    step = cfg.batch_size if target.backend == "transformers" else cfg.concurrency
+    # A GGUF decodes continuously (the next problem starts as soon as one finishes, `concurrency` at
+    # once), so each call takes several rounds of problems; results are written after each call.
+    step = {"transformers": cfg.batch_size, "llama.cpp": 4 * cfg.concurrency}.get(target.backend, cfg.concurrency)
     records = dict(done)
     with (out / "samples.jsonl").open("a", encoding="utf-8") as fh, Progress(
         TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

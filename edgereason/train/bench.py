@@ -58,14 +58,21 @@ SFT_VARIANTS: dict[str, list[str]] = {
              "compact_scoring=false"],
     "no-checkpointing": ["bf16=true", "gradient_checkpointing=false", "group_by_length=false", "padding_free=false",
                          "compact_scoring=false"],
+    "compact": ["bf16=true", "gradient_checkpointing=true", "group_by_length=false", "padding_free=false",
+                "compact_scoring=true"],
     "group-by-length": ["bf16=true", "gradient_checkpointing=true", "group_by_length=true", "padding_free=false",
                         "compact_scoring=false"],
+    # Padding-free is left out of the default: without a varlen attention kernel (CPU) one long masked
+    # row is slower than the padded batch (0.66-0.80x in two runs here, `bench-train --method sft`).
     "padding-free": ["bf16=true", "gradient_checkpointing=true", "group_by_length=false", "padding_free=true",
                      "compact_scoring=false"],
-    # Padding-free is left out of `fast`: without a varlen attention kernel (CPU) one long masked row
-    # is slower than the padded batch (0.66-0.80x in two runs here, `bench-train --method sft`).
-    "fast": ["bf16=true", "gradient_checkpointing=false", "group_by_length=true", "padding_free=false", "lora_dropout=0.0",
-             "compact_scoring=true"],
+    # What `train --method sft` and the SFT presets run: TrainConfig's own defaults for these levers.
+    "default": ["bf16=true", "gradient_checkpointing=false", "group_by_length=false", "padding_free=false",
+                "compact_scoring=true"],
+    # The 4-8 GB device setting: activations recomputed, the LM head in small tiles, the allocator's
+    # settings (README "Memory"); it implies checkpointing, written out here like every lever.
+    "low-memory": ["bf16=true", "gradient_checkpointing=true", "group_by_length=false", "padding_free=false",
+                   "compact_scoring=true", "low_memory=true"],
 }
 VARIANTS: dict[str, dict[str, list[str]]] = {"grpo": GRPO_VARIANTS, "sft": SFT_VARIANTS}
 # What every variant of a method runs with besides its levers: no curriculum or early stop in GRPO

@@ -226,7 +226,9 @@ def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, ren
     prefix = fmt.prefill if cfg.prefill else ""
 
     def sample(problems: list[Problem], k: int) -> list[list[str]]:
-        per_call = max(1, decoder.max_seqs // k)
+        # several slots' worth of problems per call: the decoder admits the next problem's k rows as
+        # soon as a problem finishes (continuous batching), so a call's long answers hold back nothing
+        per_call = max(1, 4 * decoder.max_seqs // k)
         out: list[list[str]] = []
         progress = Progress(TextColumn("[bold]pass rates[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TimeRemainingColumn(), disable=not show_progress, transient=True)
