@@ -80,7 +80,7 @@ print(json.dumps({"mapped": libc.mallinfo2().hblks - before, "onednn": os.enviro
 def test_low_memory_maps_large_blocks_so_freeing_them_returns_memory(mode):
     """`low_memory`: after a large free glibc raises its mmap threshold and keeps later blocks in the heap,
     where freed memory stays resident; the fixed threshold maps each one (returned to the system on free).
-    oneDNN's kernel cache is capped unless the user set it."""
+    oneDNN's kernel cache is capped unless the user set it; a threshold the user gave glibc is kept."""
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     out = subprocess.run([sys.executable, "-c", _MALLINFO_PROBE, mode], env=env, capture_output=True, text=True,
                          timeout=60, check=True)
@@ -90,6 +90,10 @@ def test_low_memory_maps_large_blocks_so_freeing_them_returns_memory(mode):
     out = subprocess.run([sys.executable, "-c", _MALLINFO_PROBE, mode], env=env, capture_output=True, text=True,
                          timeout=60, check=True)
     assert json.loads(out.stdout)["onednn"] == "64"
+    env["MALLOC_MMAP_THRESHOLD_"] = str(4 << 20)  # the user's 4 MiB: the 1 MiB block stays in the heap
+    out = subprocess.run([sys.executable, "-c", _MALLINFO_PROBE, mode], env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert json.loads(out.stdout)["mapped"] == 0
 
 
 @pytest.mark.parametrize("low_memory, setting, expected", [

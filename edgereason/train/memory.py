@@ -41,9 +41,17 @@ def limit_memory_growth() -> None:
     threshold gives every block over 128 KiB its own mapping, returned to the system when freed (glibc
     otherwise raises the threshold as it sees large frees, and those blocks then stay in the heap);
     oneDNN reads its cache capacity from the environment when it first builds a kernel, so this must
-    run before the first matmul."""
+    run before the first matmul.
+
+    The threshold is most of `low_memory`'s cost beyond checkpointing: an SFT batch's activations are
+    1-4 MiB blocks, each then a fresh mapping whose pages are faulted in again. `bench-train --method
+    sft --variants low-memory`, 8 steps: 128 KiB (this) and 1 MiB 16 s/step at 1.39 GB peak; 4 MiB
+    8.7 s/step at 1.82 GB; 32 MiB 8.7 s at 2.11 GB (checkpointing alone: 8.3 s at 2.4 GB). A user's
+    own threshold (glibc's `MALLOC_MMAP_THRESHOLD_` or its tunable) wins, as oneDNN's setting does."""
     libc = _libc()
-    if libc is not None:
+    user_set = "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get(
+        "GLIBC_TUNABLES", "")
+    if libc is not None and not user_set:
         libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
     os.environ.setdefault(_ONEDNN_CACHE, str(_ONEDNN_CACHE_ENTRIES))  # a user's own setting wins
 
