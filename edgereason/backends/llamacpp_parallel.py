@@ -1,6 +1,7 @@
-"""Many sequences decoded together by llama.cpp in process: each distinct prompt evaluated once, the
-sequences that share it sharing its KV cells, one batched `llama_decode` per step for every live
-sequence.
+"""Many sequences decoded together by llama.cpp in process: each distinct prompt evaluated once (the
+prompts' common prefix once for all of them), the sequences that share it sharing its KV cells, one
+batched `llama_decode` per step for every live sequence, and the next prompt admitted at the step a
+live one finishes (continuous batching).
 
 llama-cpp-python's high-level `Llama` decodes one sequence at a time, so k samples there would cost
 k full generations. Here each distinct prompt is evaluated once (on its first sequence), its cache
@@ -187,7 +188,8 @@ class ParallelDecoder:
         # matrix (one softmax per row, a seeded generator per sequence): llama.cpp's per-sequence
         # sampler chains spend more per token on 49k candidates than the batched decode itself.
         vectorised = grammar is None and top_p >= 1.0
-        seqs = [_Seq(distinct.index(tuple(p)), None, None, t, np.random.default_rng(s) if vectorised else None)
+        index = {p: j for j, p in enumerate(distinct)}
+        seqs = [_Seq(index[tuple(p)], None, None, t, np.random.default_rng(s) if vectorised else None)
                 for p, t, s in zip(prompts, temperatures, seeds)]
         stop_bytes = [s.encode() for s in stop if s]
         # what the call did, for tests and benchmarks: when each prompt was admitted and each finished

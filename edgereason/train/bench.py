@@ -69,6 +69,10 @@ SFT_VARIANTS: dict[str, list[str]] = {
     # What `train --method sft` and the SFT presets run: TrainConfig's own defaults for these levers.
     "default": ["bf16=true", "gradient_checkpointing=false", "group_by_length=false", "padding_free=false",
                 "compact_scoring=true"],
+    # The SFT presets keep PEFT's usual lora_dropout 0.05, a dropout copy of every adapted linear's
+    # input (the cpu-smollm2 preset the table is run from has 0.0 already: --preset cpu-smollm2-sft).
+    "default-no-dropout": ["bf16=true", "gradient_checkpointing=false", "group_by_length=false", "padding_free=false",
+                           "compact_scoring=true", "lora_dropout=0.0"],
     # The 4-8 GB device setting: activations recomputed, the LM head in small tiles, the allocator's
     # settings (README "Memory"); it implies checkpointing, written out here like every lever.
     "low-memory": ["bf16=true", "gradient_checkpointing=true", "group_by_length=false", "padding_free=false",
