@@ -171,10 +171,16 @@ class ParallelDecoder:
             groups.setdefault(tuple(p), []).append(i)
         distinct = list(groups)
         prefix = _common_prefix(distinct) if len(distinct) > 1 else 0
+
+        def cells(p: tuple[int, ...]) -> int:
+            """KV cells a prompt's rows may take beyond the shared prefix: its own tokens once (shared by
+            its rows) and up to `max_tokens` per row."""
+            return len(p) - prefix + len(groups[p]) * max_tokens
+
         for p, rows in groups.items():
             if len(rows) > self.max_seqs:
                 raise ValueError(f"{len(rows)} sequences of one prompt exceed this context's {self.max_seqs}")
-            need = prefix + self._cells(p, len(rows), prefix, max_tokens)
+            need = prefix + cells(p)
             if need > self.n_ctx:
                 raise ValueError(f"{need} KV cells needed (prompt + {len(rows)} x {max_tokens} tokens) exceed this "
                                  f"context's {self.n_ctx}")
@@ -237,7 +243,6 @@ class ParallelDecoder:
         free = list(range(self.max_seqs))
         slot_of: dict[int, int] = {}  # row -> its llama.cpp sequence id while live
         live_groups: dict[int, int] = {}  # distinct prompt -> its rows still decoding
-        reserved = prefix
         pending = list(range(len(distinct)))
         try:
             if prefix:  # the common prefix on its own sequence id, never freed during the call
@@ -247,11 +252,11 @@ class ParallelDecoder:
                 while pending and (max_live_prompts is None or len(live_groups) < max_live_prompts):
                     j = pending[0]
                     p, rows = distinct[j], groups[distinct[j]]
-                    cells = self._cells(p, len(rows), prefix, max_tokens)
-                    if len(rows) > len(free) or reserved + cells > self.n_ctx:
+                    # cells are reserved per live prompt until all its rows are done (the shared prefix's too)
+                    reserved = prefix + sum(cells(distinct[g]) for g in live_groups)
+                    if len(rows) > len(free) or reserved + cells(p) > self.n_ctx:
                         break
                     pending.pop(0)
-                    reserved += cells
                     slots = [free.pop(0) for _ in rows]
                     owner = slots[0]
                     if prefix:
@@ -272,8 +277,8 @@ class ParallelDecoder:
                     # the prompt's last token was the batch's only one asking for logits: row 0
                     self._step_rows(ctx, [seqs[i] for i in rows], [batch.n_tokens - 1] * len(rows), [0] * len(rows),
                                     step, vectorised)
-                    reserved -= self._finished(stats, self._release(mem, seqs, rows, slot_of, free, live_groups, p,
-                                                                    prefix, max_tokens))
+                    if self._release(mem, seqs, rows, slot_of, free, live_groups):
+                        stats["finished_at"].append(stats["decode_steps"])
                 live = [i for i in slot_of if seqs[i].finish is None]
                 if not live or (should_stop is not None and should_stop()):
                     break
@@ -291,9 +296,8 @@ class ParallelDecoder:
                 self._step_rows(ctx, [seqs[i] for i in live], every, every, step, vectorised)
                 for i in live:
                     if seqs[i].finish is not None and i in slot_of:
-                        p = distinct[seqs[i].prompt]
-                        reserved -= self._finished(stats, self._release(mem, seqs, groups[p], slot_of, free,
-                                                                        live_groups, p, prefix, max_tokens))
+                        if self._release(mem, seqs, groups[distinct[seqs[i].prompt]], slot_of, free, live_groups):
+                            stats["finished_at"].append(stats["decode_steps"])
             out = []
             for s in seqs:
                 text = s.text.decode("utf-8", errors="replace")
@@ -313,22 +317,10 @@ class ParallelDecoder:
             llama_cpp.llama_memory_clear(mem, True)
 
     @staticmethod
-    def _finished(stats: dict[str, Any], cells: int) -> int:
-        """Record a prompt whose rows all finished (it gave its cells back) at this decode step."""
-        if cells:
-            stats["finished_at"].append(stats["decode_steps"])
-        return cells
-
-    @staticmethod
-    def _cells(prompt: Sequence[int], rows: int, prefix: int, max_tokens: int) -> int:
-        """KV cells a prompt's rows may take beyond the shared prefix: its own tokens once (shared by
-        its rows) and up to `max_tokens` per row."""
-        return len(prompt) - prefix + rows * max_tokens
-
-    def _release(self, mem: Any, seqs: list[_Seq], rows: list[int], slot_of: dict[int, int], free: list[int],
-                 live_groups: dict[int, int], prompt: Sequence[int], prefix: int, max_tokens: int) -> int:
-        """Free the slots of a prompt's finished rows; once all of them are done, its cells too (its
-        prompt cells are shared by its rows until then). Returns the cells given back to the pool."""
+    def _release(mem: Any, seqs: list[_Seq], rows: list[int], slot_of: dict[int, int], free: list[int],
+                 live_groups: dict[int, int]) -> bool:
+        """Free the slots of a prompt's finished rows; once all of them are done, the prompt leaves the
+        live ones (its prompt cells are shared by its rows until then). Returns whether it just did."""
         for i in rows:
             if i in slot_of and seqs[i].finish is not None:
                 slot = slot_of.pop(i)
@@ -340,8 +332,8 @@ class ParallelDecoder:
         j = seqs[rows[0]].prompt
         if live_groups.get(j) == 0:
             del live_groups[j]
-            return self._cells(prompt, len(rows), prefix, max_tokens)
-        return 0
+            return True
+        return False
 
     def _step_rows(self, ctx: ctypes.c_void_p, seqs: list[_Seq], batch_idx: list[int], rows: list[int],
                    step: Callable[..., None], vectorised: bool) -> None:
