@@ -24,11 +24,14 @@ def test_the_default_pipeline_trains_the_shortened_hybrid_and_its_preset_file_ag
     before compute, as `edgereason train` does), and pipeline-cpu.yaml writes out the same defaults."""
     from edgereason.config import find_config
     from edgereason.train.config import TrainConfig
+    from edgereason.train.hybrid import stage_configs
 
     cfg = PipelineConfig()
     assert PipelineConfig.load("pipeline-cpu") == cfg
     assert cfg.train_config is not None
     train = TrainConfig.load(find_config(cfg.train_config), cfg.train_set)
     assert train.stages == ["sft", "grpo"]
-    assert train.stage_settings["sft"]["max_steps"] == 90 and train.stage_settings["grpo"]["max_steps"] == 10
+    assert train.stage_settings["sft"]["max_steps"] == 80 and train.stage_settings["grpo"]["max_steps"] == 10
+    sft, grpo = stage_configs(train)  # the SFT stage drops the preset's LoRA dropout (the half-hour budget)
+    assert (sft.method, sft.lora_dropout, grpo.method) == ("sft", 0.0, "grpo")
     assert train.stage_settings["grpo"]["curriculum"] == "none"

@@ -111,6 +111,20 @@ def test_low_memory_recomputes_activations_unless_the_setting_says_otherwise(tmp
     assert grpo.activation_checkpointing is expected and sft.activation_checkpointing is expected
 
 
+@pytest.mark.parametrize("continuing", [False, True])
+def test_a_stage_continuing_an_adapter_passes_trl_no_model_init_kwargs(tmp_path, continuing):
+    """A hybrid's later stage loads its model itself (the earlier stage's LoRA, trainable); TRL ignores
+    model_init_kwargs then and logs a "[RANK 0] ... will be ignored" warning into the run's console."""
+    from edgereason.train.grpo import _grpo_args
+    from edgereason.train.sft import _sft_args
+
+    cfg = TrainConfig(output_root=tmp_path, init_adapter=tmp_path if continuing else None)
+    grpo = _grpo_args(cfg, tmp_path, use_gpu=False, bf16=True, engine="llama.cpp", streamed=False)
+    sft = _sft_args(cfg.model_copy(update={"method": "sft"}), tmp_path, use_gpu=False, bf16=True, has_dev=False)
+    expected = None if continuing else {"dtype": "bfloat16"}
+    assert grpo.model_init_kwargs == expected and sft.model_init_kwargs == expected
+
+
 def test_low_memory_is_applied_before_the_model_is_first_used(tmp_path, default_model):
     """prepare_run, which converts the model on its first use, applies low_memory's process settings first."""
     code = ("import os, sys; from edgereason.train.config import TrainConfig; from edgereason.train.runs import prepare_run; "

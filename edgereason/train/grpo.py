@@ -37,6 +37,7 @@ from edgereason.train.runs import (
     is_main_process,
     load_policy,
     load_tokenizer,
+    model_init_kwargs,
     prepare_run,
     recomputes_activations,
     replicas_in_sync,
@@ -118,7 +119,7 @@ def _grpo_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, engin
         vllm_importance_sampling_clip_max=cfg.importance_sampling_clip_max,
         # bf16 keeps the frozen base in bf16 (half the memory, no per-forward casts); PEFT keeps the LoRA
         # weights it trains in fp32 (autocast_adapter_dtype), and autocast runs the matmuls in bf16.
-        model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
+        model_init_kwargs=model_init_kwargs(cfg, bf16),
         reward_weights=[cfg.reward_weights.get(n, 0.0) for n in REWARD_NAMES],
         torch_empty_cache_steps=None,
     )

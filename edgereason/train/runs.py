@@ -316,6 +316,13 @@ def load_tokenizer(prep: Prepared) -> Any:
     return tokenizer
 
 
+def model_init_kwargs(cfg: TrainConfig, bf16: bool) -> dict[str, str] | None:
+    """TRL's `model_init_kwargs`: the dtype its trainer loads the base model in. None where
+    `load_policy` loads the model itself (a stage continuing an adapter), which TRL would otherwise
+    warn about on every hybrid's later stage."""
+    return None if cfg.init_adapter is not None else {"dtype": "bfloat16" if bf16 else "float32"}
+
+
 def load_policy(cfg: TrainConfig, hf_dir: Path, bf16: bool) -> tuple[Any, Any]:
     """(model, peft_config) for a TRL trainer: the base model's folder and a new LoRA, or, with
     `init_adapter`, the base with that adapter loaded trainable (a hybrid's later stage continues

@@ -35,6 +35,7 @@ from edgereason.train.runs import (
     is_main_process,
     load_policy,
     load_tokenizer,
+    model_init_kwargs,
     prepare_run,
     recomputes_activations,
     replicas_in_sync,
@@ -177,7 +178,7 @@ def _sft_args(cfg: TrainConfig, run_dir: Path, use_gpu: bool, bf16: bool, has_de
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=bf16, use_cpu=not use_gpu, save_strategy="steps", data_seed=cfg.seed,
         report_to=report_to(cfg), disable_tqdm=True, shuffle_dataset=True,
-        model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
+        model_init_kwargs=model_init_kwargs(cfg, bf16),
     )
 
 
