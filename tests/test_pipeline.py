@@ -35,3 +35,19 @@ def test_the_default_pipeline_trains_the_shortened_hybrid_and_its_preset_file_ag
     sft, grpo = stage_configs(train)  # the SFT stage drops the preset's LoRA dropout (the half-hour budget)
     assert (sft.method, sft.lora_dropout, grpo.method) == ("sft", 0.0, "grpo")
     assert train.stage_settings["grpo"]["curriculum"] == "none"
+
+
+def test_the_stage_table_reads_each_figure_over_its_first_and_last_quarter(tmp_path):
+    """One GRPO step scores one problem's samples: the report's effect column averages the first and
+    the last quarter of the logged steps, not one step at each end (a figure logged twice: each once)."""
+    import json
+
+    from edgereason.pipeline import _stage_lines
+
+    stage = tmp_path / "2-grpo"
+    stage.mkdir()
+    rewards = [1.3, 0.5, 0.4, 1.2, 1.0, 1.6, 1.1, 0.7, 1.4, 0.8]  # first and last step alone: 1.3 -> 0.8
+    rows = [{"step": i + 1, "reward": r} for i, r in enumerate(rewards)] + [{"eval_loss": 0.3}, {"eval_loss": 0.2}]
+    (stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = next(x for x in _stage_lines(tmp_path, [{"stage": "2-grpo", "steps": 10}]) if x.startswith("| 2-grpo"))
+    assert "reward 0.9 → 1.1" in line and "dev loss 0.3 → 0.2" in line
