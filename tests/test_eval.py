@@ -247,3 +247,25 @@ def test_two_absolute_data_files_in_one_eval_keep_their_results_apart(tmp_path, 
         assert len(_rows(folder / "samples.jsonl")) == 2 and (folder / "report.md").is_file()
     assert (out / "transfer.md").is_file()
     assert [f.read_bytes() for f in files] == before and all(f.is_file() for f in files)
+
+
+def test_the_console_table_leaves_out_empty_columns_so_target_names_stay_whole():
+    """A pipeline's log is a pipe: 120 columns (see pipeline._stage), and nine columns folded every
+    target name there into a letter column. Greedy-only summaries (the pipeline's) have no maj@k."""
+    import io
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from edgereason.evalsuite.cli import summary_table
+    from edgereason.evalsuite.report import short_name
+
+    folder = Path(__file__).parent.parent / "docs" / "results" / "make-run" / "eval" / "arith"
+    summaries = [EvalSummary.read(p) for p in sorted(folder.glob("*/summary.json"))]
+    assert len(summaries) >= 3 and not any(s.maj_at_k.get("flexible") for s in summaries)
+    out = io.StringIO()
+    Console(file=out, width=120).print(summary_table("arith", summaries))
+    text = out.getvalue()
+    assert "maj@k" not in text and "verified@k" not in text and "flexible" in text
+    for s in summaries:
+        assert short_name(s.target) in text  # on one line, not folded

@@ -31,7 +31,7 @@ def test_the_default_pipeline_trains_the_shortened_hybrid_and_its_preset_file_ag
     assert cfg.train_config is not None
     train = TrainConfig.load(find_config(cfg.train_config), cfg.train_set)
     assert train.stages == ["sft", "grpo"]
-    assert train.stage_settings["sft"]["max_steps"] == 80 and train.stage_settings["grpo"]["max_steps"] == 10
+    assert train.stage_settings["sft"]["max_steps"] == 80 and train.stage_settings["grpo"]["max_steps"] == 8
     sft, grpo = stage_configs(train)  # the SFT stage drops the preset's LoRA dropout (the half-hour budget)
     assert (sft.method, sft.lora_dropout, grpo.method) == ("sft", 0.0, "grpo")
     assert train.stage_settings["grpo"]["curriculum"] == "none"
@@ -51,3 +51,17 @@ def test_the_stage_table_reads_each_figure_over_its_first_and_last_quarter(tmp_p
     (stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = next(x for x in _stage_lines(tmp_path, [{"stage": "2-grpo", "steps": 10}]) if x.startswith("| 2-grpo"))
     assert "reward 0.9 → 1.1" in line and "dev loss 0.3 → 0.2" in line
+
+
+def test_a_teed_stage_draws_its_output_at_log_width_not_a_pipes_80_columns(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from edgereason.pipeline import LOG_COLUMNS, _stage
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    log = tmp_path / "logs" / "help.log"
+    _stage(Console(file=io.StringIO()), "help", ["eval", "--help"], log)  # a StringIO is no terminal: teed
+    widths = [len(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert max(widths) == LOG_COLUMNS  # typer's help panels span the console's full width

@@ -4,6 +4,7 @@ fields of `EvalConfig` (see edgereason.cli_options)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -11,6 +12,9 @@ from rich.table import Table
 
 from edgereason.cli_options import stage_command
 from edgereason.evalsuite.config import EvalConfig
+
+if TYPE_CHECKING:
+    from edgereason.results import EvalSummary
 
 console = Console()
 
@@ -36,7 +40,7 @@ def run(cfg: EvalConfig) -> None:
     if cfg.grader_bench:
         _grader_bench()
         return
-    from edgereason.evalsuite.report import short_name, write_report, write_transfer_report
+    from edgereason.evalsuite.report import write_report, write_transfer_report
     from edgereason.evalsuite.runner import default_out_dir, run_eval
     from edgereason.paths import slug
     from edgereason.quiet import quiet_libraries
@@ -68,21 +72,7 @@ def run(cfg: EvalConfig) -> None:
     if len(benches) > 1:
         reports.append(write_transfer_report(by_benchmark, root))
     for bench, summaries in by_benchmark.items():
-        s0 = summaries[0]
-        table = Table(title=f"{bench}: {s0.n} problems (baseline {s0.baseline.rate:.1%})")
-        for col in ("target", "strict", "flexible", "95% CI (flexible)", "format", "maj@k", "verified@k", "tokens",
-                    "time"):
-            table.add_column(col, overflow="fold")
-        for s in summaries:
-            lo, hi = s.flexible.ci95
-            kmax = max(s.maj_at_k.get("flexible", {}), key=int, default=None)
-            warn = " [yellow]⚠ ≤ baseline[/]" if s.at_or_below_baseline["flexible"] else ""
-            table.add_row(short_name(s.target) + (" [red](partial)[/]" if s.partial else "") + warn,
-                          f"{s.strict.value:.1%}", f"{s.flexible.value:.1%}", f"{lo:.1%}–{hi:.1%}",
-                          f"{s.format_compliance:.1%}", f"maj@{kmax} {s.maj_at_k['flexible'][kmax]:.1%}" if kmax else "",
-                          f"{s.checked_at_k['verified']['flexible'][kmax]:.1%}" if kmax and s.checked_at_k else "",
-                          f"{s.mean_completion_tokens:.0f}", f"{s.seconds:.0f} s" + (f" ({s.resumed} resumed)" if s.resumed else ""))
-        console.print(table)
+        console.print(summary_table(bench, summaries))
     for r in reports:
         console.print(f"report: {r}")
     failed = [s for ss in by_benchmark.values() for s in ss if s.partial]
@@ -90,6 +80,36 @@ def run(cfg: EvalConfig) -> None:
         console.print(f"[red]{s.target} stopped early:[/] {s.error}; partial results kept in {s.out_dir} (re-run to resume)")
     if failed:
         raise typer.Exit(1)
+
+
+def summary_table(bench: str, summaries: list[EvalSummary]) -> Table:
+    """One benchmark's targets side by side for the console.
+
+    Columns no target has (maj@k, verified@k without samples) are left out: a log is often 80 columns
+    wide (a pipe, CI), and empty columns there squeeze the target names into a fold per few letters."""
+    from edgereason.evalsuite.report import short_name
+
+    def row(s: EvalSummary) -> dict[str, str]:
+        lo, hi = s.flexible.ci95
+        kmax = max(s.maj_at_k.get("flexible", {}), key=int, default=None)
+        warn = " [yellow]⚠ ≤ baseline[/]" if s.at_or_below_baseline["flexible"] else ""
+        return {"target": short_name(s.target) + (" [red](partial)[/]" if s.partial else "") + warn,
+                "strict": f"{s.strict.value:.1%}", "flexible": f"{s.flexible.value:.1%}",
+                "95% CI (flexible)": f"{lo:.1%}–{hi:.1%}", "format": f"{s.format_compliance:.1%}",
+                "maj@k": f"maj@{kmax} {s.maj_at_k['flexible'][kmax]:.1%}" if kmax else "",
+                "verified@k": f"{s.checked_at_k['verified']['flexible'][kmax]:.1%}" if kmax and s.checked_at_k else "",
+                "tokens": f"{s.mean_completion_tokens:.0f}",
+                "time": f"{s.seconds:.0f} s" + (f" ({s.resumed} resumed)" if s.resumed else "")}
+
+    rows = [row(s) for s in summaries]
+    s0 = summaries[0]
+    table = Table(title=f"{bench}: {s0.n} problems (baseline {s0.baseline.rate:.1%})")
+    columns = [c for c in rows[0] if any(r[c] for r in rows)]
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*(r[c] for c in columns))
+    return table
 
 
 def _errors() -> tuple[type[Exception], ...]:
