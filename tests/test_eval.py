@@ -269,3 +269,9 @@ def test_the_console_table_leaves_out_empty_columns_so_target_names_stay_whole()
     assert "maj@k" not in text and "verified@k" not in text and "flexible" in text
     for s in summaries:
         assert short_name(s.target) in text  # on one line, not folded
+    # Every column (maj@k, verified@k) under the pipeline's maj@k target name.
+    voted = EvalSummary.read(folder.parent.parent.parent / "verified-voting-arith300" / "summary.json").model_copy(
+        update={"target": "exports/pipeline-smollm2/model-q4_k_m.gguf", "resumed": 0})
+    out = io.StringIO()
+    Console(file=out, width=120).print(summary_table("arith", [voted]))
+    assert "maj@8" in out.getvalue() and "pipeline-smollm2/model-q4_k_m" in out.getvalue()
