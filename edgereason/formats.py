@@ -118,6 +118,23 @@ class ReasoningFormat:
         """Strings after which generation can stop: nothing valid follows them."""
         return [self.tags["answer_close"]] if self.kind == "tags" else []
 
+    def forced_answer_suffix(self, text: str) -> str | None:
+        """What to append to `text`, a completion cut by its token budget inside the reasoning, to close
+        the reasoning and open the answer block, so the model writes only the answer from there (budget
+        forcing, as in s1): a loop that ran out of tokens still ends in an answer. Append-only, so a
+        stream that already sent `text` sends this after it: a closing tag cut midway ("</reas") is
+        completed, not doubled. None when there is nothing to force: the answer block is already
+        open, or the format (boxed) has no blocks."""
+        if self.kind != "tags" or self.tags["answer_open"] in text:
+            return None
+        close, answer_open = self.tags["reasoning_close"], self.tags["answer_open"]
+        if close in text:
+            close = ""
+        else:  # "</" at least: a lone "<" is as likely a comparison as a tag
+            cut = next((n for n in range(min(len(close) - 1, len(text)), 1, -1) if close.startswith(text[-n:])), 0)
+            close = close[cut:] if cut else ("" if text.endswith("\n") else "\n") + close
+        return f"{close}\n{answer_open}\n"
+
     # ---- parsing -----------------------------------------------------------------------
     def parse(self, text: str) -> ParsedCompletion:
         """Split `text` into reasoning and answer and list every way it breaks the format.

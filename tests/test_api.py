@@ -24,6 +24,8 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tom has 3
 
 
 def script(prompt: str, seed: int) -> str:
+    if prompt.endswith("<answer>\n"):  # a forced answer: the reasoning was closed for the model
+        return "7\n</answer>"
     if "BROKEN" in prompt:
         return ANSWER if seed >= 1000 else "no tags at all"  # invalid first, valid on the retry
     return ANSWER
@@ -311,3 +313,37 @@ def test_the_backends_docs_table_is_the_registry():
 
     assert backends.backends_table() in (backends.__doc__ or "")
     assert backends.serve_backends()["llama.cpp"] == "llama-server"
+
+
+def test_a_reasoning_cut_by_max_tokens_gets_a_forced_answer_streamed_or_not(server, client):
+    """force_answer 8 of max_tokens 11: the reasoning, cut at 3 tokens, is closed by the server, the model
+    writes the answer (2 tokens), the choice says so, and a stream carries the same text; without it,
+    the cut stays."""
+    before = server.engine.counters["forced_answers"]
+    r = client.chat.completions.create(model="scripted", messages=USER, max_tokens=11, extra_body={"force_answer": 8})
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.content == "7"
+    assert extra(choice.message)["reasoning_content"] == "Tom has 3"
+    assert extra(choice)["answer_forced"] is True and extra(choice)["format_valid"] is True
+    assert r.usage is not None and r.usage.completion_tokens == 3 + 2  # the tags the server wrote are not counted
+    forced = [c for c in server.backend.calls if c.prompt.endswith("<answer>\n")]
+    assert forced[-1].params.max_tokens == 8 and forced[-1].params.grammar is None
+
+    reasoning, content, last = "", "", None
+    for chunk in client.chat.completions.create(model="scripted", messages=USER, max_tokens=11, stream=True,
+                                                extra_body={"force_answer": 8}):
+        for c in chunk.choices:
+            reasoning += extra(c.delta).get("reasoning_content") or ""
+            content += c.delta.content or ""
+            last = c if c.finish_reason else last
+    assert reasoning.strip() == "Tom has 3" and content.strip() == "7"
+    assert last is not None and last.finish_reason == "stop" and extra(last)["answer_forced"] is True
+    assert server.engine.counters["forced_answers"] == before + 2
+
+    plain = client.chat.completions.create(model="scripted", messages=USER, max_tokens=3)
+    assert plain.choices[0].finish_reason == "length" and extra(plain.choices[0]).get("answer_forced") is None
+    refused = post(server, {"model": "scripted", "messages": USER, "reasoning": False, "force_answer": 8})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "force_answer"
+    for body in ({"force_answer": 1000}, {"force_answer": 8, "max_tokens": 8}):  # no room left to reason
+        too_many = post(server, {"model": "scripted", "messages": USER, **body})
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "force_answer", too_many.text

@@ -176,3 +176,46 @@ async def test_a_completion_cut_by_max_tokens_is_not_retried_and_a_greedy_retry_
     (a,) = await e.complete("q", params(e, temperature=0.0), 1, validate=True)
     assert a.parsed.valid and a.attempts == 2
     assert [c.params.temperature for c in scripted(e).calls] == [0.0, 0.7]
+
+
+LOOP = "so p is true, " * 40  # a reasoning that never ends by itself
+
+
+def looping(prompt: str, seed: int) -> str:
+    return "yes\n</answer>" if prompt.endswith("<answer>\n") else LOOP
+
+
+async def test_a_cut_reasoning_gets_a_forced_answer_in_its_own_slot_and_a_vote_counts_it():
+    """force_answer: the reasoning gets max_tokens less the answer's share; the engine continues a
+    sample cut there from the closed reasoning, with the answer's share and no grammar; each of a
+    vote's cut samples casts a ballot; a stream sends exactly the text the completion ends with; the
+    context keeps room for the answer's tags."""
+    e = engine(looping, EngineLimits(format_retries=1))
+    (a,) = await e.complete("q", params(e, max_tokens=10, force_answer=6), 1, validate=True)
+    assert a.parsed.valid and a.content == "yes" and a.attempts == 1
+    assert a.completion.forced_answer_tokens == 2 and a.completion.completion_tokens == 4 + 2
+    first, cont = scripted(e).calls[-2:]
+    assert first.params.max_tokens == 10 - 6 and cont.prompt == "q" + "so p is true," + "\n</reasoning>\n<answer>\n"
+    assert cont.params.max_tokens == 6 and cont.params.grammar is None and e.counters["forced_answers"] == 1
+
+    voted = await e.vote("q", params(e, max_tokens=10, force_answer=6), 3, early_stop=False)
+    assert voted.vote.answer == "yes" and all(s.completion.forced_answer_tokens == 2 for s in voted.samples)
+    assert e.counters["forced_answers"] == 4
+
+    streamed = [d async for d in e.stream("q", params(e, max_tokens=10, force_answer=6))]
+    final = streamed[-1].completion
+    assert final is not None and final.forced_answer_tokens == 2 and e.counters["forced_answers"] == 5
+    assert "".join(d.text for d in streamed) == final.text and streamed[-1].finish_reason == "stop"
+
+    (cut,) = await e.complete("q", params(e, max_tokens=10), 1, validate=True)  # off: the cut stays
+    assert cut.completion.finish_reason == "length" and cut.completion.forced_answer_tokens is None
+
+    from edgereason.serve.engine import FORCED_TAG_TOKENS, PromptTooLongError
+
+    small = engine(looping, context_length=50)
+    n, capped = await small.check_prompt(" ".join(["word"] * 20), params(small, max_tokens=1000, force_answer=6))
+    assert capped.max_tokens == 50 - 20 - FORCED_TAG_TOKENS  # the answer's 6 are part of it
+    with pytest.raises(PromptTooLongError, match="forced answer"):
+        await small.check_prompt("word " * 40, params(small, force_answer=6))
+    with pytest.raises(ValueError, match="smaller than max_tokens"):  # the server's default leaves no room to reason
+        EngineLimits(max_tokens=64, force_answer=64)

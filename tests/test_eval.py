@@ -275,3 +275,34 @@ def test_the_console_table_leaves_out_empty_columns_so_target_names_stay_whole()
     out = io.StringIO()
     Console(file=out, width=120).print(summary_table("arith", [voted]))
     assert "maj@8" in out.getvalue() and "pipeline-smollm2/model-q4_k_m" in out.getvalue()
+
+
+def test_force_answer_gives_a_looping_reasoning_its_answer_and_counts_it(tmp_path):
+    """eval --force-answer: a reasoning that loops through its share of max_tokens (the scripted engine)
+    is closed, the answer written in the tokens kept for it, graded in format, counted as forced and kept in the settings,
+    so a run with forcing never resumes one without it. Off, the settings are what they always were."""
+    from edgereason.backends.openai_client import OpenAIBackend
+    from edgereason.backends.scripted import ScriptedBackend
+
+    def loops(prompt, seed):
+        return "yes\n</answer>" if prompt.endswith("<answer>\n") else "so p is true, " * 200
+
+    cfg = _cfg(tmp_path, "off", benchmark="logic", limit=3, max_tokens=20, concurrency=1)
+    off = run_eval(cfg, backend=ScriptedBackend(loops), show_progress=False)
+    assert off.format_compliance == 0 and off.answers_forced == 0 and "force_answer" not in off.generation["greedy"]
+
+    engine = ScriptedBackend(loops)
+    on = run_eval(cfg.model_copy(update={"out": tmp_path / "on", "force_answer": 8}), backend=engine, show_progress=False)
+    assert on.format_compliance == 1 and on.answers_forced == 3 and on.generation["greedy"]["force_answer"] == 8
+    rows = _rows(tmp_path / "on" / "samples.jsonl")
+    assert all(r["answer_forced"] and r["completion"].endswith("<answer>\nyes\n</answer>") for r in rows)
+    assert all(r["completion_tokens"] == 12 + 2 and r["finish_reason"] == "stop" for r in rows)  # 20 - 8 to reason
+    forced = [c for c in engine.calls if c.prompt.endswith("<answer>\n")]
+    assert len(forced) == 3 and all(c.params.max_tokens == 8 and c.params.grammar is None for c in forced)
+    with pytest.raises(EvalError, match="other settings"):
+        run_eval(cfg.model_copy(update={"out": tmp_path / "on"}), backend=ScriptedBackend(loops), show_progress=False)
+    with pytest.raises(ValueError, match="must be smaller than max_tokens"):
+        _cfg(tmp_path, "none-left", max_tokens=20, force_answer=20)
+    with pytest.raises(EvalError, match="renders its own prompts"):
+        run_eval(cfg.model_copy(update={"out": tmp_path / "url", "force_answer": 8}),
+                 backend=OpenAIBackend("http://127.0.0.1:9"), show_progress=False)

@@ -56,6 +56,21 @@ def test_render_is_valid_and_matches_regex(name):
     assert re.match(fmt.regex, text)
 
 
+def test_a_reasoning_cut_by_its_budget_is_closed_and_the_answer_opened():
+    """What answer forcing appends: the reasoning closed (a half-written closing tag completed, not
+    doubled) and the answer opened; nothing when the answer is already open or there are no blocks."""
+    t = RA.tags
+    assert RA.forced_answer_suffix("<reasoning>\nso p is true, so") == f"\n{t['reasoning_close']}\n{t['answer_open']}\n"
+    assert RA.forced_answer_suffix("<reasoning>\n2 + 2 = 4\n") == f"{t['reasoning_close']}\n{t['answer_open']}\n"
+    assert RA.forced_answer_suffix("<reasoning>\n2 + 2 = 4 </reas") == f"oning>\n{t['answer_open']}\n"
+    assert RA.forced_answer_suffix("<reasoning>\n4\n</reasoning>\n") == f"\n{t['answer_open']}\n"
+    assert RA.forced_answer_suffix("<reasoning>\n4\n</reasoning>\n<answer>\n4") is None
+    assert get_format("boxed").forced_answer_suffix("2 + 2 = 4, so") is None
+    for cut in ("<reasoning>\nso p", "<reasoning>\nso p </", "<reasoning>\nso 2 <", "<reasoning>\nso p\n</reasoning>"):
+        forced = cut + (RA.forced_answer_suffix(cut) or "") + "yes\n" + t["answer_close"]
+        assert RA.parse(forced).valid, forced
+
+
 def test_presets_use_their_own_tags():
     assert get_format("reasoning-solution").tags["answer_open"] == "<solution>"
     assert get_format("think-answer").tags["reasoning_open"] == "<think>"

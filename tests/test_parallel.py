@@ -102,3 +102,26 @@ def test_backend_limits_the_prompts_decoded_at_once(backend):
         backend.parallel_prompts = None
     assert len(out) == len(QUESTIONS) and all(len(r) == 1 for r in out)
     assert backend._decoder().last_stats["max_live_prompts"] == 2
+
+
+def test_a_reasoning_cut_by_its_budget_is_given_an_answer_on_the_real_engine(backend):
+    """Answer forcing on llama.cpp: every row cut inside its reasoning (3 of max_tokens 8 left to it,
+    EOS ignored) is continued from the closed reasoning and open answer, in one batch, within the
+    answer's 5; the engine's counts add up and the tags the runtime wrote are not counted as generated."""
+    from edgereason.backends.forcing import force_answers, reasoning_params
+
+    fmt = get_format()
+    batch = [fmt.messages(q) for q in QUESTIONS[:3]]
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, stop=fmt.stop_sequences(),
+                            prefix=fmt.prefill, force_answer=5)
+    rows = backend.chat(batch, reasoning_params(params))
+    cut = [(c.text, c.completion_tokens) for row in rows for c in row]
+    assert all(c.finish_reason == "length" and fmt.tags["answer_open"] not in c.text for row in rows for c in row)
+    assert force_answers(backend, batch, rows, params, fmt) == 3
+    for (before, n_before), (c,) in zip(cut, rows, strict=True):
+        assert c.text.startswith(before + fmt.forced_answer_suffix(before))
+        assert c.forced_answer_tokens is not None and 1 <= c.forced_answer_tokens <= 5
+        assert n_before == 3 and c.completion_tokens == n_before + c.forced_answer_tokens <= params.max_tokens
+        # EOS ignored: only the answer's closing tag (a stop string) ends it before its 5 tokens
+        assert c.forced_answer_tokens == 5 or (c.finish_reason == "stop" and c.text.endswith(fmt.tags["answer_close"]))
+    assert force_answers(backend, batch, rows, params, fmt) == 0  # nothing left to force

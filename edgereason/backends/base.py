@@ -62,9 +62,13 @@ class SamplingParams:
     deadline: float | None = None  # time.monotonic() after which generation stops (server timeouts)
     cancel: threading.Event | None = None  # set when the caller gave up (a client disconnected)
     adapter: str | None = None  # the named LoRA to decode with, on a server holding several (None: the base)
+    # Tokens of max_tokens kept for a forced answer when the reasoning runs out (0 = off; backends.forcing).
+    force_answer: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        skip = ("grammar", "deadline", "cancel", "logit_bias", *(("adapter",) if self.adapter is None else ()))
+        # unset options are left out, so settings recorded before they existed still match
+        skip = ("grammar", "deadline", "cancel", "logit_bias", *(("adapter",) if self.adapter is None else ()),
+                *(("force_answer",) if not self.force_answer else ()))
         return {k: v for k, v in self.__dict__.items() if k not in skip} | {"constrained": self.grammar is not None}
 
     def should_stop(self) -> bool:
@@ -107,6 +111,10 @@ class Completion:
     logprobs: list[TokenLogprob] | None = None
     cached_tokens: int | None = None  # prompt tokens served from the engine's prompt cache
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI-shaped, when the engine parsed a tool call
+    # Tokens generated after the runtime closed a reasoning cut by its budget (backends.forcing);
+    # None when nothing was forced. `text` then holds the tags the runtime wrote, and
+    # `completion_tokens` counts only what the model generated.
+    forced_answer_tokens: int | None = None
 
 
 @dataclass
@@ -144,6 +152,12 @@ class Backend(ABC):
     parallel_samples: bool = False
     # Requests the engine runs at once. 1 = the default async wrappers serialise calls.
     max_concurrency: int = 1
+
+    @property
+    def renders_prompts(self) -> bool:
+        """Whether `render` works: false for a server that applies its own chat template, which takes
+        conversations only (then a cut completion cannot be continued from its raw prompt)."""
+        return True
 
     @property
     def supports(self) -> frozenset[Capability]:

@@ -81,6 +81,10 @@ class OpenAIBackend(Backend):
         return self
 
     # ---- rendering -----------------------------------------------------------------------------
+    @property
+    def renders_prompts(self) -> bool:
+        return self.template is not None
+
     def render(self, messages: Messages, prefix: str = "", tools: list[dict[str, Any]] | None = None) -> str:
         if self.template is None:
             raise TemplateError(f"{self.url} renders its own prompts; send conversations with chat()")

@@ -96,7 +96,8 @@ def summary_table(bench: str, summaries: list[EvalSummary]) -> Table:
         warn = " [yellow]⚠ ≤ baseline[/]" if s.at_or_below_baseline["flexible"] else ""
         return {"target": short_name(s.target) + (" [red](partial)[/]" if s.partial else "") + warn,
                 "strict": f"{s.strict.value:.1%}", "flexible": f"{s.flexible.value:.1%}",
-                "95% CI": f"{lo:.1%}–{hi:.1%}", "format": f"{s.format_compliance:.1%}",
+                "95% CI": f"{lo:.1%}–{hi:.1%}",
+                "format": f"{s.format_compliance:.1%}" + (f" ({s.answers_forced} forced)" if s.answers_forced else ""),
                 "maj@k": f"maj@{kmax} {s.maj_at_k['flexible'][kmax]:.1%}" if kmax else "",
                 "verified@k": f"{s.checked_at_k['verified']['flexible'][kmax]:.1%}" if kmax and s.checked_at_k else "",
                 "tokens": f"{s.mean_completion_tokens:.0f}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
@@ -48,6 +48,9 @@ class EvalConfig(StageConfig):
     )
     constrained: bool = Field(False, description="Constrain decoding to the format's grammar (llama.cpp and servers).")
     max_tokens: int = Field(256, ge=1, le=32768, description="Maximum new tokens per completion.")
+    force_answer: int = Field(0, ge=0, le=4096, description="Tokens of max_tokens kept for a forced answer: a reasoning "
+                              "that runs out of the rest is closed, the answer opened, and the model writes it in these "
+                              "(0 = off; counted as `answers_forced`).")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding (the `accuracy` figure).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     samples: int = Field(0, ge=0, le=256, description="Sampled completions per problem for maj@k and pass@k (0 = greedy only).")
@@ -59,6 +62,13 @@ class EvalConfig(StageConfig):
                             "needs a GPU build of llama.cpp).")
     concurrency: int = Field(8, ge=1, le=1024, description="Problems at once: decoded together for a GGUF "
                              "(llama.cpp in process, continuously batched), requests in flight against a server URL.")
+    @model_validator(mode="after")
+    def _room_to_reason(self) -> EvalConfig:
+        if self.force_answer and self.force_answer >= self.max_tokens:
+            raise ValueError(f"force_answer ({self.force_answer}) must be smaller than max_tokens ({self.max_tokens}): "
+                             "it is the part of max_tokens kept for the answer")
+        return self
+
     @field_validator("benchmark", mode="before")
     @classmethod
     def _one_or_many(cls, v: object) -> object:

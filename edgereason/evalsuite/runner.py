@@ -20,6 +20,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgereason.backends.base import BackendError, Completion, SamplingParams
+from edgereason.backends.forcing import force_answers, reasoning_params
 from edgereason.data import Problem, load_benchmark, sample_problems
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact, pass_at_k, vote_correct, wilson_interval
@@ -104,6 +105,7 @@ def _grade(c: Completion, p: Problem, fmt: ReasoningFormat, keep_text: bool, che
         "reasoning_words": len((parsed.reasoning or "").split()),
         "completion_tokens": c.completion_tokens,
         "latency_s": round(c.latency_s, 3),
+        **({"answer_forced": True} if c.forced_answer_tokens is not None else {}),
         **work,
     }
     if keep_text:
@@ -165,7 +167,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
     out.mkdir(parents=True, exist_ok=True)
     prefix = fmt.prefill if cfg.prefill else ""
     greedy = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=cfg.seed, stop=fmt.stop_sequences(), prefix=prefix,
+                            seed=cfg.seed, stop=fmt.stop_sequences(), prefix=prefix, force_answer=cfg.force_answer,
                             grammar=fmt.grammar(after_prefill=bool(prefix)) if cfg.constrained else None)
     sampled = None
     if cfg.samples:
@@ -184,6 +186,11 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
                                   concurrency=cfg.concurrency, gpu_layers=cfg.gpu_layers)
         except Exception as e:  # a model that fails to load or a server that is down
             raise EvalError(f"cannot open {target.spec}: {e}") from e
+    if todo and cfg.force_answer and not backend.renders_prompts:
+        backend.close()
+        raise EvalError(f"--force-answer continues a cut completion from its raw prompt, and {target.spec} "
+                        "renders its own prompts (a server with no local chat template): evaluate it without "
+                        "--force-answer, or the model file itself")
     model_name = getattr(backend, "model_name", target.model) if backend else target.model
     # A GGUF decodes continuously (the next problem starts as soon as one finishes, `concurrency` at
     # once), so each call takes several rounds of problems; results are written after each call.
@@ -198,8 +205,11 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
             chunk = todo[start : start + step]
             batch = [fmt.messages(p.prompt) for p in chunk]
             try:
-                greedy_out = backend.chat(batch, greedy)
-                sample_out = backend.chat(batch, sampled) if sampled else [[] for _ in chunk]
+                greedy_out = backend.chat(batch, reasoning_params(greedy))
+                sample_out = backend.chat(batch, reasoning_params(sampled)) if sampled else [[] for _ in chunk]
+                force_answers(backend, batch, greedy_out, greedy, fmt)
+                if sampled:
+                    force_answers(backend, batch, sample_out, sampled, fmt)
             except (BackendError, OSError, RuntimeError, ValueError) as e:
                 # the engine failed (a server down, a context overflow, an out-of-memory): keep what is
                 # done, mark the run partial and say why; a bug of ours (TypeError, ...) still raises
@@ -279,7 +289,7 @@ def summarise(records: list[dict[str, Any]], problems: list[Problem], cfg: EvalC
         maj_at_k=maj if k_max else {}, pass_at_k=pak if k_max else {},
         checked_at_k=checked, checked_vs_majority=versus,
         sample_format_compliance=_rate(all_samples, "format_valid") if all_samples else None,
-        categories=categories,
+        categories=categories, answers_forced=sum(bool(r.get("answer_forced")) for r in records),
     )
 
 

@@ -19,12 +19,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgereason.backends.base import Backend, Capability, Completion, Delta, Messages, SamplingParams, restore_closing_tag
+from edgereason.backends.forcing import answer_params, attach_answer, forcing_suffix, reasoning_params
 from edgereason.formats import ParsedCompletion, ReasoningFormat
 from edgereason.grading import extract_answer
 from edgereason.serve.config import EngineLimits
 from edgereason.voting import VoteMode, VoteResult, VoteTally, vote
 from edgereason.voting import ballot as ballot_of
 from edgereason.work_check import WorkCheck, check_work
+
+#: Room kept in the context for the tags a forced answer's runtime writes (closing and opening tags, newlines).
+FORCED_TAG_TOKENS = 16
 
 #: A format retry samples at least this hot: a greedy retry would repeat the invalid text verbatim.
 RETRY_TEMPERATURE = 0.7
@@ -81,7 +85,8 @@ class ReasoningEngine:
         self.waiting = 0
         self.in_flight = 0
         self.peak_in_flight = 0
-        self.counters = {"format_retries": 0, "invalid": 0, "votes": 0, "early_stops": 0, "cancelled": 0}
+        self.counters = {"format_retries": 0, "invalid": 0, "votes": 0, "early_stops": 0, "cancelled": 0,
+                         "forced_answers": 0}
 
     # ---- admission -----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -143,9 +148,14 @@ class ReasoningEngine:
         if ctx is None:
             return 0, params
         n = await asyncio.to_thread(self.backend.count_tokens, prompt)
-        if n + 1 > ctx:
-            raise PromptTooLongError(f"the prompt is {n} tokens; the context holds {ctx} per sequence")
-        return n, replace(params, max_tokens=min(params.max_tokens, ctx - n))
+        # a forced answer follows the reasoning in the same sequence, after tags the runtime writes
+        reserve = FORCED_TAG_TOKENS if params.force_answer else 0
+        room = ctx - n - reserve
+        if room < 1 + params.force_answer:
+            raise PromptTooLongError(f"the prompt is {n} tokens; the context holds {ctx} per sequence"
+                                     + (f", with {params.force_answer + reserve} kept for a forced answer"
+                                        if params.force_answer else ""))
+        return n, replace(params, max_tokens=min(params.max_tokens, room))
 
     def _deadlined(self, params: SamplingParams) -> SamplingParams:
         return replace(params, deadline=time.monotonic() + self.limits.timeout_s)
@@ -156,10 +166,26 @@ class ReasoningEngine:
         return Answer(text, parsed, c, 1, c.completion_tokens, validate)
 
     # ---- generation ----------------------------------------------------------------------------
+    async def _force_answer(self, prompt: str, params: SamplingParams, c: Completion) -> None:
+        """Give `c` (generated after `prompt`, which ends in the prefill) its forced answer when its
+        reasoning was cut by max_tokens (backends.forcing), under the caller's slot and deadline."""
+        suffix = forcing_suffix(self.fmt, params, c, params.prefix)
+        if suffix is not None:
+            (a,) = await self.backend.acomplete(prompt + c.text + suffix, answer_params(params))
+            attach_answer(c, suffix, a)
+            self.counters["forced_answers"] += 1
+
     async def _call(self, prompt: str, params: SamplingParams) -> list[Completion]:
         params = self._deadlined(params)
+
+        async def generate() -> list[Completion]:
+            out = await self.backend.acomplete(prompt, reasoning_params(params))
+            for c in out:
+                await self._force_answer(prompt, params, c)
+            return out
+
         async with self.slot():
-            out = await asyncio.wait_for(self.backend.acomplete(prompt, params), self.limits.timeout_s)
+            out = await asyncio.wait_for(generate(), self.limits.timeout_s)
         if params.deadline is not None and time.monotonic() >= params.deadline:
             raise TimeoutError  # the engine stopped at the deadline: a cut answer is not an answer
         return out
@@ -233,10 +259,11 @@ class ReasoningEngine:
         early_stop = early_stop and mode is not VoteMode.BEST
         early = False
         async with self.slot():
-            gen = self.backend.asamples(prompt, params, k)
+            gen = self.backend.asamples(prompt, reasoning_params(params), k)
             try:
                 async with asyncio.timeout(self.limits.timeout_s):
                     async for i, c in gen:
+                        await self._force_answer(prompt, params, c)  # a cut sample still casts a ballot
                         samples[i] = a = self.answer_of(c, params, True)
                         ballot, weight = self.voted_answer(a), 1.0
                         if mode.checks_work:
@@ -261,11 +288,31 @@ class ReasoningEngine:
         return extract_answer(a.text, self.fmt).text if a.parsed.valid else None
 
     async def stream(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Delta, None]:
-        """Deltas of one completion, admitted and deadlined like any other request."""
+        """Deltas of one completion, admitted and deadlined like any other request. A forced answer
+        streams on from where the cut reasoning stopped: the tags the runtime wrote, then the answer."""
         params = self._deadlined(params)
         async with self.slot():
-            async for d in self.backend.astream(prompt, params):
-                yield d
+            last = None
+            async for d in self.backend.astream(prompt, reasoning_params(params)):
+                if d.completion is None:
+                    yield d
+                else:
+                    last = d
+            if last is None or last.completion is None:
+                return
+            c = last.completion
+            suffix = forcing_suffix(self.fmt, params, c, params.prefix)
+            if suffix is None:
+                yield last
+                return
+            yield Delta(last.text + suffix, logprobs=last.logprobs)
+            async for d in self.backend.astream(prompt + c.text + suffix, answer_params(params)):
+                if d.completion is None:
+                    yield d
+                    continue
+                attach_answer(c, suffix, d.completion)
+                self.counters["forced_answers"] += 1
+                yield Delta(d.text, c.finish_reason, c, d.logprobs)
 
     def status(self) -> dict[str, Any]:
         return {"queue_depth": self.waiting, "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,

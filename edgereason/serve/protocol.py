@@ -10,7 +10,10 @@ Extensions travel in `extra_body` of the official client:
   best-checked sample, "repaired" votes after recomputing miscomputed steps (`edgereason.voting`);
 - `reasoning`: false turns off the format grammar and the reasoning split;
 - `grammar` / `structured_outputs.grammar` (completions): a GBNF grammar, llama-server and vLLM style;
-- `ignore_eos`: keep generating to max_tokens (benchmarks and tests).
+- `ignore_eos`: keep generating to max_tokens (benchmarks and tests);
+- `force_answer` (chat): tokens of max_tokens kept for a forced answer: a reasoning that runs out of
+  the rest is closed by the server, the answer opened, and the model writes it in these (0 = off;
+  default: the server's `--force-answer`); such a choice carries `answer_forced: true`.
 Responses carry `reasoning_content` (and `reasoning`, vLLM's current name) beside `content`, and per
 choice `format_valid`, `format_errors` and `attempts`; a vote adds `voting` to the response.
 """
@@ -251,6 +254,8 @@ class ChatCompletionRequest(SamplingFields):
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     verbosity: str | None = None
+    force_answer: int | None = Field(None, ge=0, le=4096, description="Tokens of max_tokens kept for a forced answer "
+                                     "when the reasoning runs out of the rest (0 = off; None = the server's default).")
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -349,6 +354,8 @@ class ChatChoice(BaseModel):
     format_valid: bool | None = None
     format_errors: list[str] = Field(default_factory=list)
     attempts: int = 1
+    answer_forced: bool | None = Field(None, description="True when the reasoning ran out of tokens and the server "
+                                       "closed it and had the model write the answer (force_answer).")
 
 
 class VoteGroup(BaseModel):
@@ -408,6 +415,7 @@ class ChatStreamChoice(BaseModel):
     finish_reason: FinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
     format_valid: bool | None = None
+    answer_forced: bool | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -83,6 +83,7 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
         messages.insert(0, {"role": "system", "content": engine.fmt.system_prompt})
     temperature = req.voting.temperature if req.voting else req.temperature
     params = engine.params(reasoning, req.token_limit, temperature, req.top_p, req.seed, req.stops,
+                           force_answer=_force_answer(req, engine, reasoning),
                            logprobs=req.logprobs_k, ignore_eos=req.ignore_eos, logit_bias=req.token_bias(),
                            frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
                            adapter=adapter_of(request, req.model), grammar=_structured_grammar(req) if structured else None)
@@ -131,6 +132,23 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
     return body
 
 
+def _force_answer(req: ChatCompletionRequest, engine: ReasoningEngine, reasoning: bool) -> int:
+    """The request's forced-answer budget: its own, else the server's (where it leaves room to reason);
+    a 400 where the request asks for one that cannot apply, rather than silently not forcing."""
+    limit = req.token_limit or engine.limits.max_tokens
+    if req.force_answer is None:
+        default = engine.limits.force_answer
+        return default if reasoning and engine.fmt.kind == "tags" and default < limit else 0
+    if req.force_answer and not (reasoning and engine.fmt.kind == "tags"):
+        why = (f"the {engine.fmt.name} format has no reasoning block" if engine.fmt.kind != "tags"
+               else "this request has the reasoning format off (reasoning: false, response_format or tools)")
+        raise APIError(400, f"force_answer closes a cut reasoning block, and {why}", param="force_answer")
+    if req.force_answer >= limit:
+        raise APIError(400, f"force_answer ({req.force_answer}) must be smaller than max_tokens ({limit}): it is the "
+                       "part of max_tokens kept for the answer", param="force_answer")
+    return req.force_answer
+
+
 def _message(a: Answer, reasoning: bool) -> AssistantMessage:
     if reasoning:
         return AssistantMessage(content=a.content, reasoning_content=a.reasoning, reasoning=a.reasoning)
@@ -141,7 +159,8 @@ def _choice(index: int, a: Answer, message: AssistantMessage) -> ChatChoice:
     return ChatChoice(index=index, message=message, finish_reason=a.completion.finish_reason,
                       logprobs=chat_logprobs(a.completion.logprobs),
                       format_valid=a.parsed.valid if a.validated else None,
-                      format_errors=a.parsed.describe_errors() if a.validated else [], attempts=a.attempts)
+                      format_errors=a.parsed.describe_errors() if a.validated else [], attempts=a.attempts,
+                      answer_forced=a.completion.forced_answer_tokens is not None or None)
 
 
 async def _tool_call(req: ChatCompletionRequest, request: Request, messages: list[dict[str, Any]],
@@ -218,6 +237,8 @@ async def _stream(req: ChatCompletionRequest, request: Request, prompt: str, par
         return
     answer = engine.answer_of(final, params, reasoning) if final is not None else None
     extra = {"format_valid": answer.parsed.valid} if answer is not None and reasoning else {}
+    if answer is not None and answer.completion.forced_answer_tokens is not None:
+        extra["answer_forced"] = True
     yield chunk(DeltaMessage(), final.finish_reason if final else "length", **extra)
     if req.stream_options and req.stream_options.include_usage and answer is not None:
         count = await reasoning_tokens(engine, [answer]) if reasoning else 0

@@ -1,0 +1,79 @@
+"""Answer forcing: a completion whose reasoning ran out of tokens still ends in an answer.
+
+A small model that loops ("...so p is true, so p is true, ...") stops only at `max_tokens`, inside
+its reasoning, with no answer: out of format and ungraded however close it was. With
+`SamplingParams.force_answer` set, the reasoning gets `max_tokens - force_answer` tokens
+(`reasoning_params`); when it runs out, the runtime closes the reasoning for it and opens the answer
+block (`ReasoningFormat.forced_answer_suffix`), and the model writes the answer alone in the
+`force_answer` tokens kept for it. A completion so stays within `max_tokens`, as OpenAI's field
+promises. This is budget forcing (s1, Muennighoff et al. 2025) on the runtime side, as vLLM's and
+llama.cpp's reasoning budgets are.
+
+The tags the runtime wrote are in the completion's text but not in its `completion_tokens`, and
+`Completion.forced_answer_tokens` records that it happened, so an eval reports how many answers were
+forced beside the format rate they raise, and the server marks the choice. Callers: eval's batches
+(`force_answers`) and the serving engine (the pieces: `reasoning_params`, `forcing_suffix`,
+`answer_params`, `attach_answer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from edgereason.backends.base import Backend, Completion, Messages, SamplingParams, restore_closing_tag
+from edgereason.formats import ReasoningFormat
+
+
+def reasoning_params(params: SamplingParams) -> SamplingParams:
+    """The first pass's settings: `max_tokens` less the tokens kept for a forced answer."""
+    if not params.force_answer:
+        return params
+    if params.force_answer >= params.max_tokens:
+        raise ValueError(f"force_answer ({params.force_answer}) keeps all of max_tokens ({params.max_tokens}) for the "
+                         "answer: it must be smaller, the rest being the reasoning's")
+    return replace(params, max_tokens=params.max_tokens - params.force_answer)
+
+
+def forcing_suffix(fmt: ReasoningFormat, params: SamplingParams, c: Completion, before: str = "") -> str | None:
+    """The text that opens `c`'s forced answer, or None when it gets none (forcing off, the
+    completion ended by itself, or its answer block is already open). `before` is the text the
+    completion continues (the prefill, where the engine returns only what it generated)."""
+    if not params.force_answer or c.finish_reason != "length":
+        return None
+    return fmt.forced_answer_suffix(before + c.text)
+
+
+def answer_params(params: SamplingParams) -> SamplingParams:
+    """The forced answer's settings: the request's sampling, one sample, `force_answer` tokens, and
+    no grammar (a whole-completion grammar does not fit a text that starts midway)."""
+    return replace(params, n=1, max_tokens=params.force_answer, grammar=None, prefix="", force_answer=0)
+
+
+def attach_answer(c: Completion, suffix: str, answer: Completion) -> None:
+    """Append the forced answer to the cut completion, in place: text, counts, timing, finish."""
+    c.text += suffix + answer.text
+    c.completion_tokens += answer.completion_tokens
+    c.forced_answer_tokens = answer.completion_tokens
+    c.finish_reason = answer.finish_reason
+    c.latency_s += answer.latency_s
+    if c.logprobs is not None and answer.logprobs is not None:
+        c.logprobs.extend(answer.logprobs)
+
+
+def force_answers(backend: Backend, batch: list[Messages], rows: list[list[Completion]], params: SamplingParams,
+                  fmt: ReasoningFormat) -> int:
+    """Give every completion in `rows` (from `backend.chat(batch, reasoning_params(params))`, prefill
+    included) that was cut inside its reasoning its forced answer, in place, the continuations decoded
+    as one batch; returns how many were forced."""
+    cut: list[tuple[Completion, str, str]] = []
+    for messages, row in zip(batch, rows, strict=True):
+        for c in row:
+            if (suffix := forcing_suffix(fmt, params, c)) is not None:
+                cut.append((c, suffix, backend.render(messages, c.text + suffix)))
+    if not cut:
+        return 0
+    answers = backend.complete([prompt for *_, prompt in cut], answer_params(params))
+    for (c, suffix, _), (a, *_) in zip(cut, answers, strict=True):
+        attach_answer(c, suffix, a)
+        c.text = restore_closing_tag(c.text, params.stop, c.finish_reason)
+    return len(cut)
