@@ -297,6 +297,7 @@ def test_force_answer_gives_a_looping_reasoning_its_answer_and_counts_it(tmp_pat
     rows = _rows(tmp_path / "on" / "samples.jsonl")
     assert all(r["answer_forced"] and r["completion"].endswith("<answer>\nyes\n</answer>") for r in rows)
     assert all(r["completion_tokens"] == 12 + 2 and r["finish_reason"] == "stop" for r in rows)  # 20 - 8 to reason
+    assert "100.0% (3 forced)" in write_report([on], tmp_path / "report").read_text()
     forced = [c for c in engine.calls if c.prompt.endswith("<answer>\n")]
     assert len(forced) == 3 and all(c.params.max_tokens == 8 and c.params.grammar is None for c in forced)
     with pytest.raises(EvalError, match="other settings"):

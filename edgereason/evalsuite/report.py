@@ -85,7 +85,8 @@ def benchmark_table(summaries: list[EvalSummary], rows: list[ComparisonRow]) -> 
         cells = [f"`{short_name(s.target)}`" + (" (partial)" if s.partial else "") + flag,
                  f"{_pct(s.strict.value)} ({_pct(s.strict.ci95[0])}–{_pct(s.strict.ci95[1])})",
                  f"{_pct(s.flexible.value)} ({_pct(s.flexible.ci95[0])}–{_pct(s.flexible.ci95[1])})",
-                 _pct(s.format_compliance), f"{s.mean_completion_tokens:.0f}"]
+                 _pct(s.format_compliance) + (f" ({s.answers_forced} forced)" if s.answers_forced else ""),
+                 f"{s.mean_completion_tokens:.0f}"]
         cells += [f"{_pct(s.maj_at_k['strict'][k])} / {_pct(s.maj_at_k['flexible'][k])}" if k in s.maj_at_k.get("strict", {})
                   else "" for k in ks]
         cells += [_pct(s.pass_at_k["flexible"][k]) if k in s.pass_at_k.get("flexible", {}) else "" for k in ks]
@@ -135,6 +136,9 @@ def write_report(summaries: list[EvalSummary], out: Path, title: str = "edgereas
              "answer anywhere in the completion by one rule per answer type, whatever the format (see "
              "`edgereason eval --grader-bench`). A gain that shows only in strict is a format gain.", ""]
     lines += benchmark_table(summaries, rows)
+    if any(s.answers_forced for s in summaries):
+        lines += ["", "*forced*: answers the runtime forced (`--force-answer`): the reasoning ran out of its share of "
+                  "max_tokens, so it was closed for the model, which then wrote the answer. They count as in format."]
     if len(summaries) > 1:
         lines += ["", "Δ and p are against the first target on the same problems (exact McNemar test on the problems "
                   "only one of the two solved, or only one of the two answered in format; * = p < 0.05)."]
