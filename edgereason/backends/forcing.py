@@ -24,13 +24,21 @@ from edgereason.backends.base import Backend, Completion, Messages, SamplingPara
 from edgereason.formats import ReasoningFormat
 
 
+def budget_error(force_answer: int, max_tokens: int) -> str | None:
+    """Why a forced-answer share leaves the reasoning no tokens, or None when it leaves some (the one
+    rule eval's and serve's settings and a request are checked by)."""
+    if force_answer and force_answer >= max_tokens:
+        return (f"force_answer ({force_answer}) must be smaller than max_tokens ({max_tokens}): it is the part of "
+                "max_tokens kept for the answer, the rest being the reasoning's")
+    return None
+
+
 def reasoning_params(params: SamplingParams) -> SamplingParams:
     """The first pass's settings: `max_tokens` less the tokens kept for a forced answer."""
     if not params.force_answer:
         return params
-    if params.force_answer >= params.max_tokens:
-        raise ValueError(f"force_answer ({params.force_answer}) keeps all of max_tokens ({params.max_tokens}) for the "
-                         "answer: it must be smaller, the rest being the reasoning's")
+    if (why := budget_error(params.force_answer, params.max_tokens)) is not None:
+        raise ValueError(why)
     return replace(params, max_tokens=params.max_tokens - params.force_answer)
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from edgereason.backends.forcing import budget_error
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
 from edgereason.gpu_layers import GpuLayers
@@ -64,9 +65,8 @@ class EvalConfig(StageConfig):
                              "(llama.cpp in process, continuously batched), requests in flight against a server URL.")
     @model_validator(mode="after")
     def _room_to_reason(self) -> EvalConfig:
-        if self.force_answer and self.force_answer >= self.max_tokens:
-            raise ValueError(f"force_answer ({self.force_answer}) must be smaller than max_tokens ({self.max_tokens}): "
-                             "it is the part of max_tokens kept for the answer")
+        if (why := budget_error(self.force_answer, self.max_tokens)) is not None:
+            raise ValueError(why)
         return self
 
     @field_validator("benchmark", mode="before")

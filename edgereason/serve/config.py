@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgereason.backends import BACKENDS, Capability, serve_backends
+from edgereason.backends.forcing import budget_error
 from edgereason.backends.llama_server import DEFAULT_POLL
 from edgereason.config import StageConfig
 from edgereason.formats import DEFAULT_FORMAT
@@ -45,8 +46,8 @@ class EngineLimits(Section):
 
     @model_validator(mode="after")
     def _room_to_reason(self) -> EngineLimits:
-        if self.force_answer >= self.max_tokens:
-            raise ValueError(f"force_answer ({self.force_answer}) must be smaller than max_tokens ({self.max_tokens})")
+        if (why := budget_error(self.force_answer, self.max_tokens)) is not None:
+            raise ValueError(why)
         return self
 
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from edgereason.backends.base import Completion, SamplingParams, TokenLogprob
+from edgereason.backends.forcing import budget_error
 from edgereason.serve.engine import Answer, QueueFullError, ReasoningEngine
 from edgereason.serve.errors import APIError
 from edgereason.serve.grammars import json_grammar
@@ -140,12 +141,11 @@ def _force_answer(req: ChatCompletionRequest, engine: ReasoningEngine, reasoning
         default = engine.limits.force_answer
         return default if reasoning and engine.fmt.kind == "tags" and default < limit else 0
     if req.force_answer and not (reasoning and engine.fmt.kind == "tags"):
-        why = (f"the {engine.fmt.name} format has no reasoning block" if engine.fmt.kind != "tags"
+        off = (f"the {engine.fmt.name} format has no reasoning block" if engine.fmt.kind != "tags"
                else "this request has the reasoning format off (reasoning: false, response_format or tools)")
-        raise APIError(400, f"force_answer closes a cut reasoning block, and {why}", param="force_answer")
-    if req.force_answer >= limit:
-        raise APIError(400, f"force_answer ({req.force_answer}) must be smaller than max_tokens ({limit}): it is the "
-                       "part of max_tokens kept for the answer", param="force_answer")
+        raise APIError(400, f"force_answer closes a cut reasoning block, and {off}", param="force_answer")
+    if (why := budget_error(req.force_answer, limit)) is not None:
+        raise APIError(400, why, param="force_answer")
     return req.force_answer
 
 
