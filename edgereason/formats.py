@@ -263,9 +263,20 @@ class ReasoningFormat:
                 f'"{t["answer_open"]}" "\\n"? answer "\\n"? "{t["answer_close"]}"',
                 'reasoning ::= rchar+ ("\\n" | " ")*',
                 f'rchar ::= [^<] | "<" [^<{firsts}]',
-                'answer ::= [ ]* [^<\\n ] [^<\\n]{0,120}',
+                _ANSWER_RULE,
             ]
         )
+
+    def answer_grammar(self) -> str:
+        """A GBNF grammar for what follows the answer's open tag and newline: a forced answer
+        (backends.forcing) held to the same short answer `grammar` allows, then the closing tag."""
+        if self.kind != "tags":
+            raise ValueError(f"the {self.name} format has no answer block")
+        return f'root ::= answer "\\n"? "{self.tags["answer_close"]}"\n{_ANSWER_RULE}'
+
+
+#: The answer inside a tag format's answer block: one short line, so a constrained model cannot ramble.
+_ANSWER_RULE = 'answer ::= [ ]* [^<\\n ] [^<\\n]{0,120}'
 
 
 def _between(text: str, open_pos: int, open_tag: str, close_pos: int) -> str | None:

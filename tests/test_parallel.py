@@ -125,3 +125,23 @@ def test_a_reasoning_cut_by_its_budget_is_given_an_answer_on_the_real_engine(bac
         # EOS ignored: only the answer's closing tag (a stop string) ends it before its 5 tokens
         assert c.forced_answer_tokens == 5 or (c.finish_reason == "stop" and c.text.endswith(fmt.tags["answer_close"]))
     assert force_answers(backend, batch, rows, params, fmt) == 0  # nothing left to force
+
+
+def test_a_constrained_forced_answer_keeps_to_the_formats_answer_grammar(backend):
+    """Constrained decoding: the forced answer is decoded under the format's answer grammar (one short
+    line, then the closing tag), so whatever the model samples it cannot reopen a tag or ramble."""
+    import re
+
+    from edgereason.backends.forcing import force_answers, reasoning_params
+
+    fmt = get_format()
+    batch = [fmt.messages(q) for q in QUESTIONS[:2]]
+    params = SamplingParams(max_tokens=28, temperature=0.9, seed=3, ignore_eos=True, stop=fmt.stop_sequences(),
+                            prefix=fmt.prefill, grammar=fmt.grammar(after_prefill=True), force_answer=24)
+    rows = backend.chat(batch, reasoning_params(params))
+    cut = [c.text for row in rows for c in row]
+    assert force_answers(backend, batch, rows, params, fmt) == 2
+    for before, (c,) in zip(cut, rows, strict=True):
+        answer = c.text[len(before + fmt.forced_answer_suffix(before)):]
+        assert re.fullmatch(r" *[^<\n ][^<\n]*(\n?</answer>)?", answer), answer
+        assert c.finish_reason == "length" or fmt.parse(c.text).valid

@@ -51,10 +51,12 @@ def forcing_suffix(fmt: ReasoningFormat, params: SamplingParams, c: Completion, 
     return fmt.forced_answer_suffix(before + c.text)
 
 
-def answer_params(params: SamplingParams) -> SamplingParams:
-    """The forced answer's settings: the request's sampling, one sample, `force_answer` tokens, and
-    no grammar (a whole-completion grammar does not fit a text that starts midway)."""
-    return replace(params, n=1, max_tokens=params.force_answer, grammar=None, prefix="", force_answer=0)
+def answer_params(params: SamplingParams, fmt: ReasoningFormat) -> SamplingParams:
+    """The forced answer's settings: the request's sampling, one sample, `force_answer` tokens, and,
+    where the request was constrained, the format's answer grammar in place of the whole
+    completion's (which does not fit a text that starts at the answer)."""
+    grammar = fmt.answer_grammar() if params.grammar is not None else None
+    return replace(params, n=1, max_tokens=params.force_answer, grammar=grammar, prefix="", force_answer=0)
 
 
 def attach_answer(c: Completion, suffix: str, answer: Completion) -> None:
@@ -80,7 +82,7 @@ def force_answers(backend: Backend, batch: list[Messages], rows: list[list[Compl
                 cut.append((c, suffix, backend.render(messages, c.text + suffix)))
     if not cut:
         return 0
-    answers = backend.complete([prompt for *_, prompt in cut], answer_params(params))
+    answers = backend.complete([prompt for *_, prompt in cut], answer_params(params, fmt))
     for (c, suffix, _), (a, *_) in zip(cut, answers, strict=True):
         attach_answer(c, suffix, a)
         c.text = restore_closing_tag(c.text, params.stop, c.finish_reason)

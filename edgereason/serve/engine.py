@@ -171,7 +171,7 @@ class ReasoningEngine:
         reasoning was cut by max_tokens (backends.forcing), under the caller's slot and deadline."""
         suffix = forcing_suffix(self.fmt, params, c, params.prefix)
         if suffix is not None:
-            (a,) = await self.backend.acomplete(prompt + c.text + suffix, answer_params(params))
+            (a,) = await self.backend.acomplete(prompt + c.text + suffix, answer_params(params, self.fmt))
             attach_answer(c, suffix, a)
             self.counters["forced_answers"] += 1
 
@@ -306,7 +306,7 @@ class ReasoningEngine:
                 yield last
                 return
             yield Delta(last.text + suffix, logprobs=last.logprobs)
-            async for d in self.backend.astream(prompt + c.text + suffix, answer_params(params)):
+            async for d in self.backend.astream(prompt + c.text + suffix, answer_params(params, self.fmt)):
                 if d.completion is None:
                     yield d
                     continue
