@@ -15,6 +15,8 @@ generated:
 - `labels` maps the report's short target names to what the table shows.
 - `by` adds one flexible-accuracy column per value of that category (e.g. `subject`: arith's depth),
   read from each target's `summary.json`.
+- `deltas` lists the paired differences shown (default `["flexible", "strict"]`; `"format"` adds
+  format compliance's).
 
     python scripts/docs_tables.py [--check] [DOCS_DIR]
     python scripts/docs_tables.py --collect EVAL_OUT DOCS_DIR/results/NAME   # the result files only, no samples
@@ -54,7 +56,8 @@ def _summaries(folder: Path) -> dict[str, EvalSummary]:
     return found
 
 
-def render(folder: Path, labels: dict[str, str], by: str | None = None) -> str:
+def render(folder: Path, labels: dict[str, str], by: str | None = None,
+           deltas: tuple[str, ...] = ("flexible", "strict")) -> str:
     """The Markdown table for every benchmark compared under `folder`."""
     comparisons = sorted(folder.rglob("comparison.json"))
     if not comparisons:
@@ -68,7 +71,7 @@ def render(folder: Path, labels: dict[str, str], by: str | None = None) -> str:
             for s in summaries.values():
                 values += [v for v in s.categories.get(by, {}) if v not in values]
     head = ["benchmark", "target", "n", "strict", "flexible (95% CI)", "format", "tokens", *sorted(values),
-            "Δ flexible vs first (p)", "Δ strict (p)"]
+            *(f"Δ {rule} vs first (p)" if i == 0 else f"Δ {rule} (p)" for i, rule in enumerate(deltas))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, rows, summaries in tables:
         for r in rows:
@@ -79,7 +82,7 @@ def render(folder: Path, labels: dict[str, str], by: str | None = None) -> str:
             cats: dict[str, Any] = summaries[r.target].categories.get(by or "", {}) if r.target in summaries else {}
             cells += [_pct(cats[v]["flexible"]) if v in cats else "" for v in sorted(values)]
             cells += [f"{100 * r.delta[rule]:+.1f} pts ({_p(r.p_value.get(rule))})" if rule in r.delta else ""
-                      for rule in ("flexible", "strict")]
+                      for rule in deltas]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -88,7 +91,8 @@ def update(doc: Path) -> str:
     """`doc`'s text with every results table generated again."""
     def table(m: re.Match[str]) -> str:
         spec = json.loads(m.group(2))
-        body = render(doc.parent / spec["from"], spec.get("labels", {}), spec.get("by"))
+        body = render(doc.parent / spec["from"], spec.get("labels", {}), spec.get("by"),
+                      tuple(spec.get("deltas", ("flexible", "strict"))))
         return m.group(1) + body + m.group(4)
 
     return MARKER.sub(table, doc.read_text(encoding="utf-8"))

@@ -302,6 +302,17 @@ def test_force_answer_gives_a_looping_reasoning_its_answer_and_counts_it(tmp_pat
     assert len(forced) == 3 and all(c.params.max_tokens == 8 and c.params.grammar is None for c in forced)
     with pytest.raises(EvalError, match="other settings"):
         run_eval(cfg.model_copy(update={"out": tmp_path / "on"}), backend=ScriptedBackend(loops), show_progress=False)
+    # the two runs of one target paired by problem, as the docs compare them (scripts/pair_runs.py)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pair_runs.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "pair"), str(tmp_path / "off"), str(tmp_path / "on")],
+                   check=True, capture_output=True, timeout=120)
+    first, second = json.loads((tmp_path / "pair" / "comparison.json").read_text())
+    assert first["target"].endswith("[off]") and second["target"].endswith("[on]")
+    assert second["delta"]["format"] == 1 and second["discordant"]["format"] == [3, 0]
     with pytest.raises(ValueError, match="must be smaller than max_tokens"):
         _cfg(tmp_path, "none-left", max_tokens=20, force_answer=20)
     with pytest.raises(EvalError, match="renders its own prompts"):
