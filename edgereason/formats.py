@@ -119,9 +119,10 @@ class ReasoningFormat:
         return [self.tags["answer_close"]] if self.kind == "tags" else []
 
     def forced_answer_suffix(self, text: str) -> str | None:
-        """What to append to `text`, a completion cut by its token budget inside the reasoning, to close
-        the reasoning and open the answer block, so the model writes only the answer from there (budget
-        forcing, as in s1): a loop that ran out of tokens still ends in an answer. Append-only, so a
+        """What to append to `text`, a completion that ended (cut by its token budget, or stopped by the
+        model) before its answer block, to close the reasoning and open the answer block, so the model
+        writes only the answer from there (budget forcing, as in s1): a loop that ran out of tokens
+        still ends in an answer. Append-only, so a
         stream that already sent `text` sends this after it: a closing tag cut midway ("</reas") is
         completed, not doubled. None when there is nothing to force: the answer block is already
         open, or the format (boxed) has no blocks."""

@@ -219,3 +219,17 @@ async def test_a_cut_reasoning_gets_a_forced_answer_in_its_own_slot_and_a_vote_c
         await small.check_prompt("word " * 40, params(small, force_answer=6))
     with pytest.raises(ValueError, match="smaller than max_tokens"):  # the server's default leaves no room to reason
         EngineLimits(max_tokens=64, force_answer=64)
+
+
+async def test_a_completion_that_stops_inside_its_reasoning_is_forced_unless_the_caller_chose_the_stop():
+    """The model ends by itself with its reasoning open ("So the answer is D.") and no answer block:
+    forced like a cut one. Stopped at a stop string the caller chose: left as the caller asked."""
+    def ends_early(prompt: str, seed: int) -> str:
+        return "D\n</answer>" if prompt.endswith("<answer>\n") else "So the correct answer is D) lead apron."
+
+    e = engine(ends_early)
+    (a,) = await e.complete("q", params(e, max_tokens=64, force_answer=8), 1, validate=True)
+    assert a.completion.forced_answer_tokens == 2 and a.parsed.valid and a.content == "D"
+    e = engine(lambda prompt, seed: "So the answer is D. Next question" if not prompt.endswith("<answer>\n") else "D")
+    (a,) = await e.complete("q", e.params(True, 64, 0.0, 1.0, 5, ["Next"], force_answer=8), 1, validate=True)
+    assert a.completion.forced_answer_tokens is None and not a.parsed.valid and e.counters["forced_answers"] == 0

@@ -1,12 +1,13 @@
-"""Answer forcing: a completion whose reasoning ran out of tokens still ends in an answer.
+"""Answer forcing: a completion that ends without an answer is given the chance to write one.
 
 A small model that loops ("...so p is true, so p is true, ...") stops only at `max_tokens`, inside
-its reasoning, with no answer: out of format and ungraded however close it was. With
+its reasoning, with no answer: out of format and ungraded however close it was; another ends its
+reasoning ("So the correct answer is D) lead apron.") and stops without writing the answer. With
 `SamplingParams.force_answer` set, the reasoning gets `max_tokens - force_answer` tokens
-(`reasoning_params`); when it runs out, the runtime closes the reasoning for it and opens the answer
-block (`ReasoningFormat.forced_answer_suffix`), and the model writes the answer alone in the
-`force_answer` tokens kept for it. A completion so stays within `max_tokens`, as OpenAI's field
-promises. This is budget forcing (s1, Muennighoff et al. 2025) on the runtime side, as vLLM's and
+(`reasoning_params`); when it runs out, or the model stops with no answer block, the runtime closes
+the reasoning for it and opens the answer block (`ReasoningFormat.forced_answer_suffix`), and the
+model writes the answer alone in the `force_answer` tokens kept for it. A completion so stays within
+`max_tokens`, as OpenAI's field promises. This is budget forcing (s1, Muennighoff et al. 2025) on the runtime side, as vLLM's and
 llama.cpp's reasoning budgets are.
 
 The tags the runtime wrote are in the completion's text but not in its `completion_tokens`, and
@@ -43,10 +44,15 @@ def reasoning_params(params: SamplingParams) -> SamplingParams:
 
 
 def forcing_suffix(fmt: ReasoningFormat, params: SamplingParams, c: Completion, before: str = "") -> str | None:
-    """The text that opens `c`'s forced answer, or None when it gets none (forcing off, the
-    completion ended by itself, or its answer block is already open). `before` is the text the
-    completion continues (the prefill, where the engine returns only what it generated)."""
-    if not params.force_answer or c.finish_reason != "length":
+    """The text that opens `c`'s forced answer, or None when it gets none: forcing off, its answer
+    block already open, or it stopped at a stop string the caller chose (the caller asked it to end
+    there). A completion that ended inside its reasoning by itself (end of sequence) is forced like
+    one cut by the budget: it too has no answer. `before` is the text the completion continues (the
+    prefill, where the engine returns only what it generated)."""
+    if not params.force_answer:
+        return None
+    own_stops = set(params.stop) <= set(fmt.stop_sequences())
+    if c.finish_reason != "length" and not (c.finish_reason == "stop" and own_stops):
         return None
     return fmt.forced_answer_suffix(before + c.text)
 
