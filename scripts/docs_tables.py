@@ -76,9 +76,10 @@ def render(folder: Path, labels: dict[str, str], by: str | None = None,
     for _, rows, summaries in tables:
         for r in rows:
             name = short_name(r.target)
+            forced = summaries[r.target].answers_forced if r.target in summaries else 0
             cells = [r.benchmark, labels.get(name, f"`{name}`"), str(r.n), _pct(r.strict),
                      f"{_pct(r.flexible)} ({_pct(r.flexible_ci95[0])}–{_pct(r.flexible_ci95[1])})",
-                     _pct(r.format), f"{r.tokens:.0f}"]
+                     _pct(r.format) + (f" ({forced} forced)" if forced else ""), f"{r.tokens:.0f}"]
             cats: dict[str, Any] = summaries[r.target].categories.get(by or "", {}) if r.target in summaries else {}
             cells += [_pct(cats[v]["flexible"]) if v in cats else "" for v in sorted(values)]
             cells += [f"{100 * r.delta[rule]:+.1f} pts ({_p(r.p_value.get(rule))})" if rule in r.delta else ""
