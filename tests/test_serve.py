@@ -101,6 +101,28 @@ def test_streaming_matches_the_non_streamed_answer(client):
     assert usage.prompt_tokens_details is not None and (usage.prompt_tokens_details.cached_tokens or 0) > 0
 
 
+def test_a_forced_answer_on_llama_server_keeps_to_the_answer_grammar(server, client):
+    """force_answer on the real engine: the reasoning, 6 of max_tokens 30 (EOS ignored, so it is cut
+    there), is closed by the server and the answer decoded under the format's answer grammar in the
+    24 kept for it: marked forced, one line with no tag, and within max_tokens, streamed or not."""
+    kw = dict(model="smollm2-135m", messages=QUESTION, max_tokens=30, temperature=0,
+              extra_body={"force_answer": 24, "ignore_eos": True})
+    r = client.chat.completions.create(**kw)
+    choice = r.choices[0]
+    assert extra(choice)["answer_forced"] is True and r.usage is not None
+    assert r.usage.completion_tokens <= 30 and r.usage.completion_tokens_details.reasoning_tokens <= 6 + 2
+    reasoning = extra(choice.message)["reasoning_content"]
+    assert reasoning.strip() and "<" not in reasoning
+    if choice.finish_reason == "stop":  # the answer closed within its 24 tokens: the grammar's one line
+        assert extra(choice)["format_valid"] is True and "\n" not in choice.message.content.strip()
+    assert "<" not in (choice.message.content or "").replace("</answer>", "")
+    streamed = ""
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            streamed += (c.delta.model_extra or {}).get("reasoning_content") or ""
+    assert streamed.strip() == reasoning.strip()
+
+
 def test_concurrent_requests_are_decoded_together(server):
     """Requests that are in llama-server's slots at once share its decode calls. The overlap is
     observed in the slots (bounded wait), not assumed from timing: then fewer decodes than tokens
