@@ -62,7 +62,7 @@ class SamplingParams:
     deadline: float | None = None  # time.monotonic() after which generation stops (server timeouts)
     cancel: threading.Event | None = None  # set when the caller gave up (a client disconnected)
     adapter: str | None = None  # the named LoRA to decode with, on a server holding several (None: the base)
-    # Tokens of max_tokens kept for a forced answer when the reasoning runs out (0 = off; backends.forcing).
+    # Tokens of max_tokens kept for a forced answer (0 = off; backends.forcing).
     force_answer: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +111,8 @@ class Completion:
     logprobs: list[TokenLogprob] | None = None
     cached_tokens: int | None = None  # prompt tokens served from the engine's prompt cache
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI-shaped, when the engine parsed a tool call
-    # Tokens generated after the runtime closed a reasoning cut by its budget (backends.forcing);
+    # Tokens generated after the runtime opened the answer block of a completion that ended without
+    # one (backends.forcing);
     # None when nothing was forced. `text` then holds the tags the runtime wrote, and
     # `completion_tokens` counts only what the model generated.
     forced_answer_tokens: int | None = None

@@ -7,8 +7,8 @@ reasoning ("So the correct answer is D) lead apron.") and stops without writing 
 (`reasoning_params`); when it runs out, or the model stops with no answer block, the runtime closes
 the reasoning for it and opens the answer block (`ReasoningFormat.forced_answer_suffix`), and the
 model writes the answer alone in the `force_answer` tokens kept for it. A completion so stays within
-`max_tokens`, as OpenAI's field promises. This is budget forcing (s1, Muennighoff et al. 2025) on the runtime side, as vLLM's and
-llama.cpp's reasoning budgets are.
+`max_tokens`, as OpenAI's field promises. This is budget forcing (s1, Muennighoff et al. 2025) on
+the runtime side, as vLLM's and llama.cpp's reasoning budgets are.
 
 The tags the runtime wrote are in the completion's text but not in its `completion_tokens`, and
 `Completion.forced_answer_tokens` records that it happened, so an eval reports how many answers were
@@ -66,7 +66,7 @@ def answer_params(params: SamplingParams, fmt: ReasoningFormat) -> SamplingParam
 
 
 def attach_answer(c: Completion, suffix: str, answer: Completion) -> None:
-    """Append the forced answer to the cut completion, in place: text, counts, timing, finish."""
+    """Append the forced answer to the completion it ends, in place: text, counts, timing, finish."""
     c.text += suffix + answer.text
     c.completion_tokens += answer.completion_tokens
     c.forced_answer_tokens = answer.completion_tokens
@@ -79,8 +79,8 @@ def attach_answer(c: Completion, suffix: str, answer: Completion) -> None:
 def force_answers(backend: Backend, batch: list[Messages], rows: list[list[Completion]], params: SamplingParams,
                   fmt: ReasoningFormat) -> int:
     """Give every completion in `rows` (from `backend.chat(batch, reasoning_params(params))`, prefill
-    included) that was cut inside its reasoning its forced answer, in place, the continuations decoded
-    as one batch; returns how many were forced."""
+    included) that ended without an answer block its forced answer, in place, the continuations
+    decoded as one batch; returns how many were forced."""
     cut: list[tuple[Completion, str, str]] = []
     for messages, row in zip(batch, rows, strict=True):
         for c in row:

@@ -50,8 +50,8 @@ class EvalConfig(StageConfig):
     constrained: bool = Field(False, description="Constrain decoding to the format's grammar (llama.cpp and servers).")
     max_tokens: int = Field(256, ge=1, le=32768, description="Maximum new tokens per completion.")
     force_answer: int = Field(0, ge=0, le=4096, description="Tokens of max_tokens kept for a forced answer: a reasoning "
-                              "that runs out of the rest is closed, the answer opened, and the model writes it in these "
-                              "(0 = off; counted as `answers_forced`).")
+                              "that runs out of the rest, or stops with no answer, is closed, the answer opened, and the "
+                              "model writes it in these (0 = off; counted as `answers_forced`).")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding (the `accuracy` figure).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     samples: int = Field(0, ge=0, le=256, description="Sampled completions per problem for maj@k and pass@k (0 = greedy only).")

@@ -137,8 +137,9 @@ def write_report(summaries: list[EvalSummary], out: Path, title: str = "edgereas
              "`edgereason eval --grader-bench`). A gain that shows only in strict is a format gain.", ""]
     lines += benchmark_table(summaries, rows)
     if any(s.answers_forced for s in summaries):
-        lines += ["", "*forced*: answers the runtime forced (`--force-answer`): the reasoning ran out of its share of "
-                  "max_tokens, so it was closed for the model, which then wrote the answer. They count as in format."]
+        lines += ["", "*forced*: answers the runtime forced (`--force-answer`): the completion ran out of its share of "
+                  "max_tokens or stopped without an answer, so its reasoning was closed and its answer opened for the "
+                  "model, which then wrote the answer. They count as in format."]
     if len(summaries) > 1:
         lines += ["", "Δ and p are against the first target on the same problems (exact McNemar test on the problems "
                   "only one of the two solved, or only one of the two answered in format; * = p < 0.05)."]

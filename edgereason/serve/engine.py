@@ -27,7 +27,7 @@ from edgereason.voting import VoteMode, VoteResult, VoteTally, vote
 from edgereason.voting import ballot as ballot_of
 from edgereason.work_check import WorkCheck, check_work
 
-#: Room kept in the context for the tags a forced answer's runtime writes (closing and opening tags, newlines).
+#: Room kept in the context for the tags the runtime writes before a forced answer (closing and opening tags, newlines).
 FORCED_TAG_TOKENS = 16
 
 #: A format retry samples at least this hot: a greedy retry would repeat the invalid text verbatim.
@@ -167,8 +167,8 @@ class ReasoningEngine:
 
     # ---- generation ----------------------------------------------------------------------------
     async def _force_answer(self, prompt: str, params: SamplingParams, c: Completion) -> None:
-        """Give `c` (generated after `prompt`, which ends in the prefill) its forced answer when its
-        reasoning was cut by max_tokens (backends.forcing), under the caller's slot and deadline."""
+        """Give `c` (generated after `prompt`, which ends in the prefill) its forced answer when it ended
+        without an answer block (backends.forcing), under the caller's slot and deadline."""
         suffix = forcing_suffix(self.fmt, params, c, params.prefix)
         if suffix is not None:
             (a,) = await self.backend.acomplete(prompt + c.text + suffix, answer_params(params, self.fmt))

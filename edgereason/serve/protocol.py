@@ -12,8 +12,9 @@ Extensions travel in `extra_body` of the official client:
 - `grammar` / `structured_outputs.grammar` (completions): a GBNF grammar, llama-server and vLLM style;
 - `ignore_eos`: keep generating to max_tokens (benchmarks and tests);
 - `force_answer` (chat): tokens of max_tokens kept for a forced answer: a reasoning that runs out of
-  the rest is closed by the server, the answer opened, and the model writes it in these (0 = off;
-  default: the server's `--force-answer`); such a choice carries `answer_forced: true`.
+  the rest, or stops with no answer, is closed by the server, the answer opened, and the model
+  writes it in these (0 = off; default: the server's `--force-answer`); such a choice carries
+  `answer_forced: true`.
 Responses carry `reasoning_content` (and `reasoning`, vLLM's current name) beside `content`, and per
 choice `format_valid`, `format_errors` and `attempts`; a vote adds `voting` to the response.
 """
@@ -354,8 +355,8 @@ class ChatChoice(BaseModel):
     format_valid: bool | None = None
     format_errors: list[str] = Field(default_factory=list)
     attempts: int = 1
-    answer_forced: bool | None = Field(None, description="True when the reasoning ran out of tokens and the server "
-                                       "closed it and had the model write the answer (force_answer).")
+    answer_forced: bool | None = Field(None, description="True when the completion ended without an answer and the "
+                                       "server closed its reasoning and had the model write one (force_answer).")
 
 
 class VoteGroup(BaseModel):
