@@ -133,7 +133,7 @@ class EvalSummary(Result):
     checked_at_k: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
     checked_vs_majority: dict[str, Any] = Field(default_factory=dict)
     sample_format_compliance: float | None = None
-    answers_forced: int = 0  # greedy answers the runtime forced after a cut reasoning (eval --force-answer)
+    answers_forced: int = 0  # greedy answers the runtime forced where none was written (eval --force-answer)
     categories: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
     partial: bool = False
     error: str | None = None

@@ -41,8 +41,8 @@ class EngineLimits(Section):
     timeout_s: float = Field(300.0, gt=0, description="Per-request generation deadline (HTTP 504 when it passes).")
     force_answer: int = Field(0, ge=0, le=4096, description="Default tokens of max_tokens kept for a forced answer: a "
                               "reasoning that runs out of the rest, or stops with no answer, is closed by the server and "
-                              "the model writes the answer in these (0 = off; a chat request's `force_answer` overrides it; not applied to "
-                              "a request whose max_tokens it would fill).")
+                              "the model writes the answer in these (0 = off; a chat request's `force_answer` overrides "
+                              "it; not applied to a request whose max_tokens it would fill).")
 
     @model_validator(mode="after")
     def _room_to_reason(self) -> EngineLimits:

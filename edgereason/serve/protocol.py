@@ -256,7 +256,8 @@ class ChatCompletionRequest(SamplingFields):
     function_call: str | dict[str, Any] | None = None
     verbosity: str | None = None
     force_answer: int | None = Field(None, ge=0, le=4096, description="Tokens of max_tokens kept for a forced answer "
-                                     "when the reasoning runs out of the rest (0 = off; None = the server's default).")
+                                     "when the reasoning runs out of the rest or stops with no answer (0 = off; None = "
+                                     "the server's default).")
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:

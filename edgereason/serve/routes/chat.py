@@ -137,10 +137,11 @@ def _force_answer(req: ChatCompletionRequest, engine: ReasoningEngine, reasoning
     """The request's forced-answer budget: its own, else the server's (where it leaves room to reason);
     a 400 where the request asks for one that cannot apply, rather than silently not forcing."""
     limit = req.token_limit or engine.limits.max_tokens
+    has_block = reasoning and engine.fmt.kind == "tags"  # a reasoning block to close
     if req.force_answer is None:
         default = engine.limits.force_answer
-        return default if reasoning and engine.fmt.kind == "tags" and default < limit else 0
-    if req.force_answer and not (reasoning and engine.fmt.kind == "tags"):
+        return default if has_block and default < limit else 0
+    if req.force_answer and not has_block:
         off = (f"the {engine.fmt.name} format has no reasoning block" if engine.fmt.kind != "tags"
                else "this request has the reasoning format off (reasoning: false, response_format or tools)")
         raise APIError(400, f"force_answer closes a cut reasoning block, and {off}", param="force_answer")
