@@ -14,9 +14,9 @@ import shutil
 import sys
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from edgereason.console import make_console
 from edgereason.versions import versions
 
 STAGE_COMMANDS = ("train", "export", "push", "serve", "eval", "bench", "bench-train", "demo", "pipeline")
@@ -28,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = make_console()
 
 
 @app.command()

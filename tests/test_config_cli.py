@@ -152,3 +152,23 @@ def test_every_bundled_preset_validates():
         kind = PipelineConfig if preset.name.startswith("pipeline") else TrainConfig
         kind.load(preset.stem)
     assert TrainConfig.load("cpu-smollm2-sft").method == "sft"
+
+
+def test_piped_output_is_drawn_at_log_width_and_columns_still_wins(monkeypatch):
+    """A command piped into a log draws at PIPED_WIDTH, not rich's 80-column fallback; COLUMNS overrides."""
+    import io
+    import os
+
+    from edgereason.console import PIPED_WIDTH, make_console
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run(python_module("edgereason.cli", "eval", "-m", "/nonexistent.gguf", "-b", "arith"),
+                         capture_output=True, text=True, timeout=120, env=env)
+    widths = [len(line) for line in out.stderr.splitlines()]
+    assert out.returncode != 0 and "unknown model" in out.stderr
+    assert 80 < max(widths) <= PIPED_WIDTH, out.stderr  # the message is longer than 80: it was not folded there
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setenv("COLUMNS", "61")
+    assert make_console().width == 61
+    monkeypatch.delenv("COLUMNS")
+    assert make_console().width == PIPED_WIDTH

@@ -58,10 +58,11 @@ def test_a_teed_stage_draws_its_output_at_log_width_not_a_pipes_80_columns(tmp_p
 
     from rich.console import Console
 
-    from edgereason.pipeline import LOG_COLUMNS, _stage
+    from edgereason.console import PIPED_WIDTH
+    from edgereason.pipeline import _stage
 
     monkeypatch.delenv("COLUMNS", raising=False)
     log = tmp_path / "logs" / "help.log"
     _stage(Console(file=io.StringIO()), "help", ["eval", "--help"], log)  # a StringIO is no terminal: teed
     widths = [len(line) for line in log.read_text(encoding="utf-8").splitlines()]
-    assert max(widths) == LOG_COLUMNS  # typer's help panels span the console's full width
+    assert max(widths) == PIPED_WIDTH  # typer's help panels span the console's full width

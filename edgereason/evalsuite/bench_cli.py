@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from edgereason.cli_options import stage_command
+from edgereason.console import make_console
 from edgereason.evalsuite.bench import BenchConfig
 
-console = Console()
+console = make_console()
 
 
 def run(cfg: BenchConfig) -> None:

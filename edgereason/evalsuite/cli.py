@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from edgereason.cli_options import stage_command
+from edgereason.console import make_console
 from edgereason.evalsuite.config import EvalConfig
 
 if TYPE_CHECKING:
     from edgereason.results import EvalSummary
 
-console = Console()
+console = make_console()
 
 
 def _grader_bench() -> None:

@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from edgereason.cli_options import stage_command
+from edgereason.console import make_console
 from edgereason.export.config import GGUFExportConfig, Int4ExportConfig, OpenVINOExportConfig
 from edgereason.export.files import ExportError
 
 app = typer.Typer(help="Merge adapters and export GGUF (llama.cpp), INT4 (GPU) or OpenVINO IR artifacts, each verified.",
                   no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 def _summary(out: Path) -> None:

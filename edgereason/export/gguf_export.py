@@ -24,6 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
+from edgereason.console import make_console
 from edgereason.export.answers import training_problems
 from edgereason.export.calibration import calibration_traces, compute_imatrix
 from edgereason.export.config import GGUFExportConfig
@@ -189,7 +190,7 @@ class ExportJob:
 def export_gguf(cfg: GGUFExportConfig, console: Console | None = None) -> ExportResult:
     """The export, stage by stage (each a function below): plan (every check before compute), merge,
     convert, calibrate, quantize, the LoRA, the ladder, the hand-off."""
-    job = plan(cfg, console or Console())
+    job = plan(cfg, console or make_console())
     hf_dir = merge(job)
     f16 = convert(job, hf_dir)
     quantize(job, f16, calibrate(job, f16))

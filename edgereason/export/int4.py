@@ -16,6 +16,7 @@ import time
 
 from rich.console import Console
 
+from edgereason.console import make_console
 from edgereason.export.answers import training_problems
 from edgereason.export.config import Int4ExportConfig
 from edgereason.export.files import ExportError, atomic_output, require_free_space
@@ -30,7 +31,7 @@ _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def export_int4(cfg: Int4ExportConfig, console: Console | None = None) -> dict:
-    console = console or Console()
+    console = console or make_console()
     out_dir, force = cfg.out, cfg.force
     try:
         import bitsandbytes  # noqa: F401

@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from edgereason.backends.chat_template import ChatTemplate
+from edgereason.console import make_console
 from edgereason.export.answers import training_problems
 from edgereason.export.calibration import Calibration, calibration_traces
 from edgereason.export.config import OpenVINOExportConfig
@@ -38,7 +39,7 @@ from edgereason.formats import get_format
 
 
 def export_openvino(cfg: OpenVINOExportConfig, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console()
+    console = console or make_console()
     try:
         import openvino  # noqa: F401
         import openvino_genai  # noqa: F401

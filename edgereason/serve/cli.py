@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from edgereason.cli_options import stage_command
+from edgereason.console import make_console
 from edgereason.serve.config import ServeConfig
 
-console = Console()
+console = make_console()
 
 
 def run_server(cfg: ServeConfig) -> None:

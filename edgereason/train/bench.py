@@ -36,6 +36,7 @@ from rich.table import Table
 
 from edgereason.cli_options import stage_command
 from edgereason.config import StageConfig
+from edgereason.console import make_console
 from edgereason.servers import python_module
 
 ANCHOR = ["rollout_engine=trl", "bf16=false", "compact_scoring=false", "temperature_schedule=null"]
@@ -151,7 +152,7 @@ def run_bench(cfg: TrainBenchConfig, console: Console | None = None) -> dict[str
     from edgereason.config import find_config
     from edgereason.versions import versions
 
-    console = console or Console()
+    console = console or make_console()
     variants = VARIANTS[cfg.method]
     chosen = cfg.variants or list(variants)
     unknown = set(chosen) - set(variants)
@@ -240,7 +241,7 @@ def write_bench(data: dict[str, Any], out: Path) -> Path:
 
 
 def run(cfg: TrainBenchConfig) -> None:
-    console = Console()
+    console = make_console()
     data = run_bench(cfg, console)
     report = write_bench(data, cfg.out)
     cols = _columns(data)

@@ -3,12 +3,11 @@ fields of `TrainConfig` (see edgereason.cli_options)."""
 
 from __future__ import annotations
 
-from rich.console import Console
-
 from edgereason.cli_options import stage_command
+from edgereason.console import make_console
 from edgereason.train.config import TrainConfig
 
-console = Console()
+console = make_console()
 
 
 def run(cfg: TrainConfig) -> None:

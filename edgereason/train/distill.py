@@ -196,11 +196,10 @@ def _keep(cfg: TrainConfig, problems: list[Problem], asked: dict[str, list[dict[
 
 def run_distill(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     """Collect the teacher's kept traces, then SFT on them (the same LoRA, run folder and report as SFT)."""
-    from rich.console import Console
-
+    from edgereason.console import make_console
     from edgereason.train.sft import run_sft
 
-    console = Console(quiet=not show_progress)
+    console = make_console(quiet=not show_progress)
     root = cfg.run_dir
     record = root / "run.json"
     if record.is_file() and json.loads(record.read_text()).get("status") == FINISHED and not cfg.overwrite:

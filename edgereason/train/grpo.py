@@ -378,10 +378,10 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
 
 def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     """Train (or resume) the run described by `cfg` and write adapter, run.json, report and plot."""
-    from rich.console import Console
+    from edgereason.console import make_console
 
     prep = prepare_run(cfg)
-    console = Console(quiet=not show_progress)
+    console = make_console(quiet=not show_progress)
     start_run_dir(prep)
     built = build_trainer(prep, show_progress, log=console.print)
     write_run_json(prep, "running")

@@ -40,11 +40,10 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 
 
 def run_stages(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
-    from rich.console import Console
-
+    from edgereason.console import make_console
     from edgereason.train.methods import run_method
 
-    console = Console(quiet=not show_progress)
+    console = make_console(quiet=not show_progress)
     root = cfg.run_dir
     if _finished(root) and not cfg.overwrite:
         raise TrainSetupError(f"{root} holds a finished run; pass --overwrite to replace it or choose another --name")

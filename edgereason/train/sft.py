@@ -187,14 +187,14 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     metrics, a loss plot and the report."""
     import torch
     from datasets import Dataset
-    from rich.console import Console
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
+    from edgereason.console import make_console
     from edgereason.train.callbacks import ReturnFreedMemory
     from edgereason.train.precision import choose_bf16
 
-    console = Console(quiet=not show_progress)
+    console = make_console(quiet=not show_progress)
     prep = prepare_run(cfg)
     train, dev, faults = split_rationales(cfg, prep.problems)
     run_dir = prep.run_dir
