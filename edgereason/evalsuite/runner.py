@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edgereason.backends.base import BackendError, Completion, SamplingParams
 from edgereason.backends.forcing import force_answers, reasoning_params
+from edgereason.console import make_console
 from edgereason.data import Problem, load_benchmark, sample_problems
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact, pass_at_k, vote_correct, wilson_interval
@@ -198,7 +199,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
     records = dict(done)
     with (out / "samples.jsonl").open("a", encoding="utf-8") as fh, Progress(
         TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show_progress,
+        disable=not show_progress, console=make_console(),
     ) as progress:
         task = progress.add_task(target.spec, total=len(problems), completed=len(done))
         for start in range(0, len(todo), step):

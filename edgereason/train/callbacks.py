@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 
 from edgereason.compat.trl import clip_low, kl_beta, set_clip_range, set_kl_beta
+from edgereason.console import make_console
 from edgereason.train.memory import MemoryLedger, return_freed_memory
 from edgereason.train.schedules import AdaptiveKL, SaturationDetector, adaptive_epsilon
 
@@ -140,6 +141,7 @@ class RunRecordCallback(TrainerCallback):
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             disable=not show_progress,
+            console=make_console(),
         )
         self.task: Any = None
 

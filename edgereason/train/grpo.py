@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgereason.console import make_console
 from edgereason.cpu import default_threads
 from edgereason.files import atomic_output, content_key, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
@@ -232,7 +233,7 @@ def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, ren
         per_call = max(1, 4 * decoder.max_seqs // k)
         out: list[list[str]] = []
         progress = Progress(TextColumn("[bold]pass rates[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), disable=not show_progress, transient=True)
+                            TimeRemainingColumn(), disable=not show_progress, transient=True, console=make_console())
         task = progress.add_task("", total=len(problems))
         progress.start()
         for start in range(0, len(problems), per_call):
@@ -378,8 +379,6 @@ def finalize_run(prep: Prepared, built: Built, seconds: float, stop_reason: str 
 
 def run_training(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     """Train (or resume) the run described by `cfg` and write adapter, run.json, report and plot."""
-    from edgereason.console import make_console
-
     prep = prepare_run(cfg)
     console = make_console(quiet=not show_progress)
     start_run_dir(prep)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgereason.console import make_console
 from edgereason.data import load_benchmark
 from edgereason.files import atomic_output, write_text_atomic
 from edgereason.formats import ReasoningFormat
@@ -99,7 +100,8 @@ class _Record:
 
         self.path = run_dir / "metrics.jsonl"
         self.progress = Progress(TextColumn("[bold]SFT[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress)
+                                 TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress,
+                                 console=make_console())
         self.task: Any = None
         self.last: dict[str, float] = {}
         self.t0 = time.perf_counter()
@@ -190,7 +192,6 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
-    from edgereason.console import make_console
     from edgereason.train.callbacks import ReturnFreedMemory
     from edgereason.train.precision import choose_bf16
 
