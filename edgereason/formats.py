@@ -237,9 +237,13 @@ class ReasoningFormat:
         """The llama.cpp GBNF grammar of a whole completion (see `grammar`)."""
         return self.grammar()
 
-    def grammar(self, after_prefill: bool = False) -> str:
+    def grammar(self, after_prefill: bool = False, answer_optional: bool = False) -> str:
         """A llama.cpp GBNF grammar forcing the shape during decoding; with `after_prefill`, for
-        the text that follows `self.prefill`.
+        the text that follows `self.prefill`. With `answer_optional`, the completion may also end
+        inside its reasoning: the first pass of a forced-answer request (backends.forcing), where a
+        model that ends its reasoning gets its answer block from the runtime. Without it, the
+        grammar refuses the model's end of sequence there, and the model goes on past where it meant
+        to stop, to the budget.
 
         Inside a block a '<' may not start a tag: it must be followed by a character that is not
         '/' and not the first letter of a tag name. The answer is kept to one short line so a
@@ -256,11 +260,11 @@ class ReasoningFormat:
         t = self.tags
         firsts = "".join(sorted({self.reasoning_tag[0], self.answer_tag[0], "/"}))  # type: ignore[index]
         opening = "" if after_prefill else f'"{t["reasoning_open"]}" "\\n" '
+        # the answer may sit on its own line, as `render` writes it (and SFT teaches it)
+        rest = f'"{t["reasoning_close"]}" "\\n" "{t["answer_open"]}" "\\n"? answer "\\n"? "{t["answer_close"]}"'
         return "\n".join(
             [
-                # the answer may sit on its own line, as `render` writes it (and SFT teaches it)
-                f'root ::= {opening}reasoning "{t["reasoning_close"]}" "\\n" '
-                f'"{t["answer_open"]}" "\\n"? answer "\\n"? "{t["answer_close"]}"',
+                f"root ::= {opening}reasoning ({rest})?" if answer_optional else f"root ::= {opening}reasoning {rest}",
                 'reasoning ::= rchar+ ("\\n" | " ")*',
                 f'rchar ::= [^<] | "<" [^<{firsts}]',
                 _ANSWER_RULE,

@@ -127,20 +127,21 @@ def test_gbnf_compiles_and_constrains_real_decoding(default_model):
         LlamaGrammar.from_string(fmt.gbnf, verbose=False)
 
 
-def _grammar_accepts(llm, grammar: str, text: str) -> bool:
+def _grammar_accepts(llm, grammar: str, text: str, then_end: bool = False) -> bool:
     """Whether llama.cpp's own grammar sampler lets `text` through, token by token (no model decoding:
-    each token is offered alone and must survive the grammar's mask)."""
+    each token is offered alone and must survive the grammar's mask); with `then_end`, the end of
+    sequence after it too."""
     import ctypes
 
     import llama_cpp
 
     smpl = llama_cpp.llama_sampler_init_grammar(llama_cpp.llama_model_get_vocab(llm.model), grammar.encode(), b"root")
-    n_vocab = llm.n_vocab()
     try:
-        for tok in llm.tokenize(text.encode(), add_bos=False, special=False):
-            arr = (llama_cpp.llama_token_data * n_vocab)(*[llama_cpp.llama_token_data(i, 0.0, 0.0) for i in range(n_vocab)])
-            llama_cpp.llama_sampler_apply(smpl, ctypes.byref(llama_cpp.llama_token_data_array(arr, n_vocab, -1, False)))
-            if arr[tok].logit == float("-inf"):
+        for tok in [*llm.tokenize(text.encode(), add_bos=False, special=False), *([llm.token_eos()] if then_end else [])]:
+            one = llama_cpp.llama_token_data(tok, 0.0, 0.0)
+            llama_cpp.llama_sampler_apply(smpl, ctypes.byref(llama_cpp.llama_token_data_array(ctypes.pointer(one), 1, -1,
+                                                                                              False)))
+            if one.logit == float("-inf"):
                 return False
             llama_cpp.llama_sampler_accept(smpl, tok)
         return True
@@ -163,3 +164,12 @@ def test_the_grammar_accepts_the_format_as_render_writes_it(default_model):
         inline = canonical.replace(f"{fmt.tags['answer_open']}\n5\n", f"{fmt.tags['answer_open']}5")
         assert _grammar_accepts(llm, fmt.grammar(after_prefill=True), inline), fmt.name
         assert not _grammar_accepts(llm, fmt.grammar(after_prefill=True), canonical.replace("\n5\n", "\n5\n\n")), fmt.name
+        # a forced-answer first pass may end inside its reasoning (the runtime closes it); a whole
+        # completion may not, and both end after the answer's closing tag
+        optional = fmt.grammar(after_prefill=True, answer_optional=True)
+        assert _grammar_accepts(llm, optional, "2 + 3 = 5.", then_end=True), fmt.name
+        assert not _grammar_accepts(llm, fmt.grammar(after_prefill=True), "2 + 3 = 5.", then_end=True), fmt.name
+        for g in (optional, fmt.grammar(after_prefill=True)):
+            assert _grammar_accepts(llm, g, canonical, then_end=True), fmt.name
+            assert not _grammar_accepts(llm, g, canonical.split(fmt.tags["answer_open"])[0] + fmt.tags["answer_open"],
+                                        then_end=True), fmt.name  # an open answer block does not end

@@ -114,7 +114,7 @@ def test_a_reasoning_cut_by_its_budget_is_given_an_answer_on_the_real_engine(bac
     batch = [fmt.messages(q) for q in QUESTIONS[:3]]
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, stop=fmt.stop_sequences(),
                             prefix=fmt.prefill, force_answer=5)
-    rows = backend.chat(batch, reasoning_params(params))
+    rows = backend.chat(batch, reasoning_params(params, fmt))
     cut = [(c.text, c.completion_tokens) for row in rows for c in row]
     assert all(c.finish_reason == "length" and fmt.tags["answer_open"] not in c.text for row in rows for c in row)
     assert force_answers(backend, batch, rows, params, fmt) == 3
@@ -138,10 +138,33 @@ def test_a_constrained_forced_answer_keeps_to_the_formats_answer_grammar(backend
     batch = [fmt.messages(q) for q in QUESTIONS[:2]]
     params = SamplingParams(max_tokens=28, temperature=0.9, seed=3, ignore_eos=True, stop=fmt.stop_sequences(),
                             prefix=fmt.prefill, grammar=fmt.grammar(after_prefill=True), force_answer=24)
-    rows = backend.chat(batch, reasoning_params(params))
+    rows = backend.chat(batch, reasoning_params(params, fmt))
     cut = [c.text for row in rows for c in row]
     assert force_answers(backend, batch, rows, params, fmt) == 2
     for before, (c,) in zip(cut, rows, strict=True):
         answer = c.text[len(before + fmt.forced_answer_suffix(before)):]
         assert re.fullmatch(r" *[^<\n ][^<\n]*(\n?</answer>)?", answer), answer
         assert c.finish_reason == "length" or fmt.parse(c.text).valid
+
+
+def test_a_constrained_reasoning_that_the_model_ends_is_forced_not_made_to_run_on(backend):
+    """A model that ends its reasoning (EOS biased to the top) under a constrained forced-answer
+    request: the first pass's grammar lets it end there, after one token, and the runtime forces its
+    answer, as unconstrained. Under the whole completion's grammar that EOS is refused and the model
+    is made to write on to the budget: the case the answer-optional grammar exists for."""
+    from dataclasses import replace
+
+    from edgereason.backends.forcing import force_answers, reasoning_params
+
+    fmt = get_format()
+    batch = [fmt.messages(QUESTIONS[0])]
+    params = SamplingParams(max_tokens=24, temperature=0.0, stop=fmt.stop_sequences(), prefix=fmt.prefill,
+                            grammar=fmt.grammar(after_prefill=True), force_answer=8,
+                            logit_bias={backend.llm.token_eos(): 100.0})
+    first = reasoning_params(params, fmt)
+    assert first.grammar == fmt.grammar(after_prefill=True, answer_optional=True) and first.max_tokens == 16
+    (row,) = rows = backend.chat(batch, first)
+    assert row[0].finish_reason == "stop" and row[0].completion_tokens == 1  # one reasoning character, then EOS
+    assert force_answers(backend, batch, rows, params, fmt) == 1 and row[0].forced_answer_tokens
+    (whole,) = backend.chat(batch, replace(first, grammar=params.grammar))[0]
+    assert whole.finish_reason == "length" and whole.completion_tokens == 16  # EOS refused: on to the budget

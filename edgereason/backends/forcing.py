@@ -34,13 +34,21 @@ def budget_error(force_answer: int, max_tokens: int) -> str | None:
     return None
 
 
-def reasoning_params(params: SamplingParams) -> SamplingParams:
-    """The first pass's settings: `max_tokens` less the tokens kept for a forced answer."""
+def reasoning_params(params: SamplingParams, fmt: ReasoningFormat) -> SamplingParams:
+    """The first pass's settings: `max_tokens` less the tokens kept for a forced answer and, where the
+    request is constrained by the format's own grammar, that grammar with the answer made optional.
+    Unconstrained, a model that ends its reasoning by itself is given its answer; the whole
+    completion's grammar would refuse that end of sequence and make it go on, to the budget."""
     if not params.force_answer:
         return params
     if (why := budget_error(params.force_answer, params.max_tokens)) is not None:
         raise ValueError(why)
-    return replace(params, max_tokens=params.max_tokens - params.force_answer)
+    grammar = params.grammar
+    for after_prefill in (False, True):
+        if grammar is not None and grammar == fmt.grammar(after_prefill):
+            grammar = fmt.grammar(after_prefill, answer_optional=True)
+            break
+    return replace(params, max_tokens=params.max_tokens - params.force_answer, grammar=grammar)
 
 
 def forcing_suffix(fmt: ReasoningFormat, params: SamplingParams, c: Completion, before: str = "") -> str | None:
@@ -78,7 +86,7 @@ def attach_answer(c: Completion, suffix: str, answer: Completion) -> None:
 
 def force_answers(backend: Backend, batch: list[Messages], rows: list[list[Completion]], params: SamplingParams,
                   fmt: ReasoningFormat) -> int:
-    """Give every completion in `rows` (from `backend.chat(batch, reasoning_params(params))`, prefill
+    """Give every completion in `rows` (from `backend.chat(batch, reasoning_params(params, fmt))`, prefill
     included) that ended without an answer block its forced answer, in place, the continuations
     decoded as one batch; returns how many were forced."""
     cut: list[tuple[Completion, str, str]] = []

@@ -206,8 +206,8 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
             chunk = todo[start : start + step]
             batch = [fmt.messages(p.prompt) for p in chunk]
             try:
-                greedy_out = backend.chat(batch, reasoning_params(greedy))
-                sample_out = backend.chat(batch, reasoning_params(sampled)) if sampled else [[] for _ in chunk]
+                greedy_out = backend.chat(batch, reasoning_params(greedy, fmt))
+                sample_out = backend.chat(batch, reasoning_params(sampled, fmt)) if sampled else [[] for _ in chunk]
                 force_answers(backend, batch, greedy_out, greedy, fmt)
                 if sampled:
                     force_answers(backend, batch, sample_out, sampled, fmt)

@@ -179,7 +179,7 @@ class ReasoningEngine:
         params = self._deadlined(params)
 
         async def generate() -> list[Completion]:
-            out = await self.backend.acomplete(prompt, reasoning_params(params))
+            out = await self.backend.acomplete(prompt, reasoning_params(params, self.fmt))
             for c in out:
                 await self._force_answer(prompt, params, c)
             return out
@@ -259,7 +259,7 @@ class ReasoningEngine:
         early_stop = early_stop and mode is not VoteMode.BEST
         early = False
         async with self.slot():
-            gen = self.backend.asamples(prompt, reasoning_params(params), k)
+            gen = self.backend.asamples(prompt, reasoning_params(params, self.fmt), k)
             try:
                 async with asyncio.timeout(self.limits.timeout_s):
                     async for i, c in gen:
@@ -293,7 +293,7 @@ class ReasoningEngine:
         params = self._deadlined(params)
         async with self.slot():
             last = None
-            async for d in self.backend.astream(prompt, reasoning_params(params)):
+            async for d in self.backend.astream(prompt, reasoning_params(params, self.fmt)):
                 if d.completion is None:
                     yield d
                 else:
