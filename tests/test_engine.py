@@ -230,6 +230,12 @@ async def test_a_completion_that_stops_inside_its_reasoning_is_forced_unless_the
     e = engine(ends_early)
     (a,) = await e.complete("q", params(e, max_tokens=64, force_answer=8), 1, validate=True)
     assert a.completion.forced_answer_tokens == 2 and a.parsed.valid and a.content == "D"
+    # constrained (as on a grammar engine): the first pass may end in its reasoning, the answer keeps to one line
+    whole = FMT.grammar(after_prefill=True)
+    (a,) = await e.complete("q", params(e, max_tokens=64, force_answer=8, grammar=whole), 1, validate=True)
+    first, cont = scripted(e).calls[-2:]
+    assert first.params.grammar == FMT.grammar(after_prefill=True, answer_optional=True) != whole
+    assert cont.params.grammar == FMT.answer_grammar() and a.completion.forced_answer_tokens == 2
     e = engine(lambda prompt, seed: "So the answer is D. Next question" if not prompt.endswith("<answer>\n") else "D")
     (a,) = await e.complete("q", e.params(True, 64, 0.0, 1.0, 5, ["Next"], force_answer=8), 1, validate=True)
     assert a.completion.forced_answer_tokens is None and not a.parsed.valid and e.counters["forced_answers"] == 0
