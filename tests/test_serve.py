@@ -123,6 +123,22 @@ def test_a_forced_answer_on_llama_server_keeps_to_the_answer_grammar(server, cli
     assert streamed.strip() == reasoning.strip()
 
 
+def test_a_reasoning_the_model_ends_is_forced_at_once_on_llama_server(server, client):
+    """The server constrains every reasoning request on llama-server. With force_answer, a model that
+    ends its reasoning (EOS biased to the top) may end it there: forced after one token of reasoning,
+    not made to write on to the reasoning's budget (40 of 64) by a grammar that refuses its EOS."""
+    from llama_cpp import Llama
+
+    from edgereason.models import resolve_model
+
+    eos = Llama(str(resolve_model("smollm2-135m").gguf_path), vocab_only=True, verbose=False).token_eos()
+    r = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=64, temperature=0,
+                                       logit_bias={str(eos): 100}, extra_body={"force_answer": 24})
+    choice = r.choices[0]
+    assert extra(choice)["answer_forced"] is True and r.usage is not None
+    assert r.usage.completion_tokens_details.reasoning_tokens <= 3, r.usage  # one token, then the tags it was given
+
+
 def test_concurrent_requests_are_decoded_together(server):
     """Requests that are in llama-server's slots at once share its decode calls. The overlap is
     observed in the slots (bounded wait), not assumed from timing: then fewer decodes than tokens
