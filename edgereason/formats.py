@@ -123,8 +123,8 @@ class ReasoningFormat:
         model) before its answer block, to close the reasoning and open the answer block, so the model
         writes only the answer from there (budget forcing, as in s1): a loop that ran out of tokens
         still ends in an answer. Append-only, so a stream that already sent `text` sends this after
-        it: a closing tag cut midway ("</reas") is completed, not doubled. None when there is nothing to force: the answer block is already
-        open, or the format (boxed) has no blocks."""
+        it: a closing tag cut midway ("</reas") is completed, not doubled. None when there is nothing
+        to force: the answer block is already open, or the format (boxed) has no blocks."""
         if self.kind != "tags" or self.tags["answer_open"] in text:
             return None
         close, answer_open = self.tags["reasoning_close"], self.tags["answer_open"]
