@@ -82,7 +82,8 @@ class PipelineError(RuntimeError):
 def _stage(console: Console, title: str, argv: list[str], log: Path) -> float:
     """Run one stage command, teeing its output to a log; returns the wall time."""
     console.rule(f"[bold]{title}")
-    console.print(f"$ edgereason {shlex.join(argv)}", style="dim", soft_wrap=True)  # one line, to copy
+    # One line, to copy, and not read as markup: rich dropped `--set 'x.dataset=[a, b]'`'s list.
+    console.print(f"$ edgereason {shlex.join(argv)}", style="dim", soft_wrap=True, markup=False, highlight=False)
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cmd = python_module("edgereason.cli", *argv)

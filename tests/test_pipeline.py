@@ -66,3 +66,17 @@ def test_a_teed_stage_draws_its_output_at_log_width_not_a_pipes_80_columns(tmp_p
     _stage(Console(file=io.StringIO()), "help", ["eval", "--help"], log)  # a StringIO is no terminal: teed
     widths = [len(line) for line in log.read_text(encoding="utf-8").splitlines()]
     assert max(widths) == PIPED_WIDTH  # typer's help panels span the console's full width
+
+
+def test_the_echoed_stage_command_keeps_a_bracketed_list_so_it_can_be_copied(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from edgereason.pipeline import _stage
+
+    out = io.StringIO()
+    _stage(Console(file=out, width=80), "help", ["eval", "--help", "--set", "stage_settings.sft.dataset=[a, b]"],
+           tmp_path / "help.log")
+    echoed = next(line for line in out.getvalue().splitlines() if line.startswith("$ edgereason"))
+    assert echoed == "$ edgereason eval --help --set 'stage_settings.sft.dataset=[a, b]'"
