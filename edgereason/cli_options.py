@@ -21,7 +21,7 @@ import typer
 from pydantic import BaseModel
 
 from edgereason.config import ConfigError, StageConfig
-from edgereason.console import make_console
+from edgereason.console import make_console, print_error
 
 C = TypeVar("C", bound=StageConfig)
 _SCALARS = (int, float, str, bool, Path)
@@ -147,7 +147,7 @@ def stage_command(config_cls: type[C], run: Callable[[C], None], *, help: str,
             cfg = config_cls.load(values.pop("config"), values.pop("set_"), explicit=explicit_values(specs, values))
             run(cfg)
         except (ConfigError, *errors) as e:  # type: ignore[misc]  # mypy cannot type a starred tuple here
-            console.print(f"[red]error:[/] {e}")
+            print_error(console, e)
             raise typer.Exit(2) from None
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

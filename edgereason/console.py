@@ -12,6 +12,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.text import Text
 
 PIPED_WIDTH = 120
 
@@ -22,3 +23,9 @@ def make_console(*, quiet: bool = False, stderr: bool = False) -> Console:
     piped = not (hasattr(stream, "isatty") and stream.isatty())
     width = PIPED_WIDTH if piped and "COLUMNS" not in os.environ else None
     return Console(quiet=quiet, stderr=stderr, width=width)
+
+
+def print_error(console: Console, message: object, label: str = "error:") -> None:
+    """`label` in red, then `message` as plain text. An error names what the user wrote, and rich
+    reads a bracketed word as markup and drops it: "not among stages [sft, grpo]" lost its list."""
+    console.print(Text.assemble((label, "red"), " ", str(message)))

@@ -21,7 +21,6 @@ from edgereason.formats import ReasoningFormat
 from edgereason.models import resolve_model
 from edgereason.paths import slug
 
-
 LABEL_WIDTH = 48
 
 

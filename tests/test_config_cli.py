@@ -90,6 +90,14 @@ def test_eval_bad_benchmark_is_a_clear_error():
     assert out.returncode == 2 and "unknown benchmark" in out.stdout + out.stderr
 
 
+def test_an_error_naming_a_bracketed_path_keeps_the_brackets(tmp_path):
+    # rich reads "[old]" as a markup tag and drops it; the error must name the folder the user gave
+    folder = tmp_path / "[old]"
+    folder.mkdir()
+    out = run_cli("export", "card", str(folder))
+    assert out.returncode == 2 and f"{folder} is not an export folder" in " ".join((out.stdout + out.stderr).split())
+
+
 def test_eval_checks_every_target_before_evaluating_any(tmp_path):
     # the bad target is the last: without the check, the first would be evaluated (minutes) before it fails
     out = run_cli("eval", "-m", "smollm2-135m", "--compare", "smollm2-135m+no/such/adapter", "--limit", "1",

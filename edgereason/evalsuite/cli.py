@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from edgereason.cli_options import stage_command
-from edgereason.console import make_console
+from edgereason.console import make_console, print_error
 from edgereason.evalsuite.config import EvalConfig
 
 if TYPE_CHECKING:
@@ -77,7 +77,8 @@ def run(cfg: EvalConfig) -> None:
         console.print(f"report: {r}")
     failed = [s for ss in by_benchmark.values() for s in ss if s.partial]
     for s in failed:
-        console.print(f"[red]{s.target} stopped early:[/] {s.error}; partial results kept in {s.out_dir} (re-run to resume)")
+        print_error(console, f"{s.error}; partial results kept in {s.out_dir} (re-run to resume)",
+                    label=f"{s.target} stopped early:")
     if failed:
         raise typer.Exit(1)
 

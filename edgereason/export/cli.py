@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgereason.cli_options import stage_command
-from edgereason.console import make_console
+from edgereason.console import make_console, print_error
 from edgereason.export.config import GGUFExportConfig, Int4ExportConfig, OpenVINOExportConfig
 from edgereason.export.files import ExportError
 
@@ -134,7 +134,7 @@ def card_command(
 
     manifest = export_dir / "manifest.json"
     if not manifest.is_file():
-        console.print(f"[red]error:[/] {export_dir} is not an export folder (no manifest.json)")
+        print_error(console, f"{export_dir} is not an export folder (no manifest.json)")
         raise typer.Exit(2)
     evals = export_evals(export_dir, eval_dir)
     path = write_card(export_dir, json.loads(manifest.read_text()), evals)
@@ -157,6 +157,6 @@ def push_command(
         console.print(f"pushing {len(push_files(export_dir, manifest, include_merged))} files of {export_dir} to {repo}")
         url = push_export(export_dir, repo, private=not public, token=token, include_merged=include_merged)
     except PushError as e:
-        console.print(f"[red]error:[/] {e}")
+        print_error(console, e)
         raise typer.Exit(2) from None
     console.print(f"[green]pushed[/] {url}")

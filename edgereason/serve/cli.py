@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from edgereason.cli_options import stage_command
-from edgereason.console import make_console
+from edgereason.console import make_console, print_error
 from edgereason.serve.config import ServeConfig
 
 console = make_console()
@@ -61,5 +61,5 @@ def demo_command(
         console.print(f"tutor on http://{host}:{port}")
         launch(server_url, model, backend, host, port)
     except (ValueError, LookupError, RuntimeError) as e:
-        console.print(f"[red]error:[/] {e}")
+        print_error(console, e)
         raise typer.Exit(2) from None

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from edgereason.console import make_console
 from edgereason.data import load_benchmark
 from edgereason.files import atomic_output, write_text_atomic
@@ -204,7 +206,7 @@ def run_sft(cfg: TrainConfig, show_progress: bool = True) -> RunResult:
         write_text_atomic(run_dir / "rationale-faults.txt", "".join(f + "\n" for f in faults))
     if faults:
         console.print(f"[yellow]{len(faults)} of {len(prep.problems)} problems left out[/] (a rationale that does not "
-                      f"check out; each named in {run_dir / 'rationale-faults.txt'}), e.g. {faults[0]}")
+                      f"check out; each named in {run_dir / 'rationale-faults.txt'}), e.g. {escape(faults[0])}")
     hf_dir = prep.model.require_hf()
     record = _Record(run_dir, show_progress)
     record.memory.mark("libraries imported")
