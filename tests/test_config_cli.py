@@ -180,3 +180,27 @@ def test_piped_output_is_drawn_at_log_width_and_columns_still_wins(monkeypatch):
     assert make_console().width == 61
     monkeypatch.delenv("COLUMNS")
     assert make_console().width == PIPED_WIDTH
+
+
+def test_a_piped_progress_bar_prints_its_line_as_it_goes():
+    """rich draws a piped bar only when it stops; make_progress prints it every `every_s` as well."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import TextColumn
+
+    from edgereason.console import make_progress
+
+    out = io.StringIO()  # not a terminal, as a log or CI
+    with make_progress(TextColumn("{task.description}"), console=Console(file=out, width=100), every_s=0) as bar:
+        task = bar.add_task("starting", total=3)
+        bar.update(task, completed=1, description="loss 0.50")
+        assert "loss 0.50" in out.getvalue()  # while the bar runs
+        bar.update(task, completed=3, description="loss 0.10")
+        assert "loss 0.10" not in out.getvalue()  # a finished bar is left to rich, which draws it when it stops
+    assert out.getvalue().count("loss 0.10") == 1
+    quiet = io.StringIO()
+    with make_progress(TextColumn("{task.description}"), console=Console(file=quiet), every_s=3600) as bar:
+        task = bar.add_task("starting", total=2)
+        bar.advance(task)
+        assert quiet.getvalue() == ""  # not more often than every_s

@@ -17,11 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from edgereason.backends.base import BackendError, Completion, SamplingParams
 from edgereason.backends.forcing import force_answers, reasoning_params
-from edgereason.console import make_console
+from edgereason.console import make_progress
 from edgereason.data import Problem, load_benchmark, sample_problems
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact, pass_at_k, vote_correct, wilson_interval
@@ -197,9 +197,9 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
     # once), so each call takes several rounds of problems; results are written after each call.
     step = {"transformers": cfg.batch_size, "llama.cpp": 4 * cfg.concurrency}.get(target.backend, cfg.concurrency)
     records = dict(done)
-    with (out / "samples.jsonl").open("a", encoding="utf-8") as fh, Progress(
+    with (out / "samples.jsonl").open("a", encoding="utf-8") as fh, make_progress(
         TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show_progress, console=make_console(),
+        disable=not show_progress,
     ) as progress:
         task = progress.add_task(target.label, total=len(problems), completed=len(done))
         for start in range(0, len(todo), step):

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
 from edgereason.compat.trl import clip_low, kl_beta, set_clip_range, set_kl_beta
-from edgereason.console import make_console
+from edgereason.console import make_progress
 from edgereason.train.memory import MemoryLedger, return_freed_memory
 from edgereason.train.schedules import AdaptiveKL, SaturationDetector, adaptive_epsilon
 
@@ -134,14 +134,13 @@ class RunRecordCallback(TrainerCallback):
         self.samples_path = run_dir / "samples.jsonl"
         self.stats = stats
         self.sample_every = sample_every
-        self.progress = Progress(
+        self.progress = make_progress(
             TextColumn("[bold]GRPO[/] {task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             disable=not show_progress,
-            console=make_console(),
         )
         self.task: Any = None
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from edgereason.console import make_console
+from edgereason.console import make_console, make_progress
 from edgereason.data import load_benchmark
 from edgereason.files import atomic_output, write_text_atomic
 from edgereason.formats import ReasoningFormat
@@ -98,12 +98,11 @@ class _Record:
     """metrics.jsonl rows (train loss, dev loss, learning rate, tokens) and a progress bar."""
 
     def __init__(self, run_dir: Path, show_progress: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.path = run_dir / "metrics.jsonl"
-        self.progress = Progress(TextColumn("[bold]SFT[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress,
-                                 console=make_console())
+        self.progress = make_progress(TextColumn("[bold]SFT[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress)
         self.task: Any = None
         self.last: dict[str, float] = {}
         self.t0 = time.perf_counter()
