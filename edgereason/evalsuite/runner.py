@@ -224,9 +224,9 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
                 records[p.id] = rec
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
-            progress.advance(task, len(chunk))
             graded = list(records.values())
-            progress.update(task, description=f"{target.label}  strict {_rate(graded, 'strict_correct'):.1%}"
+            # one update, so a line printed to a log shows the count and the figures of the same moment
+            progress.update(task, advance=len(chunk), description=f"{target.label}  strict {_rate(graded, 'strict_correct'):.1%}"
                             f"  flexible {_rate(graded, 'flexible_correct'):.1%}"
                             f"  format {_rate(graded, 'format_valid'):.1%}")
     if backend is not None and hasattr(backend, "close"):
