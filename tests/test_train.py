@@ -111,6 +111,14 @@ def test_low_memory_recomputes_activations_unless_the_setting_says_otherwise(tmp
     assert grpo.activation_checkpointing is expected and sft.activation_checkpointing is expected
 
 
+def test_the_sft_bar_shows_the_dev_loss_only_once_there_is_one():
+    from edgereason.train.sft import _bar_text
+
+    assert _bar_text({}) == "starting"
+    assert _bar_text({"loss": 0.2741}) == "loss 0.274"  # was "loss 0.274  dev nan" until the first evaluation
+    assert _bar_text({"loss": 0.159, "eval_loss": 0.2114}) == "loss 0.159  dev 0.211"
+
+
 @pytest.mark.parametrize("continuing", [False, True])
 def test_a_stage_continuing_an_adapter_passes_trl_no_model_init_kwargs(tmp_path, continuing):
     """A hybrid's later stage loads its model itself (the earlier stage's LoRA, trainable); TRL ignores

@@ -94,6 +94,13 @@ def _fits(rows: list[dict[str, Any]], tokenizer: Any, cfg: TrainConfig) -> list[
     return [r for r in rows if n(r["prompt"]) <= cfg.max_prompt_length and n(r["completion"]) < cfg.max_completion_length]
 
 
+def _bar_text(last: dict[str, float]) -> str:
+    """The SFT bar's figures: the last training loss, and the dev loss once there is one (not "nan"
+    until the first evaluation)."""
+    parts = [f"{name} {last[key]:.3f}" for name, key in (("loss", "loss"), ("dev", "eval_loss")) if key in last]
+    return "  ".join(parts) or "starting"
+
+
 class _Record:
     """metrics.jsonl rows (train loss, dev loss, learning rate, tokens) and a progress bar."""
 
@@ -135,8 +142,7 @@ class _Record:
                     fh.write(json.dumps({"step": state.global_step, **logs,
                                          "elapsed_s": round(time.perf_counter() - record.t0, 3),
                                          **record.memory.step(state.global_step)}) + "\n")
-                record.progress.update(record.task, completed=state.global_step, description=(
-                    f"loss {record.last.get('loss', float('nan')):.3f}  dev {record.last.get('eval_loss', float('nan')):.3f}"))
+                record.progress.update(record.task, completed=state.global_step, description=_bar_text(record.last))
 
             def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 record.progress.stop()
