@@ -14,7 +14,16 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress, ProgressColumn, TaskID
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 PIPED_WIDTH = 120
@@ -58,10 +67,15 @@ class _LoggedProgress(Progress):
             self.console.print(self.make_tasks_table(self.tasks))
 
 
-def make_progress(*columns: str | ProgressColumn, console: Console | None = None,
+def make_progress(label: str, *, remaining: bool = True, console: Console | None = None,
                   every_s: float = PIPED_PROGRESS_EVERY_S, **kwargs: Any) -> Progress:
-    """A rich Progress (`kwargs` are its own) on `make_console()` that, piped into a log, also prints
-    its line every `every_s` seconds."""
+    """The package's one progress bar: `label` in bold, the task's description, the bar, done/total,
+    the time elapsed and (with `remaining`) the time left. On `make_console()` unless given; piped
+    into a log it also prints its line every `every_s` seconds. `kwargs` are rich's own."""
+    columns: list[ProgressColumn] = [TextColumn(f"[bold]{label}[/] {{task.description}}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeElapsedColumn()]
+    if remaining:
+        columns.append(TimeRemainingColumn())
     return _LoggedProgress(*columns, every_s=every_s, console=console or make_console(), **kwargs)
 
 

@@ -187,12 +187,11 @@ def test_a_piped_progress_bar_prints_its_line_as_it_goes():
     import io
 
     from rich.console import Console
-    from rich.progress import TextColumn
 
     from edgereason.console import make_progress
 
     out = io.StringIO()  # not a terminal, as a log or CI
-    with make_progress(TextColumn("{task.description}"), console=Console(file=out, width=100), every_s=0) as bar:
+    with make_progress("SFT", console=Console(file=out, width=100), every_s=0) as bar:
         task = bar.add_task("starting", total=3)
         bar.update(task, completed=1, description="loss 0.50")
         assert "loss 0.50" in out.getvalue()  # while the bar runs
@@ -200,7 +199,7 @@ def test_a_piped_progress_bar_prints_its_line_as_it_goes():
         assert "loss 0.10" not in out.getvalue()  # a finished bar is left to rich, which draws it when it stops
     assert out.getvalue().count("loss 0.10") == 1
     quiet = io.StringIO()
-    with make_progress(TextColumn("{task.description}"), console=Console(file=quiet), every_s=3600) as bar:
+    with make_progress("SFT", console=Console(file=quiet), every_s=3600) as bar:
         task = bar.add_task("starting", total=2)
         bar.advance(task)
         assert quiet.getvalue() == ""  # not more often than every_s

@@ -17,8 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
 from edgereason.backends.base import BackendError, Completion, SamplingParams
 from edgereason.backends.forcing import force_answers, reasoning_params
 from edgereason.console import make_progress
@@ -198,9 +196,7 @@ def run_eval(cfg: EvalConfig, target: Target | None = None, backend: Any = None,
     step = {"transformers": cfg.batch_size, "llama.cpp": 4 * cfg.concurrency}.get(target.backend, cfg.concurrency)
     records = dict(done)
     with (out / "samples.jsonl").open("a", encoding="utf-8") as fh, make_progress(
-        TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show_progress,
-    ) as progress:
+            "eval", remaining=False, disable=not show_progress) as progress:
         task = progress.add_task(target.label, total=len(problems), completed=len(done))
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
 from edgereason.compat.trl import clip_low, kl_beta, set_clip_range, set_kl_beta
@@ -134,14 +133,7 @@ class RunRecordCallback(TrainerCallback):
         self.samples_path = run_dir / "samples.jsonl"
         self.stats = stats
         self.sample_every = sample_every
-        self.progress = make_progress(
-            TextColumn("[bold]GRPO[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            disable=not show_progress,
-        )
+        self.progress = make_progress("GRPO", disable=not show_progress)
         self.task: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

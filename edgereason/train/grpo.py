@@ -222,8 +222,6 @@ def _make_engine(name: str, cfg: TrainConfig, prep: Prepared, tokenizer: Any, mo
 def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, render: Any, seed: int,
              show_progress: bool = False) -> Any:
     """problems, k -> k sampled completions each (prefill included), decoded together by llama.cpp."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     fmt = prep.fmt
     prefix = fmt.prefill if cfg.prefill else ""
 
@@ -232,8 +230,7 @@ def _sampler(cfg: TrainConfig, prep: Prepared, decoder: Any, tokenizer: Any, ren
         # soon as a problem finishes (continuous batching), so a call's long answers hold back nothing
         per_call = max(1, 4 * decoder.max_seqs // k)
         out: list[list[str]] = []
-        progress = make_progress(TextColumn("[bold]pass rates[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), disable=not show_progress, transient=True)
+        progress = make_progress("pass rates", disable=not show_progress, transient=True)
         task = progress.add_task("", total=len(problems))
         progress.start()
         for start in range(0, len(problems), per_call):

@@ -105,11 +105,8 @@ class _Record:
     """metrics.jsonl rows (train loss, dev loss, learning rate, tokens) and a progress bar."""
 
     def __init__(self, run_dir: Path, show_progress: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         self.path = run_dir / "metrics.jsonl"
-        self.progress = make_progress(TextColumn("[bold]SFT[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress)
+        self.progress = make_progress("SFT", disable=not show_progress)
         self.task: Any = None
         self.last: dict[str, float] = {}
         self.t0 = time.perf_counter()
