@@ -25,6 +25,10 @@ start=$(date +%s)
 # pip's per-package lines (hundreds of them) bury what `make run` prints next; each step says what it
 # does instead. Errors and warnings still show. `PIP_QUIET=0 make setup` gives pip's full output.
 export PIP_QUIET="${PIP_QUIET:-1}"
+# A pip configured with index folders that lack a package warns once per package and index ("Location
+# 'file:///…/simple/x/' is ignored: it is neither a file nor a directory"): 200 lines on such a
+# machine, none of them about this install. Only that exact warning is dropped; all else passes.
+exec 2> >(grep --line-buffered -v "^WARNING: Location '[^']*' is ignored: it is neither a file nor a directory\.\$" >&2)
 step() { echo "set-up: $*"; }
 python -m pip install --upgrade pip
 if ! command -v nvidia-smi >/dev/null 2>&1; then
