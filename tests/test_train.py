@@ -455,10 +455,34 @@ def test_config_errors(tmp_path):
         TrainConfig(curriculum_band=(0.5, 0.2))
     with pytest.raises(ValueError, match="dataset_weights"):
         TrainConfig(dataset=["arith-train", "logic-train"], dataset_weights=[1.0])
+    with pytest.raises(ValueError, match="dataset_weights must be >= 0"):
+        TrainConfig(dataset=["arith-train", "logic-train"], dataset_weights=[1.0, -0.5])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(TrainSetupError, match="no problems"):
         prepare_run(tiny(tmp_path, dataset=str(empty)))
+
+
+def test_dataset_weights_set_the_pool_shares(tmp_path):
+    """Weights decide which problems are in the pool (the trainers shuffle it), not only their
+    order: [0.75, 0.25] over two sets of 12 keeps all of the first and 4 of the second."""
+    from edgereason.train.runs import load_training_problems
+
+    files = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"{name}{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)})
+                                + "\n" for i in range(12)))
+        files.append(str(path))
+
+    def pool(weights: list[float] | None) -> list[str]:
+        return [p.id[0] for p in load_training_problems(TrainConfig(dataset=files, dataset_weights=weights))]
+
+    assert pool(None) == ["a", "b"] * 12  # every problem, the datasets taking turns
+    assert pool([0.75, 0.25]).count("a") == 12 and pool([0.75, 0.25]).count("b") == 4
+    assert pool([1, 3]).count("a") == 4 and pool([1, 3]).count("b") == 12
+    assert pool([1, 1]) == ["a", "b"] * 12
+    assert pool([1, 0]) == ["a"] * 12
 
 
 @pytest.mark.model

@@ -79,8 +79,9 @@ class TrainConfig(StageConfig):
     # ---- data ----
     dataset: list[str] = Field(["gsm8k-train"], description="Training data (repeatable): gsm8k-train, arith-train, "
                                "logic-train, a MATH-style file, or any data file.")
-    dataset_weights: list[float] | None = Field(None, description="Share of each dataset in the candidate pool "
-                                                "(default: equal).")
+    dataset_weights: list[float] | None = Field(None, description="Share of each dataset in the training pool; "
+                                                "the pool ends where a dataset runs out of problems for its share "
+                                                "(default: every problem of every dataset).")
     data_dir: Path | None = Field(None, description="Data folder (default ../shared/data).")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many problems (after filtering).")
     levels: list[int] | None = Field(None, description="Keep only these MATH levels (e.g. [4, 5]).")
@@ -215,6 +216,8 @@ class TrainConfig(StageConfig):
     def _check(self) -> TrainConfig:
         if self.dataset_weights is not None and len(self.dataset_weights) != len(self.dataset):
             raise ValueError(f"dataset_weights has {len(self.dataset_weights)} entries for {len(self.dataset)} datasets")
+        if self.dataset_weights is not None and (min(self.dataset_weights) < 0 or max(self.dataset_weights) <= 0):
+            raise ValueError(f"dataset_weights must be >= 0 with one above 0, got {self.dataset_weights}")
         low, high = self.curriculum_band
         if not 0 <= low < high <= 1:
             raise ValueError(f"curriculum_band must satisfy 0 <= low < high <= 1, got {self.curriculum_band}")

@@ -215,19 +215,30 @@ def _load_one(cfg: TrainConfig, name: str) -> list[Problem]:
 
 
 def load_training_problems(cfg: TrainConfig) -> list[Problem]:
-    """The training problems of every dataset after filters, interleaved by `dataset_weights`;
-    refuses evaluation splits and empty results."""
+    """The training problems of every dataset after filters, interleaved; refuses evaluation splits
+    and empty results.
+
+    Without `dataset_weights` every problem of every dataset is in the pool, the datasets taking
+    turns. With them the pool holds each dataset in its share, as large as the shares allow (the
+    dataset that runs out first sets the size, as `datasets.interleave_datasets(...,
+    stopping_strategy="first_exhausted")` does; each dataset is shuffled before it is cut). The
+    trainers shuffle the pool, so which problems are in it decides what they see: weights
+    [0.75, 0.25] over two sets of 5,000 give 5,000 + 1,667 (all 10,000 in a weighted order would be
+    trained on half and half)."""
     sources = [_load_one(cfg, name) for name in cfg.dataset]
     if len(sources) == 1:
         return sources[0]
     weights = cfg.dataset_weights or [1.0] * len(sources)
-    total = sum(len(s) for s in sources)
+    if cfg.dataset_weights is not None:
+        shares = [w / sum(weights) for w in weights]
+        size = min(len(s) / share for s, share in zip(sources, shares, strict=True) if share > 0)
+        sources = [s[: min(len(s), round(size * share))] for s, share in zip(sources, shares, strict=True)]
     mixed: list[Problem] = []
-    taken = [0.0] * len(sources)
-    while len(mixed) < total:  # the source furthest behind its share goes next
-        i = min((j for j in range(len(sources)) if taken[j] < len(sources[j])),
-                key=lambda j: taken[j] / weights[j] if weights[j] > 0 else float("inf"))
-        mixed.append(sources[i][int(taken[i])])
+    taken = [0] * len(sources)
+    total = sum(len(s) for s in sources)
+    while len(mixed) < total:  # the dataset furthest behind its share goes next
+        i = min((j for j in range(len(sources)) if taken[j] < len(sources[j])), key=lambda j: taken[j] / weights[j])
+        mixed.append(sources[i][taken[i]])
         taken[i] += 1
     return mixed
 
