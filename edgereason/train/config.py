@@ -80,7 +80,7 @@ class TrainConfig(StageConfig):
     dataset: list[str] = Field(["gsm8k-train"], description="Training data (repeatable): gsm8k-train, arith-train, "
                                "logic-train, a MATH-style file, or any data file.")
     dataset_weights: list[float] | None = Field(None, description="Share of each dataset in the training pool; "
-                                                "the pool ends where a dataset runs out of problems for its share "
+                                                "the dataset that runs out first sets the pool's size "
                                                 "(default: every problem of every dataset).")
     data_dir: Path | None = Field(None, description="Data folder (default ../shared/data).")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many problems (after filtering).")
