@@ -479,8 +479,9 @@ def test_dataset_weights_set_the_pool_shares(tmp_path):
         return [p.id[0] for p in load_training_problems(TrainConfig(dataset=files, dataset_weights=weights))]
 
     assert pool(None) == ["a", "b"] * 12  # every problem, the datasets taking turns
-    assert pool([0.75, 0.25]).count("a") == 12 and pool([0.75, 0.25]).count("b") == 4
-    assert pool([1, 3]).count("a") == 4 and pool([1, 3]).count("b") == 12
+    quarter, three_quarters = pool([0.75, 0.25]), pool([1, 3])
+    assert quarter.count("a") == 12 and quarter.count("b") == 4
+    assert three_quarters.count("a") == 4 and three_quarters.count("b") == 12
     assert pool([1, 1]) == ["a", "b"] * 12
     assert pool([1, 0]) == ["a"] * 12
 

@@ -214,10 +214,11 @@ class TrainConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.dataset_weights is not None and len(self.dataset_weights) != len(self.dataset):
-            raise ValueError(f"dataset_weights has {len(self.dataset_weights)} entries for {len(self.dataset)} datasets")
-        if self.dataset_weights is not None and (min(self.dataset_weights) < 0 or max(self.dataset_weights) <= 0):
-            raise ValueError(f"dataset_weights must be >= 0 with one above 0, got {self.dataset_weights}")
+        if self.dataset_weights is not None:
+            if len(self.dataset_weights) != len(self.dataset):
+                raise ValueError(f"dataset_weights has {len(self.dataset_weights)} entries for {len(self.dataset)} datasets")
+            if min(self.dataset_weights) < 0 or max(self.dataset_weights) <= 0:
+                raise ValueError(f"dataset_weights must be >= 0 with one above 0, got {self.dataset_weights}")
         low, high = self.curriculum_band
         if not 0 <= low < high <= 1:
             raise ValueError(f"curriculum_band must satisfy 0 <= low < high <= 1, got {self.curriculum_band}")

@@ -230,7 +230,8 @@ def load_training_problems(cfg: TrainConfig) -> list[Problem]:
         return sources[0]
     weights = cfg.dataset_weights or [1.0] * len(sources)
     if cfg.dataset_weights is not None:
-        shares = [w / sum(weights) for w in weights]
+        total_weight = sum(weights)
+        shares = [w / total_weight for w in weights]
         size = min(len(s) / share for s, share in zip(sources, shares, strict=True) if share > 0)
         sources = [s[: min(len(s), round(size * share))] for s, share in zip(sources, shares, strict=True)]
     mixed: list[Problem] = []
