@@ -202,9 +202,33 @@ def _pct(x: float) -> str:
 def _delta(row: ComparisonRow, rule: str) -> str:
     if rule not in row.delta:
         return ""
-    p = row.p_value[rule]
+    return _difference(row.delta[rule], row.p_value[rule])
+
+
+def _difference(delta: float, p: float) -> str:
     mark = " **significant**" if p < 0.05 else " (not significant)"
-    return f"{100 * row.delta[rule]:+.1f} pts, p = {p:.3g}{mark}"
+    return f"{100 * delta:+.1f} pts, p = {p:.3g}{mark}"
+
+
+def _versus_f16(row: ComparisonRow, f16: ComparisonRow, rule: str = "flexible") -> str:
+    """A deployed form of the trained model (quantized, base + LoRA) against its own F16, paired:
+    what the export costs, apart from what training gained."""
+    d = row.versus.get(f16.target, {}).get(rule)
+    return "" if d is None else _difference(d.delta, d.p_value) + f" (+{d.discordant[0]} / -{d.discordant[1]})"
+
+
+def _export_cost_note(rows: list[ComparisonRow], labels: list[str], cfg: PipelineConfig, export: Path) -> list[str]:
+    """A line under the main table when the quantized model answers significantly fewer problems
+    than its F16: the fixed `quant` lost what training gained, and how to export one that keeps it."""
+    d = rows[2].versus.get(rows[1].target, {}).get("flexible")
+    if d is None or d.delta >= 0 or d.p_value >= 0.05:
+        return []
+    return ["", f"**The {labels[2]} answers significantly fewer problems than its F16** ({100 * d.delta:+.1f} pts, "
+            f"{d.discordant[1]} lost / {d.discordant[0]} gained, p = {d.p_value:.3g}): the fixed `quant` lost part of "
+            "what training gained. To serve a quant chosen by its answers rather than a fixed type: "
+            f"`edgereason export gguf --adapter {cfg.runs_root / cfg.name / 'adapter'} --out {export} "
+            "--target-answers 0.9` (the smallest of the ladder q8_0 … iq3_m whose greedy answers match the merged "
+            "model's on 90% of its check problems), or serve the F16 or the base + LoRA."]
 
 
 def _trend(seen: list[float]) -> tuple[float, float]:
@@ -275,34 +299,39 @@ def write_pipeline_report(cfg: PipelineConfig, timings: dict[str, float], benche
 
     manifest = ExportManifest.read(p["export"] / "manifest.json")
     lines += ["", "## Export (each artifact verified against the merged model)", "",
-              "| artifact | size MiB | bits/weight | top-1 agreement | off near-ties | PPL (ref) | mean KL | status |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| artifact | size MiB | bits/weight | top-1 agreement | off near-ties | PPL (ref) | mean KL "
+              f"| greedy answers = merged ({cfg.answer_problems} problems) | status |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for a in manifest.artifacts.values():
         v = a.verification
         sure = "" if v is None or v.top1_confident is None else v.top1_confident
-        checks = (f"{v.top1_agreement} | {sure} | {v.perplexity} ({v.reference_perplexity}) | {v.mean_kl}" if v
-                  else "(the reference) | | | ")
+        same = "" if v is None or not v.answers else f"{v.answers['answer_agreement']:.0%}"
+        checks = (f"{v.top1_agreement} | {sure} | {v.perplexity} ({v.reference_perplexity}) | {v.mean_kl} | {same}" if v
+                  else "(the reference) | | | | ")
         lines.append(f"| {a.file} | {a.size_bytes / 2**20:.1f} | {a.bits_per_weight or ''} | {checks} | {a.status} |")
 
     lines += _handoff_lines(p["export"])
     lines += ["", "## Eval: base vs trained vs quantized, the same problems, greedy", "",
               "**strict** counts only the answer in the format's answer field; **flexible** finds it anywhere by one rule "
               "per answer type, whatever the format, so a gain there is not a format gain. Δ and p: exact McNemar test "
-              "against the base on the same problems."]
+              "against the base on the same problems; the last column pairs each deployed form of the trained model "
+              "with its F16 the same way, which is what the export cost."]
     if len(labels) > 3:
-        lines += ["", f"{labels[3]}: the base GGUF's own weights with the adapter applied by llama.cpp as a GGUF LoRA, "
-                  "the artifact export's quality ladder (`--target-agreement`) chooses when requantizing the merged "
-                  f"weights (the {cfg.quant.upper()} row) loses too much."]
+        lines += ["", f"{labels[3]}: the base GGUF's own weights with the adapter applied by llama.cpp as a GGUF LoRA. "
+                  "Export's quality ladder (`--target-agreement`, `--target-answers`) weighs it as a candidate beside "
+                  f"the requantized merged weights (the {cfg.quant.upper()} row)."]
     lines.append("")
     for bench in benches:
         rows = read_rows(results / "eval" / bench / "comparison.json")
         lines += [f"### {bench} ({rows[0].n} problems; baseline {_pct(rows[0].baseline)})", "",
-                  "| model | strict (95% CI) | flexible (95% CI) | format | Δ strict vs base | Δ flexible vs base |",
-                  "|---|---|---|---|---|---|"]
-        for label, r in zip(labels, rows):
+                  "| model | strict (95% CI) | flexible (95% CI) | format | Δ strict vs base | Δ flexible vs base "
+                  "| Δ flexible vs its F16 (only it / only the F16) |", "|---|---|---|---|---|---|---|"]
+        for i, (label, r) in enumerate(zip(labels, rows)):
             lines.append(f"| {label} | {_pct(r.strict)} ({_pct(r.strict_ci95[0])}–{_pct(r.strict_ci95[1])}) | "
                          f"{_pct(r.flexible)} ({_pct(r.flexible_ci95[0])}–{_pct(r.flexible_ci95[1])}) | {_pct(r.format)} | "
-                         f"{_delta(r, 'strict')} | {_delta(r, 'flexible')} |")
+                         f"{_delta(r, 'strict')} | {_delta(r, 'flexible')} | {_versus_f16(r, rows[1]) if i > 1 else ''} |")
+        if bench == cfg.eval_benchmark:
+            lines += _export_cost_note(rows, labels, cfg, p["export"])
         lines.append("")
     maj = results / "maj" / "summary.json"
     if maj.is_file():

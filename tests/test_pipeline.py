@@ -1,6 +1,10 @@
 """The pipeline's eval targets: base, F16 and the quantized export, and the base GGUF + LoRA when the
 export made one (the artifact that keeps what requantizing the merged weights loses)."""
 
+import json
+
+import pytest
+
 from edgereason.pipeline import PipelineConfig, _eval_targets
 from edgereason.targets import parse_target
 
@@ -80,3 +84,52 @@ def test_the_echoed_stage_command_keeps_a_bracketed_list_so_it_can_be_copied(tmp
            tmp_path / "help.log")
     echoed = next(line for line in out.getvalue().splitlines() if line.startswith("$ edgereason"))
     assert echoed == "$ edgereason eval --help --set 'stage_settings.sft.dataset=[a, b]'"
+
+
+def test_the_report_pairs_each_deployed_form_with_its_f16_and_says_when_quantizing_cost_answers(tmp_path):
+    """`make run` reports the quantized model against the base and against its own F16: a quant that
+    loses what training gained is named as such, with the export that chooses a quant by its answers.
+    Three scripted models on the same 12 problems: the base always wrong, the F16 always right, the
+    quant right on the first three problems the base was asked."""
+    from edgereason.backends.scripted import ScriptedBackend
+    from edgereason.data import load_benchmark
+    from edgereason.evalsuite.config import EvalConfig
+    from edgereason.evalsuite.metrics import mcnemar_exact
+    from edgereason.evalsuite.report import compare_rows, write_report
+    from edgereason.evalsuite.runner import run_eval
+    from edgereason.pipeline import _export_cost_note, _versus_f16
+
+    gold = {p.question: p.gold_answer for p in load_benchmark("arith")}
+
+    def answering(right):
+        def script(prompt, seed):
+            question = next(q for q in gold if q in prompt)
+            return f"done\n</reasoning>\n<answer>\n{gold[question] if right(question) else '-1'}\n</answer>"
+        return script
+
+    def evaluated(name, right):
+        cfg = EvalConfig(benchmark="arith", limit=12, max_tokens=48, out=tmp_path / name, concurrency=1)
+        s = run_eval(cfg, backend=ScriptedBackend(answering(right)), show_progress=False)
+        s.target = name  # one scripted engine under three names, as scripts/pair_runs.py names runs
+        return s
+
+    summaries = [evaluated("base", lambda q: False)]
+    asked = [json.loads(line)["question"] for line in (tmp_path / "base" / "samples.jsonl").read_text().splitlines()]
+    summaries += [evaluated("f16", lambda q: True), evaluated("quant", lambda q: q in asked[:3])]
+    rows = compare_rows(summaries)
+    versus = rows[2].versus["f16"]["flexible"]
+    assert versus.discordant == (0, 9) and versus.delta == pytest.approx(-9 / 12)
+    assert versus.p_value == pytest.approx(mcnemar_exact([True] * 12, [True] * 3 + [False] * 9)[2])
+    assert versus.p_value < 0.05
+    assert rows[2].versus["base"]["flexible"].delta == rows[2].delta["flexible"] == pytest.approx(3 / 12)
+    assert set(rows[1].versus) == {"base"} and rows[0].versus == {}
+    assert "Pairwise, flexible" in write_report(summaries, tmp_path / "report").read_text()
+
+    labels = ["base", "trained (F16)", "trained (Q4_K_M)"]
+    cfg = PipelineConfig(exports_root=tmp_path)
+    assert _versus_f16(rows[2], rows[1]).startswith("-75.0 pts, p = ")
+    note = " ".join(_export_cost_note(rows, labels, cfg, tmp_path / cfg.name))
+    assert "trained (Q4_K_M) answers significantly fewer problems than its F16" in note
+    assert "9 lost / 0 gained" in note and "--target-answers 0.9" in note
+    # the F16 against the base is no export cost; a quant as good as its F16 gets no line
+    assert _export_cost_note([rows[0], rows[1], rows[1]], labels, cfg, tmp_path) == []

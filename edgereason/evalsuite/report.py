@@ -9,7 +9,7 @@ from pathlib import Path
 from edgereason.evalsuite.metrics import mcnemar_exact
 from edgereason.evalsuite.runner import RULES
 from edgereason.plots import pyplot, save_figure
-from edgereason.results import ComparisonRow, EvalSummary
+from edgereason.results import ComparisonRow, EvalSummary, PairedDifference
 
 # Paired per problem against the first target: both accuracies and format compliance (what a
 # quantized or retrained model most often loses first).
@@ -23,25 +23,34 @@ def _verdicts(summary: EvalSummary) -> dict[str, dict[str, bool]]:
     return {**verdicts, "format": {r["id"]: bool(r["format_valid"]) for r in rows}}
 
 
+def _paired(other: dict[str, dict[str, bool]], mine: dict[str, dict[str, bool]]) -> dict[str, PairedDifference]:
+    """`mine` against `other`, per rule, on the problems both finished."""
+    out = {}
+    for rule in PAIRED:
+        shared = [i for i in other[rule] if i in mine[rule]]
+        b01, b10, p = mcnemar_exact([other[rule][i] for i in shared], [mine[rule][i] for i in shared])
+        delta = (sum(mine[rule][i] for i in shared) - sum(other[rule][i] for i in shared)) / max(1, len(shared))
+        out[rule] = PairedDifference(delta=delta, p_value=p, discordant=(b01, b10))
+    return out
+
+
 def compare_rows(summaries: list[EvalSummary]) -> list[ComparisonRow]:
     """One row per target; differences and exact McNemar p-values (per rule, and for format
-    compliance) are against the first target, on the problems both finished."""
-    base = _verdicts(summaries[0])
+    compliance) against the first target, and in `versus` against every earlier one, on the
+    problems both finished."""
+    verdicts = [_verdicts(s) for s in summaries]
     rows = []
-    for s in summaries:
+    for i, s in enumerate(summaries):
         row = ComparisonRow(
             target=s.target, benchmark=s.benchmark, n=s.n, strict=s.strict.value, strict_ci95=s.strict.ci95,
             flexible=s.flexible.value, flexible_ci95=s.flexible.ci95, format=s.format_compliance,
             baseline=s.baseline.rate, tokens=s.mean_completion_tokens, partial=s.partial, maj=s.maj_at_k,
             **{"pass": s.pass_at_k})
-        if s is not summaries[0]:
-            mine = _verdicts(s)
-            for rule in PAIRED:
-                shared = [i for i in base[rule] if i in mine[rule]]
-                b01, b10, p = mcnemar_exact([base[rule][i] for i in shared], [mine[rule][i] for i in shared])
-                row.delta[rule] = (sum(mine[rule][i] for i in shared) - sum(base[rule][i] for i in shared)) / max(1, len(shared))
-                row.p_value[rule] = p
-                row.discordant[rule] = (b01, b10)
+        pairs = [_paired(verdicts[j], verdicts[i]) for j in range(i)]
+        row.versus = {summaries[j].target: pair for j, pair in enumerate(pairs)}
+        if pairs:
+            for rule, d in pairs[0].items():
+                row.delta[rule], row.p_value[rule], row.discordant[rule] = d.delta, d.p_value, d.discordant
         rows.append(row)
     return rows
 
@@ -100,6 +109,25 @@ def benchmark_table(summaries: list[EvalSummary], rows: list[ComparisonRow]) -> 
     return lines
 
 
+def pairwise_table(rows: list[ComparisonRow], rule: str = "flexible") -> list[str]:
+    """Every target against every earlier one (Δ in points, exact McNemar p, problems only this /
+    only the other solved); empty for fewer than three targets, where the main table says it all."""
+    if len(rows) < 3:
+        return []
+    earlier = [r.target for r in rows[:-1]]
+    lines = ["", f"### Pairwise, {rule}: each row against each earlier target", "",
+             "Δ, exact McNemar p (* = p < 0.05), problems only the row's target solved / only the column's.", "",
+             "| target | " + " | ".join(f"vs `{short_name(t)}`" for t in earlier) + " |", "|---|" + "---|" * len(earlier)]
+    for r in rows[1:]:
+        cells = []
+        for t in earlier:
+            d = r.versus.get(t, {}).get(rule) if t != r.target else None
+            cells.append(f"{100 * d.delta:+.1f} pts ({_sig(d.p_value)}; +{d.discordant[0]} / -{d.discordant[1]})"
+                         if d else "")
+        lines.append(f"| `{short_name(r.target)}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def checked_vote_table(summaries: list[EvalSummary]) -> list[str]:
     """Votes that check the work beside maj@k and pass@k at the largest k (flexible), each against
     maj@k on the same problems; empty when no target sampled with checks."""
@@ -143,6 +171,7 @@ def write_report(summaries: list[EvalSummary], out: Path, title: str = "edgereas
     if len(summaries) > 1:
         lines += ["", "Δ and p are against the first target on the same problems (exact McNemar test on the problems "
                   "only one of the two solved, or only one of the two answered in format; * = p < 0.05)."]
+    lines += pairwise_table(rows)
     lines += checked_vote_table(summaries)
     for s in summaries:
         for key, groups in s.categories.items():
