@@ -130,6 +130,14 @@ def test_the_report_pairs_each_deployed_form_with_its_f16_and_says_when_quantizi
     assert _versus_f16(rows[2], rows[1]).startswith("-75.0 pts, p = ")
     note = " ".join(_export_cost_note(rows, labels, cfg, tmp_path / cfg.name))
     assert "trained (Q4_K_M) answers significantly fewer problems than its F16" in note
-    assert "9 lost / 0 gained" in note and "--target-answers 0.9" in note
+    assert "9 lost / 0 gained" in note and "serve the F16 (`edgereason serve --model" in note
+    assert "base + LoRA" not in note and "-b arith-dev --limit 300" in note  # no LoRA row measured; held-out data
+    labels.append("trained (base Q4_1 + LoRA)")
+    kept = compare_rows([*summaries, evaluated("lora", lambda q: q not in asked[:1])])  # one lost: no significant loss
+    with_lora = " ".join(_export_cost_note(kept, labels, cfg, tmp_path))
+    assert "or the base + LoRA (`edgereason serve --model smollm2-135m --adapter" in with_lora
+    lost = compare_rows([*summaries, evaluated("lora-lost", lambda q: q in asked[:2])])
+    lost_too = " ".join(_export_cost_note(lost, labels, cfg, tmp_path))
+    assert lost_too and "base + LoRA" not in lost_too  # a LoRA row that lost too is not offered
     # the F16 against the base is no export cost; a quant as good as its F16 gets no line
     assert _export_cost_note([rows[0], rows[1], rows[1]], labels, cfg, tmp_path) == []
