@@ -211,9 +211,11 @@ def test_ladder_keeps_the_smallest_candidate_that_meets_the_target(exported, ada
     from edgereason.models import resolve_model
 
     assert resolve_model(str(out)).gguf_path == out / "model-q8_0.gguf"  # serve and bench load the chosen one
-    # A target nothing meets: an error naming it, and nothing verified is removed.
+    # A target nothing meets: an error naming it, the plot of how far each fell short, nothing verified removed.
+    (out / "ladder.png").unlink()
     with pytest.raises(ExportError, match="no candidate"):
         export(out, adapter=adapter, ladder="q8_0,q4_0", target_kl=1e-9, lora=False)
+    assert (out / "ladder.png").stat().st_size > 10_000
     assert (out / "model-q8_0.gguf").exists() and json.loads((out / "manifest.json").read_text())["chosen"] == "model-q8_0.gguf"
 
 

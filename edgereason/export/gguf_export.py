@@ -363,10 +363,15 @@ def _settle_ladder(cfg: GGUFExportConfig, quants: list[str], manifest: Manifest,
                        "top1_confident": e["verification"].get("top1_confident"), "mean_kl": e["verification"]["mean_kl"],
                        "answers": e["verification"].get("answers")})
     manifest.data["ladder"] = {"targets": targets, "candidates": ladder}
+    from edgereason.export.ladder_plot import ladder_plot
+
     if chosen is None:  # nothing is removed: the verified files stay, and so does an earlier pick
         manifest.save()
+        # the plot is drawn all the same: how far each candidate fell short is what decides the next try
+        ladder_plot({**manifest.data, "chosen": None}, cfg.out / "ladder.png")
         wanted = ", ".join(f"{k} {v}" for k, v in targets.items() if v is not None)
-        raise ExportError(f"no candidate of {', '.join(quants)} meets the targets ({wanted}); see {cfg.out / 'manifest.json'}")
+        raise ExportError(f"no candidate of {', '.join(quants)} meets the targets ({wanted}); see "
+                          f"{cfg.out / 'manifest.json'} and {cfg.out / 'ladder.png'}")
     for q, e in entries.items():
         if q != chosen and q != "lora" and e["status"] == "ok":
             e["status"] = "rejected" if meets_targets(e["verification"], cfg) else "passed-not-smallest"
@@ -378,8 +383,6 @@ def _settle_ladder(cfg: GGUFExportConfig, quants: list[str], manifest: Manifest,
     on_base = f" on {Path(entries[chosen]['base_gguf']).name}" if chosen == "lora" else ""
     console.print(f"[bold green]chosen[/] {entries[chosen]['file']}{on_base}: {serving_bytes(entries[chosen]) / full:.0%} "
                   f"of {cfg.outtype}, the smallest of {len(entries)} candidates meeting the targets")
-    from edgereason.export.ladder_plot import ladder_plot
-
     ladder_plot(manifest.data, cfg.out / "ladder.png")
     manifest.save()
 

@@ -53,5 +53,6 @@ def ladder_plot(manifest: dict[str, Any], path: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("size (MiB)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"quant ladder: chosen {manifest.get('chosen')}", fontsize=11)
+    chosen = manifest.get("chosen")
+    fig.suptitle(f"quant ladder: chosen {chosen}" if chosen else "quant ladder: no candidate meets the targets", fontsize=11)
     return save_figure(fig, path)
