@@ -17,6 +17,8 @@ generated:
   read from each target's `summary.json`.
 - `deltas` lists the paired differences shown (default `["flexible", "strict"]`; `"format"` adds
   format compliance's).
+- A `from` folder holding an export's `manifest.json` with a quant ladder (`export gguf
+  --target-…`) gives the ladder's table instead: every candidate's checks and what it missed.
 
     python scripts/docs_tables.py [--check] [DOCS_DIR]
     python scripts/docs_tables.py --collect EVAL_OUT DOCS_DIR/results/NAME   # the result files only, no samples
@@ -88,12 +90,33 @@ def render(folder: Path, labels: dict[str, str], by: str | None = None,
     return "\n".join(lines) + "\n"
 
 
+def render_ladder(folder: Path, labels: dict[str, str]) -> str:
+    """The quant ladder recorded in `folder/manifest.json`: one row per candidate, smallest first."""
+    ladder = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["ladder"]
+    wanted = ", ".join(f"{k} ≥ {v}" if k != "mean_kl" else f"{k} ≤ {v}" for k, v in ladder["targets"].items() if v is not None)
+    head = ["candidate", "MiB served", "top-1 agreement", "off near-ties", "mean KL", "greedy answers = merged",
+            "format", f"meets {wanted}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in sorted(ladder["candidates"], key=lambda c: c["size_bytes"]):
+        answers = c.get("answers") or {}
+        name = labels.get(c["quant"], c["quant"])
+        cells = [name, f"{c['size_bytes'] / 2**20:.1f}", f"{c['top1_agreement']:.3f}",
+                 "" if c.get("top1_confident") is None else f"{c['top1_confident']:.3f}", f"{c['mean_kl']:.4f}",
+                 _pct(answers["answer_agreement"]) if "answer_agreement" in answers else "",
+                 _pct(answers["format_compliance"]) if "format_compliance" in answers else "",
+                 "yes" if c["passed"] else "no: " + "; ".join(c["missed"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def update(doc: Path) -> str:
     """`doc`'s text with every results table generated again."""
     def table(m: re.Match[str]) -> str:
         spec = json.loads(m.group(2))
-        body = render(doc.parent / spec["from"], spec.get("labels", {}), spec.get("by"),
-                      tuple(spec.get("deltas", ("flexible", "strict"))))
+        folder = doc.parent / spec["from"]
+        if (folder / "manifest.json").is_file() and not any(folder.rglob("comparison.json")):
+            return m.group(1) + render_ladder(folder, spec.get("labels", {})) + m.group(4)
+        body = render(folder, spec.get("labels", {}), spec.get("by"), tuple(spec.get("deltas", ("flexible", "strict"))))
         return m.group(1) + body + m.group(4)
 
     return MARKER.sub(table, doc.read_text(encoding="utf-8"))

@@ -36,3 +36,21 @@ def test_a_new_measurement_rewrites_its_table(tmp_path):
     comparison.write_text(json.dumps(rows))
     assert _tables("--check", str(tmp_path)).returncode == 1
     assert _tables(str(tmp_path)).returncode == 0 and "| 50.0% (" in doc.read_text()
+
+
+def test_a_quant_ladder_manifest_renders_as_its_table(tmp_path):
+    """An export folder's ladder (manifest.json) gives one row per candidate, smallest first, with what
+    each missed; a changed candidate makes the table stale."""
+    shutil.copytree(ROOT / "docs" / "results" / "make-run-ladder", tmp_path / "results" / "ladder")
+    doc = tmp_path / "ladder.md"
+    doc.write_text('<!-- results-table {"from": "results/ladder", "labels": {"lora": "base + LoRA"}} -->\n'
+                   '<!-- /results-table -->\n')
+    assert _tables(str(tmp_path)).returncode == 0
+    rows = [line for line in doc.read_text().splitlines() if line.startswith("| ") and "candidate" not in line]
+    assert rows[0].startswith("| iq3_m | 87.2 |") and rows[-1].startswith("| q8_0 | 138.1 | 0.987 |")
+    assert "| base + LoRA | 103.2 | 0.990 |" in doc.read_text() and "| no: failed verification |" in rows[6]
+    manifest = tmp_path / "results" / "ladder" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["ladder"]["candidates"][0]["passed"] = True
+    manifest.write_text(json.dumps(data))
+    assert _tables("--check", str(tmp_path)).returncode == 1
