@@ -32,7 +32,7 @@ from edgereason.cli_options import stage_command
 from edgereason.config import StageConfig, find_config
 from edgereason.console import PIPED_WIDTH, make_console
 from edgereason.data import GENERATED
-from edgereason.results import BenchResults, ComparisonRow, EvalSummary, ExportManifest, TrainRun, read_rows
+from edgereason.results import BenchResults, ComparisonRow, EvalSummary, ExportManifest, PairedDifference, TrainRun, read_rows
 from edgereason.servers import python_module
 
 # The hybrid preset shortened to fit the pipeline's half hour on 2 cores: 80 SFT steps (the preset's 120
@@ -211,17 +211,21 @@ def _difference(delta: float, p: float) -> str:
     return f"{100 * delta:+.1f} pts, p = {p:.3g}{mark}"
 
 
-def _versus_f16(row: ComparisonRow, f16: ComparisonRow, rule: str = "flexible") -> str:
-    """A deployed form of the trained model (quantized, base + LoRA) against its own F16, paired:
-    what the export costs, apart from what training gained."""
-    d = row.versus.get(f16.target, {}).get(rule)
+def _paired_with_f16(row: ComparisonRow, f16: ComparisonRow) -> PairedDifference | None:
+    """A deployed form of the trained model (quantized, base + LoRA) against its own F16, flexible,
+    paired by problem: what the export costs, apart from what training gained."""
+    return row.versus.get(f16.target, {}).get("flexible")
+
+
+def _versus_f16(row: ComparisonRow, f16: ComparisonRow) -> str:
+    d = _paired_with_f16(row, f16)
     return "" if d is None else _difference(d.delta, d.p_value) + f" (+{d.discordant[0]} / -{d.discordant[1]})"
 
 
 def _lost_to_f16(row: ComparisonRow, f16: ComparisonRow) -> bool | None:
-    """Whether a deployed form answers significantly fewer problems than its F16 (flexible, paired);
-    None when the two were not paired."""
-    d = row.versus.get(f16.target, {}).get("flexible")
+    """Whether a deployed form answers significantly fewer problems than its F16; None when the two
+    were not paired."""
+    d = _paired_with_f16(row, f16)
     return None if d is None else d.delta < 0 and d.p_value < 0.05
 
 
@@ -231,9 +235,9 @@ def _export_cost_note(rows: list[ComparisonRow], labels: list[str], cfg: Pipelin
     measured as keeping it (the F16, the base + LoRA unless it lost too) and how to measure other
     quants: on held-out problems, paired, since on a model this small the export's own token and
     answer checks do not tell a quant that keeps the accuracy (docs/measurements.md)."""
-    if _lost_to_f16(rows[2], rows[1]) is not True:
+    d = _paired_with_f16(rows[2], rows[1])
+    if d is None or not _lost_to_f16(rows[2], rows[1]):
         return []
-    d = rows[2].versus[rows[1].target]["flexible"]
     f16 = export / "model-f16.gguf"
     dev = f"{cfg.eval_benchmark}-dev"
     held_out = dev if dev in GENERATED else "HELD_OUT.jsonl"  # never the benchmark that reports the result
