@@ -222,10 +222,8 @@ def _versus_f16(row: ComparisonRow, f16: ComparisonRow) -> str:
     return "" if d is None else _difference(d.delta, d.p_value) + f" (+{d.discordant[0]} / -{d.discordant[1]})"
 
 
-def _lost_to_f16(row: ComparisonRow, f16: ComparisonRow) -> bool | None:
-    """Whether a deployed form answers significantly fewer problems than its F16; None when the two
-    were not paired."""
-    d = _paired_with_f16(row, f16)
+def _significant_loss(d: PairedDifference | None) -> bool | None:
+    """Whether a pairing shows significantly fewer problems solved; None when there was no pairing."""
     return None if d is None else d.delta < 0 and d.p_value < 0.05
 
 
@@ -236,13 +234,13 @@ def _export_cost_note(rows: list[ComparisonRow], labels: list[str], cfg: Pipelin
     quants: on held-out problems, paired, since on a model this small the export's own token and
     answer checks do not tell a quant that keeps the accuracy (docs/measurements.md)."""
     d = _paired_with_f16(rows[2], rows[1])
-    if d is None or not _lost_to_f16(rows[2], rows[1]):
+    if d is None or not _significant_loss(d):
         return []
     f16 = export / "model-f16.gguf"
     dev = f"{cfg.eval_benchmark}-dev"
     held_out = dev if dev in GENERATED else "HELD_OUT.jsonl"  # never the benchmark that reports the result
     serve = [f"the F16 (`edgereason serve --model {f16}`)"]
-    if len(rows) > 3 and _lost_to_f16(rows[3], rows[1]) is False:
+    if len(rows) > 3 and _significant_loss(_paired_with_f16(rows[3], rows[1])) is False:
         serve.append(f"the base + LoRA (`edgereason serve --model {cfg.model} "
                      f"--adapter {export}`)")
     return ["", f"**The {labels[2]} answers significantly fewer problems than its F16** ({100 * d.delta:+.1f} pts, "
