@@ -71,6 +71,14 @@ def is_eval_only(name_or_path: str | Path, root: str | Path | None = None) -> bo
     return is_test_split(benchmark_path(name, root) if name in BENCHMARKS else Path(name))
 
 
+def is_test_set(name_or_path: str | Path, root: str | Path | None = None) -> bool:
+    """True for a test set: nothing may be chosen on it (a dev split may, and is still never trained on)."""
+    name = str(name_or_path)
+    if name in GENERATED:
+        return GENERATED[name][0] == "test"
+    return is_test_split(BENCHMARKS[name][0] if name in BENCHMARKS else Path(name))
+
+
 def benchmark_path(name: str, root: str | Path | None = None) -> Path:
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} (or give a file path)")

@@ -68,6 +68,9 @@ class Verification(Result):
     problems: list[str] = Field(default_factory=list)
     # answer_agreement, format_agreement, format_compliance, answer_accuracy (edgereason.export.answers)
     answers: dict[str, float] | None = None
+    # problems, accuracy, reference_accuracy, drop_points, only_it, only_reference, p_value
+    # (edgereason.export.answers.AnswerSheet.paired); only with an accuracy check
+    accuracy: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

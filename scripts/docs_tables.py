@@ -93,9 +93,11 @@ def render(folder: Path, labels: dict[str, str], by: str | None = None,
 def render_ladder(folder: Path, labels: dict[str, str]) -> str:
     """The quant ladder recorded in `folder/manifest.json`: one row per candidate, smallest first."""
     ladder = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["ladder"]
-    wanted = ", ".join(f"{k} ≥ {v}" if k != "mean_kl" else f"{k} ≤ {v}" for k, v in ladder["targets"].items() if v is not None)
+    bounds = ("mean_kl", "accuracy_drop_points")  # upper bounds; the other targets are lower bounds
+    wanted = ", ".join(f"{k} {'≤' if k in bounds else '≥'} {v}" for k, v in ladder["targets"].items() if v is not None)
+    checked = any(c.get("accuracy") for c in ladder["candidates"])
     head = ["candidate", "MiB served", "top-1 agreement", "off near-ties", "mean KL", "greedy answers = merged",
-            "format", f"meets {wanted}"]
+            "format", *(["held-out accuracy (merged; only it / only merged, p)"] if checked else []), f"meets {wanted}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in sorted(ladder["candidates"], key=lambda c: c["size_bytes"]):
         answers = c.get("answers") or {}
@@ -104,9 +106,17 @@ def render_ladder(folder: Path, labels: dict[str, str]) -> str:
                  "" if c.get("top1_confident") is None else f"{c['top1_confident']:.3f}", f"{c['mean_kl']:.4f}",
                  _pct(answers["answer_agreement"]) if "answer_agreement" in answers else "",
                  _pct(answers["format_compliance"]) if "format_compliance" in answers else "",
+                 *([_paired_accuracy(c.get("accuracy"))] if checked else []),
                  "yes" if c["passed"] else "no: " + "; ".join(c["missed"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _paired_accuracy(acc: dict[str, float] | None) -> str:
+    if not acc:
+        return ""
+    return (f"{_pct(acc['accuracy'])} ({_pct(acc['reference_accuracy'])}; {acc['only_it']:.0f} / "
+            f"{acc['only_reference']:.0f}, p = {acc['p_value']:.2g})")
 
 
 def update(doc: Path) -> str:

@@ -7,11 +7,12 @@ import pytest
 
 from edgereason.data import DataError, load_benchmark
 from edgereason.evalsuite.config import EvalConfig
-from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact
+from edgereason.evalsuite.metrics import majority_correct
 from edgereason.evalsuite.report import compare_rows, write_report, write_transfer_report
 from edgereason.evalsuite.runner import EvalError, baseline_of, run_eval
 from edgereason.grading import choice_letter, is_correct
 from edgereason.logic import CATEGORIES, equivalent, evaluate, generate_logic
+from edgereason.paired import mcnemar_exact
 from edgereason.results import EvalSummary
 from edgereason.targets import LABEL_WIDTH, parse_target
 

@@ -219,6 +219,31 @@ def test_ladder_keeps_the_smallest_candidate_that_meets_the_target(exported, ada
     assert (out / "model-q8_0.gguf").exists() and json.loads((out / "manifest.json").read_text())["chosen"] == "model-q8_0.gguf"
 
 
+def test_the_accuracy_gate_pairs_each_candidate_with_the_merged_model_on_held_out_problems(exported, adapter, tmp_path):
+    """--target-accuracy-drop: the merged model and each candidate answer the same held-out problems; the
+    candidate's entry records both accuracies and the discordant counts, and the verdict follows them."""
+    from edgereason.paired import mcnemar_exact
+
+    out = tmp_path / "gated"
+    shutil.copytree(exported[0], out)
+    result = export(out, adapter=adapter, ladder="q8_0", target_accuracy_drop=100, accuracy_problems=6, lora=False)
+    assert "q8_0" not in result.skipped  # verified before without the accuracy check: verified again with it
+    m = json.loads((out / "manifest.json").read_text())
+    check = m["accuracy_check"]
+    assert check["data"] == "arith-dev" and len(check["problems"]) == 6
+    assert m["ladder"]["targets"]["accuracy_drop_points"] == 100
+    candidate = {c["quant"]: c for c in m["ladder"]["candidates"]}["q8_0"]
+    acc = candidate["accuracy"]
+    assert acc == m["artifacts"]["q8_0"]["verification"]["accuracy"] and acc["problems"] == 6
+    assert acc["reference_accuracy"] == check["answer_accuracy"]
+    assert round(6 * (acc["accuracy"] - acc["reference_accuracy"])) == acc["only_it"] - acc["only_reference"]
+    n = acc["only_it"] + acc["only_reference"]
+    assert acc["p_value"] == mcnemar_exact([True] * acc["only_reference"] + [False] * acc["only_it"],
+                                           [False] * acc["only_reference"] + [True] * acc["only_it"])[2]
+    assert candidate["passed"] == (not (acc["drop_points"] > 0 and acc["p_value"] < 0.05)) and n <= 6
+    assert (out / "ladder.png").stat().st_size > 10_000
+
+
 def test_ladder_weighs_base_plus_lora_by_what_serving_loads(exported, adapter, default_model, tmp_path):
     """The adapter on the base GGUF is a candidate, sized as base + adapter; chosen, serving loads both."""
     from edgereason.backends.llamacpp import LlamaCppBackend

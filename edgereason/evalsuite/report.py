@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgereason.evalsuite.metrics import mcnemar_exact
 from edgereason.evalsuite.runner import RULES
+from edgereason.paired import mcnemar_exact
 from edgereason.plots import pyplot, save_figure
 from edgereason.results import ComparisonRow, EvalSummary, PairedDifference
 

@@ -22,9 +22,10 @@ from edgereason.backends.forcing import force_answers, reasoning_params
 from edgereason.console import make_progress
 from edgereason.data import Problem, load_benchmark, sample_problems
 from edgereason.evalsuite.config import EvalConfig
-from edgereason.evalsuite.metrics import majority_correct, mcnemar_exact, pass_at_k, vote_correct, wilson_interval
+from edgereason.evalsuite.metrics import majority_correct, pass_at_k, vote_correct, wilson_interval
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.grading import answer_type, answers_equal, grade_completion, normalize_answer
+from edgereason.paired import mcnemar_exact
 from edgereason.results import Accuracy, Baseline, EvalSummary
 from edgereason.targets import Target, open_target, parse_target
 from edgereason.voting import VoteMode, ballot

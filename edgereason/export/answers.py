@@ -6,6 +6,10 @@ answer greedily in the reasoning format, and we report the share of problems whe
 - the extracted answers are equal (`answer_agreement`, graded like eval: math-verify equivalence),
 - format validity is the same (`format_agreement`),
 beside each side's own format compliance and accuracy on the set.
+
+The accuracy check (`AnswerSheet.paired`) asks what users lose: on held-out problems (a dev split,
+never a test set) each artifact's correct answers are paired with the merged model's, with the exact
+McNemar p-value of the difference.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgereason.backends.base import Backend, SamplingParams
-from edgereason.data import is_eval_only, load_benchmark, sample_problems
+from edgereason.data import is_eval_only, is_test_set, load_benchmark, sample_problems
 from edgereason.export.files import ExportError
 from edgereason.formats import ReasoningFormat
 from edgereason.grading import answers_equal, extract_answer
+from edgereason.paired import mcnemar_exact
 from edgereason.problems import Problem
 
 ANSWER_SETS = ("arith-train", "gsm8k-train")
@@ -44,6 +49,17 @@ def training_problems(n: int, sets: Sequence[str] = ANSWER_SETS, seed: int = 0) 
         share = n // len(pools) + (1 if i < n % len(pools) else 0)
         out += sample_problems(pool, share, seed)
     return out
+
+
+def held_out_problems(name: str, n: int, seed: int = 0) -> list[Problem]:
+    """n problems of a held-out set for the accuracy check (a test set is refused: a ladder chooses on them)."""
+    if is_test_set(name):
+        raise ExportError(f"{name}: a test set is for evaluation only, not for choosing an artifact")
+    try:
+        pool = load_benchmark(name)
+    except (FileNotFoundError, ValueError) as e:
+        raise ExportError(f"accuracy check: {e}") from None
+    return sample_problems(pool, n, seed)
 
 
 @dataclass
@@ -77,6 +93,16 @@ class AnswerSheet:
             "format_compliance": round(sum(self.valid) / n, 4),
             "answer_accuracy": round(sum(self.correct) / n, 4),
         }
+
+    def paired(self, reference: AnswerSheet) -> dict[str, float]:
+        """This sheet's accuracy against the reference's on the same problems: both accuracies, the drop in
+        points, the discordant counts and the exact McNemar p-value."""
+        only_reference, only_it, p = mcnemar_exact(self.correct, reference.correct)
+        n = max(1, len(self.correct))
+        mine, theirs = sum(self.correct) / n, sum(reference.correct) / n
+        return {"problems": len(self.correct), "accuracy": round(mine, 4), "reference_accuracy": round(theirs, 4),
+                "drop_points": round(100 * (theirs - mine), 2), "only_it": only_it,
+                "only_reference": only_reference, "p_value": p}
 
     def summary(self) -> dict[str, float]:
         n = max(1, len(self.answers))

@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from edgereason.console import make_console
-from edgereason.export.answers import training_problems
+from edgereason.export.answers import held_out_problems, training_problems
 from edgereason.export.calibration import calibration_traces, compute_imatrix
 from edgereason.export.config import GGUFExportConfig
 from edgereason.export.files import ExportError, require_free_space, sha256_file
@@ -47,6 +47,7 @@ _BPW = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.
         "q4_k_m": 4.9, "q4_k_s": 4.6, "q4_0": 4.5, "iq4_xs": 4.3, "iq4_nl": 4.5, "q3_k_m": 3.9, "q3_k_s": 3.5,
         "iq3_m": 3.7, "iq3_xxs": 3.1, "q2_k": 3.4, "iq2_m": 2.7}
 _FULL_PRECISION = ("f32", "f16", "bf16", "q8_0")  # no imatrix: nothing to calibrate at 8 bits and above
+SIGNIFICANT = 0.05  #: the accuracy gate's level: a candidate significantly below the merged model fails
 
 
 @dataclass
@@ -70,6 +71,15 @@ def meets_targets(ver: dict[str, Any], cfg: GGUFExportConfig) -> list[str]:
         share = (ver.get("answers") or {}).get("answer_agreement", 0.0)
         if share < cfg.target_answers:
             missed.append(f"answers {share:.3f} < {cfg.target_answers}")
+    if cfg.target_accuracy_drop is not None:
+        acc = ver.get("accuracy")
+        if acc is None:
+            missed.append("no accuracy check")
+        elif acc["drop_points"] > cfg.target_accuracy_drop:
+            missed.append(f"accuracy {acc['drop_points']:+.1f} points below the merged model > {cfg.target_accuracy_drop}")
+        elif acc["drop_points"] > 0 and acc["p_value"] < SIGNIFICANT:
+            missed.append(f"accuracy significantly below the merged model ({acc['only_reference']} lost, "
+                          f"{acc['only_it']} gained, p = {acc['p_value']:.2g})")
     return missed
 
 
@@ -135,12 +145,21 @@ class ExportJob:
         """The merged model's logits and answers, computed on first use (a re-run that skips every
         artifact never computes it)."""
         if self._reference is None:
-            n = self.cfg.answer_problems
-            self.console.print(f"[dim]reference: the merged model on {n} training problems[/]")
+            cfg = self.cfg
+            n = cfg.answer_problems
+            held_out = (held_out_problems(cfg.accuracy_data, cfg.accuracy_problems)
+                        if cfg.target_accuracy_drop is not None else [])
+            self.console.print(f"[dim]reference: the merged model on {n} training problems"
+                               + (f" and {len(held_out)} held-out {cfg.accuracy_data} problems" if held_out else "")
+                               + "[/]")
             problems = training_problems(n) if n else []
-            self._reference = Reference(self.model, self.tok, self.src.format_name, problems)
+            self._reference = Reference(self.model, self.tok, self.src.format_name, problems, held_out)
             answers = self._reference.answers.summary() if self._reference.answers else {}
             self.manifest.data["answer_check"] = {"problems": [p.id for p in problems], **answers}
+            if self._reference.accuracy is not None:
+                self.manifest.data["accuracy_check"] = {"data": cfg.accuracy_data,
+                                                        "problems": [p.id for p in held_out],
+                                                        **self._reference.accuracy.summary()}
         return self._reference
 
     def gguf_verify(self, quant: str) -> Callable[[Path, Reference], Verification]:
@@ -152,7 +171,9 @@ class ExportJob:
         to failed/); skip it when the manifest records it verified under the same key."""
         final = self.out / a.filename
         # The check set is part of the key: a ladder compares candidates verified against one reference.
-        artifact_key = f"{self.key}+{a.settings}+check:{self.cfg.answer_problems}"
+        artifact_key = f"{self.key}+{a.settings}+check:{self.cfg.answer_problems}" + (
+            f"+accuracy:{self.cfg.accuracy_data}:{self.cfg.accuracy_problems}"
+            if self.cfg.target_accuracy_drop is not None else "")
         if not self.cfg.force and final.exists() and self.manifest.done(a.name, artifact_key):
             self.console.print(f"[dim]skip {a.filename}: already exported and verified[/]")
             self.result.skipped.append(a.name)
@@ -168,13 +189,15 @@ class ExportJob:
             os.replace(staged, final)
             entry = self.manifest.record(a.name, final, a.kind, a.quant, artifact_key, "ok", wall_s=wall,
                                          verification=ver.to_dict(), **a.extra)
-            answers = ver.answers or {}
+            answers, accuracy = ver.answers or {}, ver.accuracy or {}
             self.console.print(
                 f"  [green]verified[/] top-1 {ver.top1_agreement:.3f} ({ver.top1_confident:.3f} off near-ties), "
                 f"KL {ver.mean_kl:.4f}, "
                 f"PPL {ver.perplexity:.2f} (ref {ver.reference_perplexity:.2f})"
                 + (f", answers {answers['answer_agreement']:.2f}, format {answers['format_compliance']:.2f}"
-                   if answers else "") + f", {entry['size_bytes'] / 2**20:.1f} MiB"
+                   if answers else "")
+                + (f", accuracy {accuracy['accuracy']:.3f} (merged {accuracy['reference_accuracy']:.3f}, "
+                   f"p = {accuracy['p_value']:.2g})" if accuracy else "") + f", {entry['size_bytes'] / 2**20:.1f} MiB"
             )
         else:
             failed = self.out / "failed"
@@ -354,14 +377,15 @@ def _settle_ladder(cfg: GGUFExportConfig, quants: list[str], manifest: Manifest,
     candidate stays: it is written whenever `lora` is on)."""
     entries = {q: manifest.data["artifacts"][q] for q in quants if q in manifest.data["artifacts"]}
     chosen = choose_smallest(entries, cfg)
-    targets = {"top1_agreement": cfg.target_agreement, "mean_kl": cfg.target_kl, "answer_agreement": cfg.target_answers}
+    targets = {"top1_agreement": cfg.target_agreement, "mean_kl": cfg.target_kl, "answer_agreement": cfg.target_answers,
+               "accuracy_drop_points": cfg.target_accuracy_drop}
     ladder = []
     for q, e in entries.items():
         missed = meets_targets(e["verification"], cfg) if e["status"] == "ok" else ["failed verification"]
         ladder.append({"quant": q, "file": e["file"], "size_bytes": serving_bytes(e), "passed": not missed, "missed": missed,
                        "top1_agreement": e["verification"]["top1_agreement"],
                        "top1_confident": e["verification"].get("top1_confident"), "mean_kl": e["verification"]["mean_kl"],
-                       "answers": e["verification"].get("answers")})
+                       "answers": e["verification"].get("answers"), "accuracy": e["verification"].get("accuracy")})
     manifest.data["ladder"] = {"targets": targets, "candidates": ladder}
     from edgereason.export.ladder_plot import ladder_plot
 

@@ -9,9 +9,10 @@ from edgereason.plots import pyplot, save_figure
 
 
 def ladder_plot(manifest: dict[str, Any], path: Path) -> Path:
-    """Three panels over size (MiB, what serving loads: base + adapter for the LoRA candidate): top-1
-    agreement, mean KL, and answer-level agreement and format compliance; the chosen candidate ringed,
-    each target drawn as a dashed line."""
+    """Panels over size (MiB, what serving loads: base + adapter for the LoRA candidate): top-1
+    agreement, mean KL, answer-level agreement and format compliance, and with an accuracy check the
+    held-out accuracy (the merged model's a gray line); the chosen candidate ringed, each target drawn
+    as a dashed line."""
     plt = pyplot()
     ladder = manifest["ladder"]
     rows = sorted(ladder["candidates"], key=lambda c: c["size_bytes"])
@@ -23,7 +24,13 @@ def ladder_plot(manifest: dict[str, Any], path: Path) -> Path:
         ("greedy answers = merged", [a.get("answer_agreement", float("nan")) for a in answers],
          ladder["targets"].get("answer_agreement")),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    accuracy = [c.get("accuracy") or {} for c in rows]
+    merged = next((a["reference_accuracy"] for a in accuracy if a), None)
+    if merged is not None:
+        drop = ladder["targets"].get("accuracy_drop_points")
+        panels.append(("held-out accuracy", [a.get("accuracy", float("nan")) for a in accuracy],
+                       None if drop is None else merged - drop / 100))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8))
     lora = [i for i, c in enumerate(rows) if c["quant"] == "lora"]
     quant = [i for i in range(len(rows)) if i not in lora]
     for ax, (title, ys, target) in zip(axes, panels):
@@ -50,6 +57,9 @@ def ladder_plot(manifest: dict[str, Any], path: Path) -> Path:
             ax.legend(fontsize=7)
         if target is not None:
             ax.axhline(target, ls="--", color="tab:red", lw=1)
+        if title.startswith("held-out") and merged is not None:
+            ax.axhline(merged, color="tab:gray", lw=1, label="merged model")
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("size (MiB)")
         ax.grid(alpha=0.3)

@@ -16,7 +16,9 @@ The reference is the merged HF model in float32. For every artifact we measure, 
 Both models read the same token ids, so tokenizer drift cannot hide in the numbers; whether the
 GGUF's own tokenizer agrees with the HF one is checked separately (`tokenizer_match`).
 - `answers`: the answer-level check (edgereason.export.answers): greedy answers to training
-  problems compared with the merged model's.
+  problems compared with the merged model's;
+- `accuracy` (when the reference has accuracy problems): correct answers on held-out problems paired
+  with the merged model's (accuracies, drop in points, discordant counts, exact McNemar p).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -93,7 +95,7 @@ class Reference:
     """Reference outputs of the merged HF model, computed once and compared with every artifact."""
 
     def __init__(self, model: Any, tokenizer: Any, format_name: str | None = None,
-                 answer_problems: list[Problem] | None = None) -> None:
+                 answer_problems: list[Problem] | None = None, accuracy_problems: list[Problem] | None = None) -> None:
         import torch
 
         from edgereason.backends.transformers import TransformersBackend
@@ -103,6 +105,8 @@ class Reference:
         self.answer_problems = answer_problems or []
         backend = TransformersBackend.from_model(model, tokenizer, "merged")  # renders every prompt below
         self.answers = AnswerSheet.answer(backend, self.answer_problems, fmt) if self.answer_problems else None
+        self.accuracy_problems = accuracy_problems or []
+        self.accuracy = AnswerSheet.answer(backend, self.accuracy_problems, fmt) if self.accuracy_problems else None
         self.tokenizer = tokenizer
         self.chat_template = tokenizer.chat_template
         self.prompts: list[list[int]] = []
@@ -188,12 +192,22 @@ def _measure(ref: Reference, logits_of: Callable[[list[int]], np.ndarray], greed
                      float(np.mean(prefix_shares)), _perplexity(logprobs, ref.text_ids), kl, sample)
 
 
-def _answers(ref: Reference, make_backend: Callable[[], Any]) -> dict[str, float] | None:
-    if ref.answers is None:
-        return None
+class _Checks(NamedTuple):
+    answers: dict[str, float] | None = None
+    accuracy: dict[str, float] | None = None
+
+
+def _answers(ref: Reference, make_backend: Callable[[], Any]) -> _Checks:
+    """The answer-level check and the accuracy check of one artifact, on one backend."""
+    if ref.answers is None and ref.accuracy is None:
+        return _Checks()
     backend = make_backend()
     try:
-        return AnswerSheet.answer(backend, ref.answer_problems, ref.format).compare(ref.answers)
+        return _Checks(
+            AnswerSheet.answer(backend, ref.answer_problems, ref.format).compare(ref.answers)
+            if ref.answers is not None else None,
+            AnswerSheet.answer(backend, ref.accuracy_problems, ref.format).paired(ref.accuracy)
+            if ref.accuracy is not None else None)
     finally:
         backend.close()
 
@@ -240,7 +254,7 @@ def verify_gguf(
     expected = expected_template or ref.chat_template
     return _judge(quant, m, ref, tokenizer_match=list(gguf_ids) == list(ref.text_ids),
                   chat_template_match=(template == expected) if expected else None,
-                  answers=_answers(ref, backend))
+                  checks=_answers(ref, backend))
 
 
 def verify_hf(model: Any, ref: Reference, quant: str) -> Verification:
@@ -263,7 +277,7 @@ def verify_hf(model: Any, ref: Reference, quant: str) -> Verification:
         return TransformersBackend.from_model(model, ref.tokenizer, quant)
 
     m = _measure(ref, logits_of, greedy, lambda ids: ref.tokenizer.decode(ids, skip_special_tokens=True))
-    return _judge(quant, m, ref, tokenizer_match=None, chat_template_match=None, answers=_answers(ref, backend))
+    return _judge(quant, m, ref, tokenizer_match=None, chat_template_match=None, checks=_answers(ref, backend))
 
 
 def verify_openvino(folder: Path, ref: Reference, quant: str, threads: int | None = None) -> Verification:
@@ -312,11 +326,11 @@ def verify_openvino(folder: Path, ref: Reference, quant: str, threads: int | Non
         else config.get("chat_template")
     return _judge(quant, m, ref, tokenizer_match=ov_ids == list(ref.text_ids),
                   chat_template_match=(template == ref.chat_template) if ref.chat_template else None,
-                  answers=_answers(ref, backend))
+                  checks=_answers(ref, backend))
 
 
 def _judge(quant: str, m: _Measured, ref: Reference, *, tokenizer_match: bool | None,
-           chat_template_match: bool | None, answers: dict[str, float] | None = None) -> Verification:
+           chat_template_match: bool | None, checks: _Checks = _Checks()) -> Verification:
     th = thresholds_for(quant)
     problems = []
     if m.top1 < th.min_top1_agreement:
@@ -332,5 +346,6 @@ def _judge(quant: str, m: _Measured, ref: Reference, *, tokenizer_match: bool | 
         near_tie_share=round(m.near_ties, 4), greedy_prefix_match=round(m.prefix, 4),
         perplexity=round(m.perplexity, 4), reference_perplexity=round(ref.perplexity, 4), mean_kl=round(m.kl, 5),
         tokenizer_match=tokenizer_match, chat_template_match=chat_template_match, sample_answer=m.sample,
-        thresholds=asdict(th), problems=problems, answers=answers,
+        thresholds=asdict(th), problems=problems, answers=checks.answers,
+        accuracy=checks.accuracy,
     )
