@@ -154,6 +154,12 @@ def test_the_model_card_metadata_parses_with_huggingface_hub(tmp_path):
     flexible = [r for r in data.eval_results or [] if "flexible" in (r.metric_name or "")]
     assert flexible[0].metric_value == 0.49 and flexible[0].dataset_type == "arith"
     assert "ollama create" in card.text and "model-q8_0.gguf" in card.text
+    assert "held out" not in card.text  # no accuracy check, no column
+    # an export gated on accuracy: the card shows each file's held-out accuracy beside the merged model's
+    manifest["accuracy_check"] = {"data": "arith-dev", "problems": ["p"] * 300, "answer_accuracy": 0.397}
+    manifest["artifacts"]["q8_0"]["verification"]["accuracy"] = {"accuracy": 0.39, "reference_accuracy": 0.397}
+    text = card_text(tmp_path, manifest, evals)
+    assert "| arith-dev accuracy, 300 held out (merged 39.7%) |" in text and "| 0.990 | 0.0010 | – | 39.0% |" in text
 
 
 def test_push_selects_the_hand_off_and_fails_offline_before_uploading(tmp_path, monkeypatch):

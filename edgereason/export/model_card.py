@@ -106,17 +106,24 @@ def _stage_lr(cfg: dict[str, Any], method: str | None) -> Any:
 
 
 def _artifacts(manifest: dict[str, Any]) -> list[str]:
-    out = ["## Files", "", "| file | kind | size | top-1 agreement | mean KL | answers agree |", "|---|---|---|---|---|---|"]
-    for e in manifest.get("artifacts", {}).values():
-        if e.get("status") != "ok":
-            continue
+    kept = [e for e in manifest.get("artifacts", {}).values() if e.get("status") == "ok"]
+    check = manifest.get("accuracy_check")  # only an export gated on accuracy has one
+    held_out = [f"{check['data']} accuracy, {len(check['problems'])} held out (merged {check['answer_accuracy']:.1%})"] \
+        if check else []
+    head = ["file", "kind", "size", "top-1 agreement", "mean KL", "answers agree", *held_out]
+    out = ["## Files", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in kept:
         v = e.get("verification") or {}
         answers = (v.get("answers") or {}).get("answer_agreement")
-        out.append(f"| `{e['file']}` | {e['kind']} {e['quant']} | {e['size_bytes'] / 2**20:.1f} MiB | "
-                   f"{v.get('top1_agreement', float('nan')):.3f} | {v.get('mean_kl', float('nan')):.4f} | "
-                   + (f"{answers:.2f}" if answers is not None else "–") + " |")
+        accuracy = (v.get("accuracy") or {}).get("accuracy")
+        cells = [f"`{e['file']}`", f"{e['kind']} {e['quant']}", f"{e['size_bytes'] / 2**20:.1f} MiB",
+                 f"{v.get('top1_agreement', float('nan')):.3f}", f"{v.get('mean_kl', float('nan')):.4f}",
+                 f"{answers:.2f}" if answers is not None else "–",
+                 *([f"{accuracy:.1%}" if accuracy is not None else "–"] if check else [])]
+        out.append("| " + " | ".join(cells) + " |")
     out += ["", "Each file was checked against the merged model before it took its name: next-token agreement and "
-            "KL on held-out reasoning text, and the greedy answers to training problems.", ""]
+            "KL on held-out reasoning text, and the greedy answers to training problems"
+            + (", and its accuracy on held-out problems paired with the merged model's." if check else "."), ""]
     return out
 
 
