@@ -70,7 +70,7 @@ class Verification(Result):
     answers: dict[str, float] | None = None
     # problems, accuracy, reference_accuracy, drop_points, only_it, only_reference, p_value
     # (edgereason.export.answers.AnswerSheet.paired); only with an accuracy check
-    accuracy: dict[str, float] | None = None
+    accuracy: dict[str, int | float] | None = None  # the counts stay integers
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

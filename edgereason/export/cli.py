@@ -32,9 +32,13 @@ def _summary(out: Path) -> None:
     table = Table(title=f"{out} (manifest.json)", caption="* served by default (the ladder's choice)",
                   box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     # "sure": top-1 agreement off the merged model's near-ties (export.verify.top1_confident);
-    # "ans" and "fmt": greedy answers equal to the merged model's, and format compliance
-    for col in ("artifact", "status", "MiB", "bits", "top-1", "sure", "KL", "ans", "fmt"):
+    # "ans" and "fmt": greedy answers equal to the merged model's, and format compliance;
+    # "acc": held-out accuracy (only when the export was gated on it: the merged model's in the title)
+    check = data.get("accuracy_check")
+    for col in ("artifact", "status", "MiB", "bits", "top-1", "sure", "KL", "ans", "fmt", *(["acc"] if check else [])):
         table.add_column(col, no_wrap=True)
+    if check:
+        table.title += f"\nacc: {check['data']}, {len(check['problems'])} problems; merged {check['answer_accuracy']:.3f}"
 
     def num(value: object, digits: int) -> str:
         return f"{value:.{digits}f}" if isinstance(value, (int, float)) else ""
@@ -50,7 +54,8 @@ def _summary(out: Path) -> None:
                       f"[{colour}]{a['status'].replace('passed-not-smallest', 'passed')}[/]", size,
                       num(a.get("bits_per_weight"), 2), num(v.get("top1_agreement"), 3), num(v.get("top1_confident"), 3),
                       num(v.get("mean_kl"), 4),
-                      num(answers.get("answer_agreement"), 2), num(answers.get("format_compliance"), 2))
+                      num(answers.get("answer_agreement"), 2), num(answers.get("format_compliance"), 2),
+                      *([num((v.get("accuracy") or {}).get("accuracy"), 3)] if check else []))
     console.print(table)
 
 

@@ -76,7 +76,7 @@ def meets_targets(ver: dict[str, Any], cfg: GGUFExportConfig) -> list[str]:
         if acc is None:
             missed.append("no accuracy check")
         elif acc["drop_points"] > cfg.target_accuracy_drop:
-            missed.append(f"accuracy {acc['drop_points']:+.1f} points below the merged model > {cfg.target_accuracy_drop}")
+            missed.append(f"accuracy {acc['drop_points']:.1f} points below the merged model > {cfg.target_accuracy_drop:g}")
         elif acc["drop_points"] > 0 and acc["p_value"] < SIGNIFICANT:
             missed.append(f"accuracy significantly below the merged model ({acc['only_reference']} lost, "
                           f"{acc['only_it']} gained, p = {acc['p_value']:.2g})")
