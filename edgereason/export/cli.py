@@ -29,16 +29,16 @@ def _summary(out: Path) -> None:
 
     data = json.loads((out / "manifest.json").read_text())
     # No vertical rules and short headers: nine columns fit 80 characters without cutting a figure.
-    table = Table(title=f"{out} (manifest.json)", caption="* served by default (the ladder's choice)",
+    check = data.get("accuracy_check")  # only an export gated on held-out accuracy has one
+    held_out = (f"\nacc: {check['data']}, {len(check['problems'])} problems; merged {check['answer_accuracy']:.3f}"
+                if check else "")
+    table = Table(title=f"{out} (manifest.json){held_out}", caption="* served by default (the ladder's choice)",
                   box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     # "sure": top-1 agreement off the merged model's near-ties (export.verify.top1_confident);
     # "ans" and "fmt": greedy answers equal to the merged model's, and format compliance;
     # "acc": held-out accuracy (only when the export was gated on it: the merged model's in the title)
-    check = data.get("accuracy_check")
     for col in ("artifact", "status", "MiB", "bits", "top-1", "sure", "KL", "ans", "fmt", *(["acc"] if check else [])):
         table.add_column(col, no_wrap=True)
-    if check:
-        table.title += f"\nacc: {check['data']}, {len(check['problems'])} problems; merged {check['answer_accuracy']:.3f}"
 
     def num(value: object, digits: int) -> str:
         return f"{value:.{digits}f}" if isinstance(value, (int, float)) else ""
