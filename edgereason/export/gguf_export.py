@@ -160,6 +160,8 @@ class ExportJob:
                 self.manifest.data["accuracy_check"] = {"data": cfg.accuracy_data,
                                                         "problems": [p.id for p in held_out],
                                                         **self._reference.accuracy.summary()}
+            else:  # an earlier gated export's check no longer describes what is verified now
+                self.manifest.data.pop("accuracy_check", None)
         return self._reference
 
     def gguf_verify(self, quant: str) -> Callable[[Path, Reference], Verification]:
