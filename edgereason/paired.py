@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 
+#: The level every paired comparison is called significant at (eval's reports, make run's report, the
+#: export's accuracy gate).
+SIGNIFICANT = 0.05
+
 
 def mcnemar_exact(a_correct: list[bool], b_correct: list[bool]) -> tuple[int, int, float]:
     """Paired comparison of two systems on the same problems: (b01, b10, two-sided exact p-value),

@@ -32,6 +32,7 @@ from edgereason.cli_options import stage_command
 from edgereason.config import StageConfig, find_config
 from edgereason.console import PIPED_WIDTH, make_console
 from edgereason.data import GENERATED
+from edgereason.paired import SIGNIFICANT
 from edgereason.results import BenchResults, ComparisonRow, EvalSummary, ExportManifest, PairedDifference, TrainRun, read_rows
 from edgereason.servers import python_module
 
@@ -207,7 +208,7 @@ def _delta(row: ComparisonRow, rule: str) -> str:
 
 
 def _difference(delta: float, p: float) -> str:
-    mark = " **significant**" if p < 0.05 else " (not significant)"
+    mark = " **significant**" if p < SIGNIFICANT else " (not significant)"
     return f"{100 * delta:+.1f} pts, p = {p:.3g}{mark}"
 
 
@@ -224,7 +225,7 @@ def _versus_f16(row: ComparisonRow, f16: ComparisonRow) -> str:
 
 def _significant_loss(d: PairedDifference | None) -> bool | None:
     """Whether a pairing shows significantly fewer problems solved; None when there was no pairing."""
-    return None if d is None else d.delta < 0 and d.p_value < 0.05
+    return None if d is None else d.delta < 0 and d.p_value < SIGNIFICANT
 
 
 # The note's suggested bound: about one paired standard error on 300 held-out problems at this

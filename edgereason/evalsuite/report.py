@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from edgereason.evalsuite.runner import RULES
-from edgereason.paired import mcnemar_exact
+from edgereason.paired import SIGNIFICANT, mcnemar_exact
 from edgereason.plots import pyplot, save_figure
 from edgereason.results import ComparisonRow, EvalSummary, PairedDifference
 
@@ -77,7 +77,7 @@ def short_name(target: str) -> str:
 def _sig(p: float | None) -> str:
     if p is None:
         return ""
-    return f"{p:.3g}" + (" *" if p < 0.05 else "")
+    return f"{p:.3g}" + (" *" if p < SIGNIFICANT else "")
 
 
 def benchmark_table(summaries: list[EvalSummary], rows: list[ComparisonRow]) -> list[str]:

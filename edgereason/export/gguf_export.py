@@ -41,13 +41,13 @@ from edgereason.export.manifest import ExportSource, Manifest, resolve_source
 from edgereason.export.merge import load_hf, merged_checkpoint, parameter_count
 from edgereason.export.verify import Reference, Verification, verify_gguf
 from edgereason.formats import ReasoningFormat, get_format
+from edgereason.paired import SIGNIFICANT
 
 # Approximate bits per weight, for the disk-space check before anything is written.
 _BPW = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_k_s": 5.5, "q5_0": 5.5,
         "q4_k_m": 4.9, "q4_k_s": 4.6, "q4_0": 4.5, "iq4_xs": 4.3, "iq4_nl": 4.5, "q3_k_m": 3.9, "q3_k_s": 3.5,
         "iq3_m": 3.7, "iq3_xxs": 3.1, "q2_k": 3.4, "iq2_m": 2.7}
 _FULL_PRECISION = ("f32", "f16", "bf16", "q8_0")  # no imatrix: nothing to calibrate at 8 bits and above
-SIGNIFICANT = 0.05  #: the accuracy gate's level: a candidate significantly below the merged model fails
 
 
 @dataclass
