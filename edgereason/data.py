@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgereason.arithmetic import arithmetic_dev, arithmetic_test, arithmetic_train, with_answer_forms
-from edgereason.logic import generate_logic
+from edgereason.logic import logic_dev, logic_test, logic_train
 from edgereason.paths import cache_dir, data_dir
 from edgereason.problems import LETTERS, Problem
 
@@ -48,8 +48,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 # Benchmarks made by a seeded generator, not read from files: name -> (split, factory). Only a
 # "train" split may be trained on; "dev" is held out for checkpoint selection.
 GENERATED: dict[str, tuple[str, Callable[[], list[Problem]]]] = {
-    "logic": ("test", lambda: generate_logic(500, 0)),
-    "logic-train": ("train", lambda: generate_logic(2000, 1)),
+    "logic": ("test", logic_test),
+    "logic-train": ("train", logic_train),
+    "logic-dev": ("dev", logic_dev),
     "arith": ("test", arithmetic_test),
     "arith-train": ("train", arithmetic_train),
     "arith-train-forms": ("train", lambda: with_answer_forms(arithmetic_train())),

@@ -7,7 +7,9 @@ Five categories, each with one checkable answer:
 - `syllogism`: categorical syllogisms over nonsense terms (no world knowledge) → "yes"/"no";
 - `sets`: union, intersection, difference, complement in a small universe → a set like "{1, 4, 7}".
 The same seed always yields the same problems; `edgereason eval --benchmark logic` uses seed 0
-(500 problems), `train --set dataset=logic-train` a disjoint seed.
+(500 draws, 382 distinct questions), `train --set dataset=logic-train` seed 1 without any of the
+benchmark's questions, and `logic-dev` seed 2 without either's (for choosing a recipe). Seeds alone
+are not disjoint: the small categories repeat (inference has 20 questions in all).
 """
 
 from __future__ import annotations
@@ -173,15 +175,59 @@ _MAKERS = {"propositional": _propositional, "equivalence": _equivalence, "infere
            "syllogism": _syllogism, "sets": _sets}
 
 
-def generate_logic(n: int = 500, seed: int = 0, categories: tuple[str, ...] = CATEGORIES) -> list[Problem]:
-    """`n` problems, categories in rotation (balanced), fully determined by `seed`."""
+#: Draws in a row that found no new question before a category counts as used up: `inference` has
+#: 20 distinct questions in all and `equivalence` about 114, the other three thousands.
+EXHAUSTED_AFTER = 500
+
+
+def generate_logic(n: int = 500, seed: int = 0, categories: tuple[str, ...] = CATEGORIES,
+                   exclude: frozenset[str] | None = None) -> list[Problem]:
+    """`n` problems, categories in rotation (balanced), fully determined by `seed`.
+
+    `exclude=None` keeps every draw, repeats included: the `logic` benchmark as it has always been
+    (500 draws, 382 distinct questions). With a set, its questions (another split's) and repeats are
+    skipped, and a category whose questions run out leaves the rotation: a training split must not
+    hold the test set's questions, and `inference` has only 20."""
     unknown = set(categories) - set(_MAKERS)
     if unknown:
         raise ValueError(f"unknown logic categories {sorted(unknown)}; known: {', '.join(CATEGORIES)}")
     rng = random.Random(seed)
-    problems = []
-    for i in range(n):
-        cat = categories[i % len(categories)]
+    problems: list[Problem] = []
+    if exclude is None:
+        for i in range(n):
+            cat = categories[i % len(categories)]
+            question, answer = _MAKERS[cat](rng)
+            problems.append(Problem(f"logic-s{seed}-{i}", question, answer, source="logic", subject=cat))
+        return problems
+    seen, active, misses = set(exclude), list(categories), dict.fromkeys(categories, 0)
+    while len(problems) < n:
+        if not active:
+            raise ValueError(f"only {len(problems)} logic questions are left outside the excluded ones; asked for {n}")
+        cat = active[len(problems) % len(active)]
         question, answer = _MAKERS[cat](rng)
-        problems.append(Problem(f"logic-s{seed}-{i}", question, answer, source="logic", subject=cat))
+        if question in seen:
+            misses[cat] += 1
+            if misses[cat] >= EXHAUSTED_AFTER:
+                active.remove(cat)
+            continue
+        misses[cat] = 0
+        seen.add(question)
+        problems.append(Problem(f"logic-s{seed}-{len(problems)}", question, answer, source="logic", subject=cat))
     return problems
+
+
+def logic_test() -> list[Problem]:
+    """The `logic` benchmark: seed 0, 500 draws (repeats kept, as it was first published)."""
+    return generate_logic(500, 0)
+
+
+def logic_train(n: int = 2000) -> list[Problem]:
+    """The training split: seed 1, distinct questions, none of the `logic` benchmark's. Its
+    `inference` questions are all in the benchmark, so it has none."""
+    return generate_logic(n, 1, exclude=frozenset(p.question for p in logic_test()))
+
+
+def logic_dev(n: int = 300) -> list[Problem]:
+    """The development split: seed 2, disjoint from `logic` and `logic-train`, for choosing a recipe
+    without looking at the benchmark."""
+    return generate_logic(n, 2, exclude=frozenset(p.question for p in [*logic_test(), *logic_train()]))

@@ -5,8 +5,10 @@ votes use), per target folder of an `edgereason eval` output.
     python scripts/false_claims.py results/arith300/*/
 
 Prints, per target: completions, those with at least one false claim (and how many of those were
-graded correct anyway), claims, and the share of false claims. docs/sft.md reads it to tell a model
-that lost its chains from one that kept them and lost their arithmetic.
+graded correct anyway), claims, the share of false claims, and the accuracy after the calculator
+(each miscomputed chain's answer recomputed, `WorkCheck.repaired_answer`, graded against the gold).
+docs/sft.md reads it to tell a model that lost its chains from one that kept them and lost their
+arithmetic: when the calculator adds little, the errors are in the reading, not the sums.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import json
 from pathlib import Path
 
 from edgereason.formats import get_format
-from edgereason.work_check import check_arithmetic
+from edgereason.grading import answers_equal
+from edgereason.work_check import check_arithmetic, check_work
 
 
 def count(samples: Path) -> dict[str, int]:
     fmt = get_format()
-    n = flawed = flawed_correct = claims = false = 0
+    n = flawed = flawed_correct = claims = false = correct = repaired_correct = 0
     for line in samples.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
@@ -32,11 +35,15 @@ def count(samples: Path) -> dict[str, int]:
         n += 1
         claims += len(checks)
         false += wrong
+        correct += bool(row.get("flexible_correct"))
         if wrong:
             flawed += 1
             flawed_correct += bool(row.get("flexible_correct"))
+        repaired = check_work(row.get("completion") or "", row.get("question") or "", fmt).repaired_answer
+        repaired_correct += (answers_equal(repaired, row["gold"]) if repaired is not None
+                             else bool(row.get("flexible_correct")))
     return {"completions": n, "with_a_false_claim": flawed, "of_which_correct": flawed_correct, "claims": claims,
-            "false_claims": false}
+            "false_claims": false, "correct": correct, "correct_after_calculator": repaired_correct}
 
 
 def main() -> None:
@@ -50,7 +57,8 @@ def main() -> None:
         c = count(samples)
         share = c["false_claims"] / c["claims"] if c["claims"] else 0.0
         print(f"{folder.name}: {c['completions']} completions, {c['with_a_false_claim']} with a false claim "
-              f"({c['of_which_correct']} graded correct), {c['claims']} claims, {c['false_claims']} false ({share:.1%})")
+              f"({c['of_which_correct']} graded correct), {c['claims']} claims, {c['false_claims']} false ({share:.1%}); "
+              f"flexible {c['correct']}, after the calculator {c['correct_after_calculator']}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Eval: metric math by hand, the logic generator, multiple choice, real evals (transformers,
 llama.cpp, a live server), resume, comparison report and plots."""
 
+import hashlib
 import json
 
 import pytest
 
-from edgereason.data import DataError, load_benchmark
+from edgereason.data import DataError, is_eval_only, load_benchmark
 from edgereason.evalsuite.config import EvalConfig
 from edgereason.evalsuite.metrics import majority_correct
 from edgereason.evalsuite.report import compare_rows, write_report, write_transfer_report
@@ -54,7 +55,6 @@ def test_logic_generator_is_seeded_balanced_and_checkable():
     assert [p.question for p in generate_logic(50, seed=4)] != [p.question for p in a]
     assert {p.subject for p in a} == set(CATEGORIES)
     assert all(sum(p.subject == c for p in a) == 10 for c in CATEGORIES)
-    assert len({p.id for p in load_benchmark("logic")} & {p.id for p in load_benchmark("logic-train")}) == 0
     for p in a:
         assert is_correct(p.gold_answer, p.gold_answer)
         if p.subject == "inference" and "Premise 2: The street is wet" in p.question:
@@ -66,6 +66,24 @@ def test_logic_generator_is_seeded_balanced_and_checkable():
     assert equivalent(pq, ("implies", ("not", ("var", "q")), ("not", ("var", "p"))))
     assert not equivalent(pq, ("implies", ("var", "q"), ("var", "p")))
     assert evaluate(pq, {"p": True, "q": False, "r": True}) is False
+
+
+def test_logic_splits_share_no_question_and_the_benchmark_is_unchanged():
+    test, train, dev = (load_benchmark(n) for n in ("logic", "logic-train", "logic-dev"))
+    # The benchmark as published: 500 draws of seed 0, repeats kept (its inference subject has 20 questions).
+    digest = hashlib.sha256("\n".join(f"{p.question}|{p.gold_answer}" for p in test).encode()).hexdigest()
+    assert len(test) == 500 and digest.startswith("458118ee97b2332a")
+    # Seed 1 once held 651 of the benchmark's questions among its 2,000 (RFT and GRPO trained on them).
+    test_q, train_q = {p.question for p in test}, {p.question for p in train}
+    assert len(train) == len(train_q) == 2000 and not train_q & test_q
+    assert len(dev) == 300 and not {p.question for p in dev} & (test_q | train_q)
+    assert is_eval_only("logic-dev") and is_eval_only("logic") and not is_eval_only("logic-train")
+    assert not any(p.subject == "inference" for p in train)  # every inference question is the benchmark's
+    # A category that runs out leaves the rotation; when every one has, the error says how many were left.
+    only = generate_logic(40, 5, categories=("inference", "sets"), exclude=frozenset())
+    assert sum(p.subject == "inference" for p in only) == 20 and len({p.question for p in only}) == 40
+    with pytest.raises(ValueError, match="only 20 logic questions"):
+        generate_logic(21, 5, categories=("inference",), exclude=frozenset())
 
 
 def test_multiple_choice_loader_and_scorer(tmp_path):
