@@ -486,6 +486,20 @@ def test_dataset_weights_set_the_pool_shares(tmp_path):
     assert pool([1, 0]) == ["a"] * 12
 
 
+def test_the_pass_rate_cache_knows_a_problem_by_its_content_not_its_id():
+    """A regenerated split reuses ids for other questions (logic-train's did): the cached pass rates of
+    the old questions must not be read for the new ones."""
+    from edgereason.problems import Problem
+    from edgereason.train.grpo import pass_rate_key
+
+    cfg, model = TrainConfig(), ["smollm2-135m", "weights-key", None]
+    old = [Problem("logic-s1-0", "Is p true?", "yes"), Problem("logic-s1-1", "Is q true?", "no")]
+    assert pass_rate_key(cfg, model, old) == pass_rate_key(cfg, model, list(old))
+    assert pass_rate_key(cfg, model, old) != pass_rate_key(cfg, model, [old[0], Problem("logic-s1-1", "Is r true?", "no")])
+    assert pass_rate_key(cfg, model, old) != pass_rate_key(cfg, [*model[:2], "adapter-key"], old)
+    assert pass_rate_key(cfg, model, old) != pass_rate_key(TrainConfig(curriculum_samples=8), model, old)
+
+
 @pytest.mark.model
 def test_output_dir_holding_another_run(tmp_path, default_model):
     run = tmp_path / "other"

@@ -282,15 +282,9 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
         decoder.set_lora(saved_lora_gguf(cfg.init_adapter, layout, prep.run_dir / "logs" / "init-adapter-lora.gguf"))
         adapter_key = content_key(cfg.init_adapter)
     t0 = time.perf_counter()
-    # The starting model's pass rates (the base, or the base with the adapter a stage continues) do not
-    # depend on the run: a measurement is cached by model, adapter, problems and sampling settings, so a
-    # second run (or a re-run) starts at once.
     from edgereason.paths import cache_dir
 
-    key = hashlib.sha256(json.dumps([prep.model.name, content_key(prep.model.require_hf()), adapter_key,
-                                     [p.id for p in candidates], cfg.curriculum_samples, cfg.curriculum_temperature,
-                                     cfg.max_completion_length, cfg.top_p, cfg.seed, cfg.format,
-                                     cfg.prefill]).encode()).hexdigest()[:20]
+    key = pass_rate_key(cfg, [prep.model.name, content_key(prep.model.require_hf()), adapter_key], candidates)
     cached = cache_dir() / "pass-rates" / f"{key}.json"
     if cached.is_file():
         rates = json.loads(cached.read_text())
@@ -310,6 +304,19 @@ def _build_pool(cfg: TrainConfig, prep: Prepared, problems: list[Problem], rende
     if not pool.active:
         log("[yellow]no measured problem is in the band: training on the others until a refresh finds some[/]")
     return pool
+
+
+def pass_rate_key(cfg: TrainConfig, model: list[str | None], problems: list[Problem]) -> str:
+    """The cache key of a pass-rate measurement. The starting model's pass rates (the base, or the base
+    with the adapter a stage continues) do not depend on the run, so they are cached by model, adapter,
+    problems and sampling settings, and a second run (or a re-run) starts at once. The problems count
+    by content, not id: an id may name another question once a split is regenerated (logic-train's
+    were, to leave out the test set's)."""
+    from edgereason.data import dataset_hash
+
+    return hashlib.sha256(json.dumps([*model, dataset_hash(problems), cfg.curriculum_samples,
+                                      cfg.curriculum_temperature, cfg.max_completion_length, cfg.top_p, cfg.seed,
+                                      cfg.format, cfg.prefill]).encode()).hexdigest()[:20]
 
 
 def _refresher(cfg: TrainConfig, prep: Prepared, engine: Any, tokenizer: Any, render: Any) -> Any:
