@@ -775,6 +775,25 @@ def _forced_teacher(tmp_path: Path, model) -> ManagedProcess:
                           tmp_path / "teacher.log", restart=False, name="teacher llama-server")
 
 
+def test_a_resumed_collection_asks_again_where_an_id_now_names_another_question(tmp_path):
+    """Traces are resumed by problem id; a regenerated split reuses ids for other questions (logic-train
+    did), so a record whose question differs is not taken for the new one, and a cut last line stops."""
+    from edgereason.problems import Problem
+    from edgereason.train.distill import asked_earlier
+
+    problems = [Problem("a", "Is p true?", "yes"), Problem("b", "Is r true?", "no"), Problem("c", "2 + 2?", "4")]
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text(json.dumps({"id": "a", "question": "Is p true?", "traces": [{"text": "kept"}]}) + "\n"
+                      + json.dumps({"id": "b", "question": "Is q true?", "traces": [{"text": "stale"}]}) + "\n"
+                      + json.dumps({"id": "c", "traces": [{"text": "older record"}]}) + "\n"
+                      + '{"id": "d", "tra')
+    said: list[str] = []
+    asked = asked_earlier(traces, problems, log=said.append)
+    assert asked == {"a": [{"text": "kept"}], "c": [{"text": "older record"}]}
+    assert said and "1 earlier traces answer other questions" in said[0]
+    assert asked_earlier(tmp_path / "none.jsonl", problems) == {}
+
+
 @pytest.mark.model
 def test_distill_keeps_only_correct_checked_traces_resumes_and_trains(tmp_path, default_model):
     """Against a real llama-server teacher: only format-valid, correct traces are kept, each once; a

@@ -105,6 +105,29 @@ def judge(text: str, p: Problem, fmt: ReasoningFormat) -> tuple[str | None, str 
     return parsed.reasoning.strip(), parsed.answer.strip(), None
 
 
+def asked_earlier(traces: Path, problems: list[Problem], log: Any = print) -> dict[str, list[dict[str, Any]]]:
+    """The traces an interrupted collection already has, by problem id. A record whose question is not
+    the one its id names now (a regenerated split reuses ids; logic-train's did) is asked again;
+    records written before questions were recorded are taken as they are."""
+    asked: dict[str, list[dict[str, Any]]] = {}
+    if not traces.is_file():
+        return asked
+    questions = {p.id: p.question for p in problems}
+    stale = 0
+    for line in traces.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            break  # cut by an interruption: that problem is asked again
+        if "question" in rec and rec["question"] != questions.get(rec["id"], rec["question"]):
+            stale += 1
+            continue
+        asked[rec["id"]] = rec["traces"]
+    if stale:
+        log(f"  {stale} earlier traces answer other questions under the same ids: those problems are asked again")
+    return asked
+
+
 def collect(cfg: TrainConfig, problems: list[Problem], out: Path, log: Any = print) -> dict[str, Any]:
     """Ask the teacher for traces (resuming), keep the good ones, write rationales.jsonl and the manifest."""
     fmt = get_format(cfg.format)
@@ -112,14 +135,7 @@ def collect(cfg: TrainConfig, problems: list[Problem], out: Path, log: Any = pri
     spec = adapter_teacher(cfg, out) or teacher_spec(cfg)
     target = teacher_target(spec)
     traces = out / TRACES
-    asked: dict[str, list[dict[str, Any]]] = {}
-    if traces.is_file():
-        for line in traces.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                break  # cut by an interruption: that problem is asked again
-            asked[rec["id"]] = rec["traces"]
+    asked = asked_earlier(traces, problems, log)
     todo = [p for p in problems if p.id not in asked]
     params = SamplingParams(max_tokens=cfg.teacher_max_tokens, temperature=cfg.teacher_temperature, top_p=1.0,
                             n=cfg.teacher_samples, seed=cfg.seed, stop=fmt.stop_sequences(), prefix=fmt.prefill)
@@ -146,7 +162,8 @@ def collect(cfg: TrainConfig, problems: list[Problem], out: Path, log: Any = pri
                                               f"({type(e).__name__}: {e}); re-run to continue") from e
                     for p, completions in zip(chunk, rows):
                         asked[p.id] = [{"text": c.text, "finish_reason": c.finish_reason} for c in completions]
-                        fh.write(json.dumps({"id": p.id, "traces": asked[p.id]}, ensure_ascii=False) + "\n")
+                        fh.write(json.dumps({"id": p.id, "question": p.question, "traces": asked[p.id]},
+                                            ensure_ascii=False) + "\n")
                         fh.flush()
                     log(f"  {len(asked)}/{len(problems)} problems asked ({time.perf_counter() - t0:.0f} s)")
         finally:
