@@ -193,19 +193,13 @@ def generate_logic(n: int = 500, seed: int = 0, categories: tuple[str, ...] = CA
         raise ValueError(f"unknown logic categories {sorted(unknown)}; known: {', '.join(CATEGORIES)}")
     rng = random.Random(seed)
     problems: list[Problem] = []
-    if exclude is None:
-        for i in range(n):
-            cat = categories[i % len(categories)]
-            question, answer = _MAKERS[cat](rng)
-            problems.append(Problem(f"logic-s{seed}-{i}", question, answer, source="logic", subject=cat))
-        return problems
-    seen, active, misses = set(exclude), list(categories), dict.fromkeys(categories, 0)
+    seen, active, misses = set(exclude or ()), list(categories), dict.fromkeys(categories, 0)
     while len(problems) < n:
         if not active:
             raise ValueError(f"only {len(problems)} logic questions are left outside the excluded ones; asked for {n}")
         cat = active[len(problems) % len(active)]
         question, answer = _MAKERS[cat](rng)
-        if question in seen:
+        if exclude is not None and question in seen:
             misses[cat] += 1
             if misses[cat] >= EXHAUSTED_AFTER:
                 active.remove(cat)

@@ -35,13 +35,13 @@ def count(samples: Path) -> dict[str, int]:
         n += 1
         claims += len(checks)
         false += wrong
-        correct += bool(row.get("flexible_correct"))
+        graded = bool(row.get("flexible_correct"))
+        correct += graded
         if wrong:
             flawed += 1
-            flawed_correct += bool(row.get("flexible_correct"))
+            flawed_correct += graded
         repaired = check_work(row.get("completion") or "", row.get("question") or "", fmt).repaired_answer
-        repaired_correct += (answers_equal(repaired, row["gold"]) if repaired is not None
-                             else bool(row.get("flexible_correct")))
+        repaired_correct += answers_equal(repaired, row["gold"]) if repaired is not None else graded
     return {"completions": n, "with_a_false_claim": flawed, "of_which_correct": flawed_correct, "claims": claims,
             "false_claims": false, "correct": correct, "correct_after_calculator": repaired_correct}
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from edgereason.console import make_console, make_progress
 from edgereason.cpu import default_threads
+from edgereason.data import dataset_hash
 from edgereason.files import atomic_output, content_key, write_text_atomic
 from edgereason.formats import ReasoningFormat, get_format
 from edgereason.problems import Problem
@@ -312,8 +313,6 @@ def pass_rate_key(cfg: TrainConfig, model: list[str | None], problems: list[Prob
     problems and sampling settings, and a second run (or a re-run) starts at once. The problems count
     by content, not id: an id may name another question once a split is regenerated (logic-train's
     were, to leave out the test set's)."""
-    from edgereason.data import dataset_hash
-
     return hashlib.sha256(json.dumps([*model, dataset_hash(problems), cfg.curriculum_samples,
                                       cfg.curriculum_temperature, cfg.max_completion_length, cfg.top_p, cfg.seed,
                                       cfg.format, cfg.prefill]).encode()).hexdigest()[:20]
